@@ -1,0 +1,7 @@
+//! Envelope encryption for the storage node: the blob format ([`format`]), object-key
+//! derivation and sealing ([`keys`]), the KMS client ([`kms_client`]) and the bucket-key cache
+//! ([`key_cache`]). Only this module holds plaintext keys; the store sees sealed keys and
+//! ciphertext.
+
+pub mod format;
+pub mod keys;
