@@ -5,3 +5,6 @@
 
 pub mod format;
 pub mod keys;
+pub mod key_cache;
+pub mod kms_client;
+pub mod sse;
