@@ -98,7 +98,11 @@ impl Credential {
         let seed = Zeroizing::new(STANDARD.decode(&f.private_key).ok()?);
         zeroize::Zeroize::zeroize(&mut f.private_key);
         let seed: Zeroizing<[u8; 32]> = Zeroizing::new(seed.as_slice().try_into().ok()?);
-        Some(Self { identity: f.identity, audience: f.audience, key: SigningKey::from_bytes(&seed) })
+        Some(Self {
+            identity: f.identity,
+            audience: f.audience,
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 }
 

@@ -89,7 +89,10 @@ pub fn now_unix() -> i64 {
 
 /// Sign claims into a compact JWT.
 pub fn sign(key: &SigningKey, claims: &Claims) -> String {
-    let header = Header { alg: "EdDSA".into(), typ: Some("JWT".into()) };
+    let header = Header {
+        alg: "EdDSA".into(),
+        typ: Some("JWT".into()),
+    };
     let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
     let c = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
     let signing_input = format!("{h}.{c}");
@@ -172,7 +175,14 @@ mod tests {
     #[test]
     fn valid_token_verifies() {
         let c = Claims::new("node1", AUD_SERVICE, "post", "/v1/keys/generate", 60);
-        let got = verify(&tok(&c), &key().verifying_key(), AUD_SERVICE, "POST", "/v1/keys/generate", now_unix());
+        let got = verify(
+            &tok(&c),
+            &key().verifying_key(),
+            AUD_SERVICE,
+            "POST",
+            "/v1/keys/generate",
+            now_unix(),
+        );
         assert_eq!(got, Ok(c));
     }
 
@@ -181,12 +191,27 @@ mod tests {
         let vk = key().verifying_key();
         let mut c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
         let now = now_unix();
-        assert_eq!(verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now + 61), Err(JwtError::Expired));
-        assert_eq!(verify(&tok(&c), &vk, AUD_ADMIN, "POST", "/p", now), Err(JwtError::WrongAudience));
-        assert_eq!(verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/q", now), Err(JwtError::WrongRequest));
-        assert_eq!(verify(&tok(&c), &vk, AUD_SERVICE, "GET", "/p", now), Err(JwtError::WrongRequest));
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now + 61),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_ADMIN, "POST", "/p", now),
+            Err(JwtError::WrongAudience)
+        );
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/q", now),
+            Err(JwtError::WrongRequest)
+        );
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "GET", "/p", now),
+            Err(JwtError::WrongRequest)
+        );
         c.exp = c.iat + 301;
-        assert_eq!(verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now), Err(JwtError::BadLifetime));
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadLifetime)
+        );
     }
 
     #[test]
@@ -194,21 +219,62 @@ mod tests {
         let c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
         let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
         let now = now_unix();
-        assert_eq!(verify(&tok(&c), &other, AUD_SERVICE, "POST", "/p", now), Err(JwtError::BadSignature));
+        assert_eq!(
+            verify(&tok(&c), &other, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadSignature)
+        );
         // Same claims and signature, header rewritten to HS256 / none.
         let t = tok(&c);
-        let rest = t.split_once('.').map(|(_, r)| r.to_string()).unwrap_or_default();
+        let rest = t
+            .split_once('.')
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default();
         for alg in ["HS256", "none", "RS256"] {
             let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
             let forged = format!("{h}.{rest}");
-            assert_eq!(verify(&forged, &key().verifying_key(), AUD_SERVICE, "POST", "/p", now), Err(JwtError::WrongAlgorithm));
+            assert_eq!(
+                verify(
+                    &forged,
+                    &key().verifying_key(),
+                    AUD_SERVICE,
+                    "POST",
+                    "/p",
+                    now
+                ),
+                Err(JwtError::WrongAlgorithm)
+            );
         }
         // Edited claims under the original signature.
         let mut c2 = c.clone();
         c2.sub = "admin".into();
         let parts: Vec<&str> = t.split('.').collect();
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c2).unwrap_or_default()), parts[2]);
-        assert_eq!(verify(&forged, &key().verifying_key(), AUD_SERVICE, "POST", "/p", now), Err(JwtError::BadSignature));
-        assert_eq!(verify("a.b", &key().verifying_key(), AUD_SERVICE, "POST", "/p", now), Err(JwtError::Malformed));
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c2).unwrap_or_default()),
+            parts[2]
+        );
+        assert_eq!(
+            verify(
+                &forged,
+                &key().verifying_key(),
+                AUD_SERVICE,
+                "POST",
+                "/p",
+                now
+            ),
+            Err(JwtError::BadSignature)
+        );
+        assert_eq!(
+            verify(
+                "a.b",
+                &key().verifying_key(),
+                AUD_SERVICE,
+                "POST",
+                "/p",
+                now
+            ),
+            Err(JwtError::Malformed)
+        );
     }
 }

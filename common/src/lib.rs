@@ -8,4 +8,6 @@ pub mod jwt;
 pub mod kms_api;
 pub mod secret;
 pub mod secret_file;
+pub mod server;
 pub mod telemetry;
+pub mod tls;

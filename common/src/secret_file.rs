@@ -11,7 +11,9 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
     /// The file is readable by group or others.
-    #[error("secret file {path} is accessible by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    #[error(
+        "secret file {path} is accessible by group or others (mode {mode:o}); run: chmod 600 {path}"
+    )]
     TooOpen { path: String, mode: u32 },
     /// The file could not be read or written.
     #[error("secret file {path}: {source}")]
@@ -25,7 +27,10 @@ pub enum SecretFileError {
 /// Read a secret file after checking that only its owner can access it.
 pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
     let p = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Io { path: p.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Io {
+        path: p.clone(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretFileError::TooOpen { path: p, mode });
@@ -36,7 +41,10 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
 /// Create a new secret file with mode 0600; refuses to overwrite an existing file.
 pub fn write_new_secret_file(path: &Path, contents: &[u8]) -> Result<(), SecretFileError> {
     let p = path.display().to_string();
-    let io = |source| SecretFileError::Io { path: p.clone(), source };
+    let io = |source| SecretFileError::Io {
+        path: p.clone(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -60,9 +68,15 @@ mod tests {
         let _ = std::fs::remove_file(&f);
         assert!(write_new_secret_file(&f, b"x").is_ok());
         assert_eq!(read_secret_file(&f).ok(), Some(b"x".to_vec()));
-        assert!(write_new_secret_file(&f, b"y").is_err(), "must not overwrite");
+        assert!(
+            write_new_secret_file(&f, b"y").is_err(),
+            "must not overwrite"
+        );
         let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644));
-        let err = read_secret_file(&f).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = read_secret_file(&f)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("chmod 600"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

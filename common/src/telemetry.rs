@@ -6,8 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. Safe to call more than once (later calls are no-ops).
 pub fn init_logging(json: bool) {
-    let json = json || std::env::var("COFFER_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let json =
+        json || std::env::var("COFFER_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
