@@ -8,3 +8,4 @@ pub mod keys;
 pub mod key_cache;
 pub mod kms_client;
 pub mod sse;
+pub mod envelope;
