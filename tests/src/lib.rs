@@ -1,1 +1,4 @@
-//! placeholder
+//! Shared code of Coffer's integration tests and benchmark tool: a SigV4 signer ([`sigv4`]) and
+//! process harnesses that boot the real daemons with temp dirs and ephemeral ports.
+
+pub mod sigv4;
