@@ -82,3 +82,99 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
+
+// ---- Admin API (audience `AUD_ADMIN`; a service token never satisfies it) ----
+
+/// Admin route: create (POST) and list (GET) service identities.
+pub const PATH_ADMIN_CLIENTS: &str = "/v1/admin/clients";
+/// Admin route prefix of one identity: `POST {prefix}/{name}/revoke`.
+pub const PATH_ADMIN_CLIENT_PREFIX: &str = "/v1/admin/clients/";
+/// Admin route: list root key versions (GET).
+pub const PATH_ADMIN_KEYS: &str = "/v1/admin/keys";
+/// Admin route: rotate the root key (POST).
+pub const PATH_ADMIN_ROTATE: &str = "/v1/admin/keys/rotate";
+/// Admin route: rotation progress / re-wrap coverage (GET).
+pub const PATH_ADMIN_ROTATION: &str = "/v1/admin/keys/rotation";
+/// Admin route: status (GET).
+pub const PATH_ADMIN_STATUS: &str = "/v1/admin/status";
+/// Admin route: seal the KMS (POST); key operations answer 503 `sealed` until restart.
+pub const PATH_ADMIN_SEAL: &str = "/v1/admin/seal";
+/// Admin route: query the audit log (GET, filters in the query string).
+pub const PATH_ADMIN_AUDIT: &str = "/v1/admin/audit";
+/// Admin route: export the whole audit log as JSON lines, closed by a signed checkpoint (GET).
+pub const PATH_ADMIN_AUDIT_EXPORT: &str = "/v1/admin/audit/export";
+/// Admin route: the audit public key (GET).
+pub const PATH_ADMIN_AUDIT_KEY: &str = "/v1/admin/audit/public-key";
+
+/// `POST /v1/admin/clients`. The caller generates the key pair; only the public key is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateClientRequest {
+    /// Identity name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// Bucket id glob (`*`, `tenant-a-*`, ...).
+    pub buckets: String,
+    /// Allowed operations: `generate`, `unwrap`.
+    pub ops: Vec<String>,
+    /// Base64 of the Ed25519 public key.
+    pub public_key: String,
+}
+
+/// One identity as listed by the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub name: String,
+    /// `admin` or `service`.
+    pub kind: String,
+    pub buckets: String,
+    pub ops: Vec<String>,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339, when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+/// One root key version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyVersionInfo {
+    pub version: u32,
+    pub created: String,
+    pub active: bool,
+    /// Data keys whose current wrapping uses this version.
+    pub data_keys: i64,
+}
+
+/// Rotation progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotationStatus {
+    pub active_version: u32,
+    pub total_data_keys: i64,
+    /// Data keys wrapped under the active version.
+    pub rewrapped: i64,
+    /// `rewrapped / total_data_keys` in percent (100 when there are none).
+    pub coverage_percent: f64,
+}
+
+/// `POST /v1/admin/keys/rotate` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateResponse {
+    pub new_version: u32,
+}
+
+/// `GET /v1/admin/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub sealed: bool,
+    pub active_version: Option<u32>,
+    pub key_versions: Vec<u32>,
+    pub audit_healthy: bool,
+    pub audit_head_seq: u64,
+    pub audit_last_checkpoint_seq: u64,
+}
+
+/// `GET /v1/admin/audit/public-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPublicKey {
+    /// Base64 of the Ed25519 audit public key (the content of `audit.pub`).
+    pub public_key: String,
+}

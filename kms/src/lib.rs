@@ -1,1 +1,218 @@
-//! placeholder
+//! coffer-kms: a key management daemon. It holds the root keys (sealed at rest under an operator
+//! passphrase), issues and unwraps per-bucket data keys over an authenticated HTTP API, manages
+//! service identities, rotates the root key with background re-wrapping, and writes a
+//! hash-chained, signed audit record for every service call and admin action.
+//!
+//! This file owns the shared state ([`KmsState`]), start-up ([`open`]: unseal and load) and
+//! [`serve`] on an already-bound listener. Secret: the root keys and the passphrase key held in
+//! [`KmsState`] (zeroized on drop, wiped on seal).
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod hardening;
+pub mod init;
+pub mod keyring;
+pub mod rotation;
+pub mod seal;
+pub mod store;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use coffer_common::secret::Passphrase;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use sqlx::sqlite::SqlitePool;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify};
+
+use crate::audit::writer::{AuditLog, Head, WriterConfig};
+use crate::auth::{AuthContext, Identities, Identity, Kind, Op, ReplayCache};
+use crate::keyring::Keyring;
+use crate::seal::{PassphraseKey, SealError};
+
+/// The running KMS.
+pub struct KmsState {
+    /// Root keys; `None` when sealed.
+    pub keyring: RwLock<Option<Keyring>>,
+    /// The passphrase key, kept to seal new root versions; `None` when sealed.
+    pub passphrase_key: Mutex<Option<PassphraseKey>>,
+    pub identities: Identities,
+    pub replay: ReplayCache,
+    pub audit: AuditLog,
+    /// Read pool (the audit writer owns the only writing connection).
+    pub pool: SqlitePool,
+    /// Unix time this process started (tokens issued earlier are refused).
+    pub started_unix: i64,
+    /// Wakes the re-wrap worker.
+    pub rewrap_notify: Notify,
+}
+
+impl KmsState {
+    /// The authentication context.
+    pub fn auth(&self) -> AuthContext<'_> {
+        AuthContext {
+            identities: &self.identities,
+            replay: &self.replay,
+            started_unix: self.started_unix,
+        }
+    }
+}
+
+/// Why the KMS could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0} is not an initialized coffer-kms data dir (run coffer-kms init)")]
+    NotInitialized(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database contents are invalid: {0}")]
+    Corrupt(String),
+}
+
+/// Background tasks to await at shutdown.
+pub struct Tasks {
+    writer: tokio::task::JoinHandle<()>,
+    rewrap: tokio::task::JoinHandle<()>,
+}
+
+fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
+    let pk: [u8; 32] = r
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| StartError::Corrupt(format!("public key of {}", r.name)))?;
+    Ok(Identity {
+        name: r.name.clone(),
+        kind: if r.kind == "admin" {
+            Kind::Admin
+        } else {
+            Kind::Service
+        },
+        public_key: VerifyingKey::from_bytes(&pk)
+            .map_err(|_| StartError::Corrupt(format!("public key of {}", r.name)))?,
+        bucket_glob: r.buckets.clone(),
+        ops: r
+            .ops
+            .split(',')
+            .filter_map(Op::parse)
+            .collect::<HashSet<_>>(),
+        revoked: r.revoked_ms.is_some(),
+    })
+}
+
+/// Writer settings from the environment: `COFFER_KMS_CHECKPOINT_EVERY` (records, default 1000)
+/// and `COFFER_KMS_CHECKPOINT_SECS` (default 10).
+pub fn writer_config_from_env() -> WriterConfig {
+    let num = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(d)
+    };
+    WriterConfig {
+        checkpoint_every: num("COFFER_KMS_CHECKPOINT_EVERY", 1000),
+        checkpoint_interval: Duration::from_secs(num("COFFER_KMS_CHECKPOINT_SECS", 10)),
+    }
+}
+
+/// Open an initialized data dir: unseal every root key and the audit key with the passphrase,
+/// load identities, start the audit writer and the re-wrap worker.
+pub async fn open(
+    data_dir: &Path,
+    passphrase: &Passphrase,
+    cfg: WriterConfig,
+) -> Result<(Arc<KmsState>, Tasks), StartError> {
+    if !data_dir.join(store::DB_FILE).exists() {
+        return Err(StartError::NotInitialized(data_dir.display().to_string()));
+    }
+    let (mut writer, pool) = store::open(data_dir).await?;
+    if !store::is_initialized(&mut writer).await? {
+        return Err(StartError::NotInitialized(data_dir.display().to_string()));
+    }
+    let sealed = store::root_keys(&mut writer).await?;
+    let mut ring = Keyring::default();
+    let mut pk: Option<PassphraseKey> = None;
+    for (version, row) in sealed {
+        let key = match pk.as_ref() {
+            Some(k) if k.params == row.params && k.salt == row.salt => k,
+            _ => pk.insert(PassphraseKey::derive(passphrase, row.params, row.salt)?),
+        };
+        ring.insert(version, key.unseal(&row.sealed)?);
+    }
+    let pk = pk.ok_or_else(|| StartError::NotInitialized(data_dir.display().to_string()))?;
+    let (audit_row, audit_pub) = store::audit_key(&mut writer).await?;
+    let audit_pk = if audit_row.params == pk.params && audit_row.salt == pk.salt {
+        None
+    } else {
+        Some(PassphraseKey::derive(
+            passphrase,
+            audit_row.params,
+            audit_row.salt,
+        )?)
+    };
+    let seed = audit_pk.as_ref().unwrap_or(&pk).unseal(&audit_row.sealed)?;
+    let signing = SigningKey::from_bytes(seed.expose_secret());
+    if signing.verifying_key().to_bytes().as_slice() != audit_pub.as_slice() {
+        return Err(StartError::Corrupt(
+            "audit key does not match its public key".into(),
+        ));
+    }
+    let identities = Identities::default();
+    for r in store::identities(&mut writer).await? {
+        identities.put(identity_from_row(&r)?);
+    }
+    let (seq, hash, cp) = store::audit_head(&mut writer).await?;
+    let head = Head {
+        seq,
+        hash,
+        last_checkpoint_seq: cp,
+    };
+    let (audit, writer_task) = AuditLog::start(writer, head, signing, cfg);
+    let state = Arc::new(KmsState {
+        keyring: RwLock::new(Some(ring)),
+        passphrase_key: Mutex::new(Some(pk)),
+        identities,
+        replay: ReplayCache::default(),
+        audit,
+        pool,
+        started_unix: coffer_common::jwt::now_unix(),
+        rewrap_notify: Notify::new(),
+    });
+    let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
+    state.rewrap_notify.notify_one();
+    Ok((
+        state,
+        Tasks {
+            writer: writer_task,
+            rewrap,
+        },
+    ))
+}
+
+/// Serve the KMS on `listener` (plain HTTP, or TLS when `tls` is given) until `shutdown`
+/// resolves; then let in-flight requests finish, flush the audit writer (with a last
+/// checkpoint) and return.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<KmsState>,
+    tasks: Tasks,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let app = api::router(state.clone());
+    let result = coffer_common::server::serve(listener, tls, app, shutdown).await;
+    tasks.rewrap.abort();
+    let _ = tasks.rewrap.await;
+    // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.writer).await;
+    result
+}

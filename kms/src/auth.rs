@@ -1,0 +1,342 @@
+//! Request authentication and authorization: EdDSA JWTs verified against the identity's stored
+//! public key (audience, expiry, method/path binding via `coffer_common::jwt`), replay refusal
+//! through a cache of seen token ids, and scopes (bucket glob, operations).
+//!
+//! Secret: nothing (the KMS holds only public keys). Bearer tokens are never logged or audited;
+//! a refused token is audited by its claimed subject only. Tokens issued before this process
+//! started are refused, since the replay cache does not survive a restart.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use coffer_common::jwt::{self, JwtError};
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+/// A service operation a scope can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Generate,
+    Unwrap,
+}
+
+impl Op {
+    /// Wire/CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Generate => "generate",
+            Op::Unwrap => "unwrap",
+        }
+    }
+
+    /// Parse `generate` / `unwrap`.
+    pub fn parse(s: &str) -> Option<Op> {
+        match s.trim() {
+            "generate" => Some(Op::Generate),
+            "unwrap" => Some(Op::Unwrap),
+            _ => None,
+        }
+    }
+}
+
+/// Admin or service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Admin,
+    Service,
+}
+
+/// An identity as the KMS knows it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub kind: Kind,
+    pub public_key: VerifyingKey,
+    pub bucket_glob: String,
+    pub ops: HashSet<Op>,
+    pub revoked: bool,
+}
+
+impl Identity {
+    /// Whether the scope allows `op` on `bucket_id`.
+    pub fn allows(&self, op: Op, bucket_id: &str) -> bool {
+        self.ops.contains(&op) && glob_match::glob_match(&self.bucket_glob, bucket_id)
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("{0}")]
+    Token(JwtError),
+    #[error("unknown identity")]
+    UnknownIdentity,
+    #[error("token was already used")]
+    Replayed,
+    #[error("token was issued before the KMS started")]
+    IssuedBeforeStart,
+    #[error("identity is revoked")]
+    Revoked,
+    #[error("admin routes need an admin identity")]
+    NotAdmin,
+    #[error("service routes need a service identity")]
+    NotService,
+}
+
+/// Seen token ids until they expire. Bounded by token lifetime (at most five minutes).
+#[derive(Default)]
+pub struct ReplayCache {
+    inner: Mutex<ReplayInner>,
+}
+
+#[derive(Default)]
+struct ReplayInner {
+    seen: HashMap<[u8; 16], i64>,
+    by_expiry: BinaryHeap<Reverse<(i64, [u8; 16])>>,
+}
+
+impl ReplayCache {
+    /// Record `(sub, jti)`; false when it was already seen (a replay).
+    pub fn check_and_insert(&self, sub: &str, jti: &str, exp: i64, now: i64) -> bool {
+        let mut h = Sha256::new();
+        h.update(sub.as_bytes());
+        h.update([0u8]);
+        h.update(jti.as_bytes());
+        let d = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(d.get(..16).unwrap_or(&[0u8; 16]));
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
+        while let Some(Reverse((e, old))) = g.by_expiry.peek().copied() {
+            if e >= now {
+                break;
+            }
+            g.by_expiry.pop();
+            g.seen.remove(&old);
+        }
+        if g.seen.contains_key(&id) {
+            return false;
+        }
+        g.seen.insert(id, exp);
+        g.by_expiry.push(Reverse((exp, id)));
+        true
+    }
+}
+
+/// Identities by name, cached in memory (loaded at start, updated after each committed change).
+#[derive(Default)]
+pub struct Identities {
+    map: std::sync::RwLock<HashMap<String, Identity>>,
+}
+
+impl Identities {
+    /// Replace or add an identity.
+    pub fn put(&self, id: Identity) {
+        if let Ok(mut m) = self.map.write() {
+            m.insert(id.name.clone(), id);
+        }
+    }
+
+    /// Mark revoked.
+    pub fn revoke(&self, name: &str) {
+        if let Ok(mut m) = self.map.write()
+            && let Some(i) = m.get_mut(name)
+        {
+            i.revoked = true;
+        }
+    }
+
+    /// Look one up.
+    pub fn get(&self, name: &str) -> Option<Identity> {
+        self.map.read().ok()?.get(name).cloned()
+    }
+}
+
+/// Claimed subject of a token (unverified), for audit records of refused requests.
+pub fn claimed_subject(token: Option<&str>) -> Option<String> {
+    let sub = jwt::peek_claims(token?).ok()?.sub;
+    // Bound and sanitize: this is attacker-controlled text.
+    Some(sub.chars().filter(|c| !c.is_control()).take(128).collect())
+}
+
+/// Everything needed to check one request's token.
+pub struct AuthContext<'a> {
+    pub identities: &'a Identities,
+    pub replay: &'a ReplayCache,
+    pub started_unix: i64,
+}
+
+impl AuthContext<'_> {
+    /// Authenticate a bearer token for `method path` with the given required kind.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        kind: Kind,
+        method: &str,
+        path: &str,
+    ) -> Result<Identity, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = jwt::peek_claims(token).map_err(AuthError::Token)?;
+        let id = self
+            .identities
+            .get(&claims.sub)
+            .ok_or(AuthError::UnknownIdentity)?;
+        let audience = match kind {
+            Kind::Admin => jwt::AUD_ADMIN,
+            Kind::Service => jwt::AUD_SERVICE,
+        };
+        let now = jwt::now_unix();
+        let claims = jwt::verify(token, &id.public_key, audience, method, path, now)
+            .map_err(AuthError::Token)?;
+        if id.kind != kind {
+            return Err(match kind {
+                Kind::Admin => AuthError::NotAdmin,
+                Kind::Service => AuthError::NotService,
+            });
+        }
+        if claims.iat < self.started_unix {
+            return Err(AuthError::IssuedBeforeStart);
+        }
+        if !self
+            .replay
+            .check_and_insert(&claims.sub, &claims.jti, claims.exp, now)
+        {
+            return Err(AuthError::Replayed);
+        }
+        if id.revoked {
+            return Err(AuthError::Revoked);
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_common::jwt::{AUD_ADMIN, AUD_SERVICE, Claims};
+    use ed25519_dalek::SigningKey;
+
+    fn setup() -> (Identities, SigningKey, SigningKey) {
+        let svc = SigningKey::from_bytes(&[1u8; 32]);
+        let adm = SigningKey::from_bytes(&[2u8; 32]);
+        let ids = Identities::default();
+        ids.put(Identity {
+            name: "node".into(),
+            kind: Kind::Service,
+            public_key: svc.verifying_key(),
+            bucket_glob: "tenant-a-*".into(),
+            ops: [Op::Unwrap].into_iter().collect(),
+            revoked: false,
+        });
+        ids.put(Identity {
+            name: "admin".into(),
+            kind: Kind::Admin,
+            public_key: adm.verifying_key(),
+            bucket_glob: String::new(),
+            ops: HashSet::new(),
+            revoked: false,
+        });
+        (ids, svc, adm)
+    }
+
+    #[test]
+    fn replayed_jti_is_refused_and_scopes_apply() {
+        let (ids, svc, _) = setup();
+        let replay = ReplayCache::default();
+        let ctx = AuthContext {
+            identities: &ids,
+            replay: &replay,
+            started_unix: jwt::now_unix() - 10,
+        };
+        let t = jwt::sign(&svc, &Claims::new("node", AUD_SERVICE, "POST", "/p", 60));
+        let id = ctx
+            .authenticate(Some(&t), Kind::Service, "POST", "/p")
+            .unwrap();
+        assert!(id.allows(Op::Unwrap, "tenant-a-1"));
+        assert!(!id.allows(Op::Generate, "tenant-a-1"));
+        assert!(!id.allows(Op::Unwrap, "tenant-b-1"));
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Service, "POST", "/p")
+                .err(),
+            Some(AuthError::Replayed)
+        );
+        // A fresh token works again.
+        let t2 = jwt::sign(&svc, &Claims::new("node", AUD_SERVICE, "POST", "/p", 60));
+        assert!(
+            ctx.authenticate(Some(&t2), Kind::Service, "POST", "/p")
+                .is_ok()
+        );
+        ids.revoke("node");
+        let t3 = jwt::sign(&svc, &Claims::new("node", AUD_SERVICE, "POST", "/p", 60));
+        assert_eq!(
+            ctx.authenticate(Some(&t3), Kind::Service, "POST", "/p")
+                .err(),
+            Some(AuthError::Revoked)
+        );
+    }
+
+    #[test]
+    fn audiences_kinds_and_restart_window_are_enforced() {
+        let (ids, svc, adm) = setup();
+        let replay = ReplayCache::default();
+        let ctx = AuthContext {
+            identities: &ids,
+            replay: &replay,
+            started_unix: jwt::now_unix() - 10,
+        };
+        // Service token on an admin route: wrong audience.
+        let t = jwt::sign(&svc, &Claims::new("node", AUD_SERVICE, "GET", "/a", 60));
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::Token(JwtError::WrongAudience))
+        );
+        // Service key signing an admin-audience token: not an admin identity.
+        let t = jwt::sign(&svc, &Claims::new("node", AUD_ADMIN, "GET", "/a", 60));
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::NotAdmin)
+        );
+        // Token claiming the admin identity but signed by the service key.
+        let t = jwt::sign(&svc, &Claims::new("admin", AUD_ADMIN, "GET", "/a", 60));
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::Token(JwtError::BadSignature))
+        );
+        let t = jwt::sign(&adm, &Claims::new("admin", AUD_ADMIN, "GET", "/a", 60));
+        assert!(ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").is_ok());
+        let t = jwt::sign(&adm, &Claims::new("nobody", AUD_ADMIN, "GET", "/a", 60));
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::UnknownIdentity)
+        );
+        assert_eq!(
+            ctx.authenticate(None, Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::Missing)
+        );
+        let mut c = Claims::new("admin", AUD_ADMIN, "GET", "/a", 60);
+        c.iat -= 20;
+        let t = jwt::sign(&adm, &c);
+        assert_eq!(
+            ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
+            Some(AuthError::IssuedBeforeStart)
+        );
+    }
+
+    #[test]
+    fn replay_cache_forgets_expired_ids_only() {
+        let c = ReplayCache::default();
+        assert!(c.check_and_insert("a", "1", 100, 50));
+        assert!(!c.check_and_insert("a", "1", 100, 60));
+        assert!(c.check_and_insert("b", "1", 100, 60));
+        assert!(c.check_and_insert("a", "2", 200, 150));
+        assert!(
+            c.check_and_insert("a", "1", 300, 150),
+            "expired id forgotten"
+        );
+        assert!(!c.check_and_insert("a", "2", 200, 150));
+    }
+}

@@ -1,0 +1,326 @@
+//! `coffer-kms admin --url URL --credential FILE …`: the admin API client. Each request carries
+//! a fresh admin-audience JWT bound to its method and path. Results are printed as JSON.
+//!
+//! Secret: the admin private key (read from its 0600 credential file) and, for `client create`,
+//! the new service identity's private key, generated here and written once to a new 0600 file;
+//! only its public key is sent to the KMS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use coffer_common::credential::Credential;
+use coffer_common::jwt::AUD_SERVICE;
+use coffer_common::kms_api::{self as api, CreateClientRequest, ErrorBody};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// KMS base URL, e.g. http://127.0.0.1:8200.
+    #[arg(long, env = "COFFER_KMS_URL")]
+    url: String,
+    /// Admin credential file (written by init to DATA_DIR/admin.credential).
+    #[arg(long, env = "COFFER_KMS_CREDENTIAL")]
+    credential: PathBuf,
+    /// CA certificate (PEM) to trust for an HTTPS URL.
+    #[arg(long, env = "COFFER_KMS_CA")]
+    ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: AdminCmd,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Service identities.
+    Client {
+        #[command(subcommand)]
+        cmd: ClientCmd,
+    },
+    /// Root key versions.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Rotate the root key (`rotate status`: re-wrap progress).
+    Rotate {
+        #[command(subcommand)]
+        cmd: Option<RotateCmd>,
+    },
+    /// KMS status.
+    Status,
+    /// Seal the KMS (wipe keys from memory until restart).
+    Seal,
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Create a service identity and write its credential file.
+    Create {
+        name: String,
+        /// Bucket id glob, e.g. '*' or 'tenant-a-*'.
+        #[arg(long)]
+        buckets: String,
+        /// Comma-separated operations: generate,unwrap.
+        #[arg(long, value_delimiter = ',')]
+        ops: Vec<String>,
+        /// Where to write the credential (new file, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List identities.
+    List,
+    /// Revoke a service identity.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// List root key versions.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RotateCmd {
+    /// Re-wrap progress after a rotation.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Query records (JSON lines on stdout).
+    Query {
+        /// RFC 3339 time, inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time, inclusive.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Operation, e.g. generate, unwrap, client.create, rotate.
+        #[arg(long)]
+        op: Option<String>,
+        /// `ok` or an error code.
+        #[arg(long)]
+        result: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Export the whole log (JSON lines, closed by a signed checkpoint).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print (or write) the audit public key.
+    PublicKey {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    cred: Credential,
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let token = self.cred.token(method.as_str(), path);
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = rb.send().await.context("KMS unreachable")?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => bail!(
+                "KMS answered {status}: {} ({}){}",
+                e.code,
+                e.message,
+                e.request_id
+                    .map(|r| format!(" request id {r}"))
+                    .unwrap_or_default()
+            ),
+            Err(_) => bail!("KMS answered {status}"),
+        }
+    }
+
+    async fn json(&self, rb: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+        Ok(self.send(rb).await?.json().await?)
+    }
+}
+
+fn print(v: &serde_json::Value) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    coffer_common::tls::install_crypto_provider();
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// Run an admin command.
+pub async fn run(a: AdminArgs) -> Result<ExitCode> {
+    let cred = Credential::load(&a.credential)?;
+    let c = Client {
+        http: http_client(a.ca_file.as_deref())?,
+        base: a.url.trim_end_matches('/').to_string(),
+        cred,
+    };
+    use reqwest::Method;
+    match a.cmd {
+        AdminCmd::Client { cmd } => match cmd {
+            ClientCmd::Create {
+                name,
+                buckets,
+                ops,
+                out,
+            } => {
+                if out.exists() {
+                    bail!(
+                        "{} already exists; refusing to overwrite a credential",
+                        out.display()
+                    );
+                }
+                let new = Credential::generate(&name, AUD_SERVICE);
+                let req = CreateClientRequest {
+                    name,
+                    buckets,
+                    ops,
+                    public_key: new.public_key_b64(),
+                };
+                let v = c
+                    .json(c.request(Method::POST, api::PATH_ADMIN_CLIENTS).json(&req))
+                    .await?;
+                new.write_new(&out)?;
+                eprintln!("service credential written to {}", out.display());
+                print(&v)
+            }
+            ClientCmd::List => print(
+                &c.json(c.request(Method::GET, api::PATH_ADMIN_CLIENTS))
+                    .await?,
+            ),
+            ClientCmd::Revoke { name } => {
+                let path = format!("{}{name}/revoke", api::PATH_ADMIN_CLIENT_PREFIX);
+                print(&c.json(c.request(Method::POST, &path)).await?)
+            }
+        },
+        AdminCmd::Keys { cmd: KeysCmd::List } => {
+            print(&c.json(c.request(Method::GET, api::PATH_ADMIN_KEYS)).await?)
+        }
+        AdminCmd::Rotate { cmd: None } => print(
+            &c.json(c.request(Method::POST, api::PATH_ADMIN_ROTATE))
+                .await?,
+        ),
+        AdminCmd::Rotate {
+            cmd: Some(RotateCmd::Status),
+        } => print(
+            &c.json(c.request(Method::GET, api::PATH_ADMIN_ROTATION))
+                .await?,
+        ),
+        AdminCmd::Status => print(
+            &c.json(c.request(Method::GET, api::PATH_ADMIN_STATUS))
+                .await?,
+        ),
+        AdminCmd::Seal => print(
+            &c.json(c.request(Method::POST, api::PATH_ADMIN_SEAL))
+                .await?,
+        ),
+        AdminCmd::Audit { cmd } => audit(&c, cmd).await,
+    }
+}
+
+async fn audit(c: &Client, cmd: AuditCmd) -> Result<ExitCode> {
+    use reqwest::Method;
+    match cmd {
+        AuditCmd::Query {
+            since,
+            until,
+            identity,
+            bucket,
+            op,
+            result,
+            limit,
+        } => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [
+                ("since", since),
+                ("until", until),
+                ("identity", identity),
+                ("bucket", bucket),
+                ("op", op),
+                ("result", result),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let v = c
+                .json(c.request(Method::GET, api::PATH_ADMIN_AUDIT).query(&q))
+                .await?;
+            for rec in v.as_array().into_iter().flatten() {
+                println!("{}", serde_json::to_string(rec)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Export { out } => {
+            let resp = c
+                .send(c.request(Method::GET, api::PATH_ADMIN_AUDIT_EXPORT))
+                .await?;
+            let tmp = out.with_extension("partial");
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut stream = resp.bytes_stream();
+            let mut lines = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.context("export interrupted")?;
+                lines += chunk.iter().filter(|b| **b == b'\n').count();
+                f.write_all(&chunk).await?;
+            }
+            f.sync_all().await?;
+            drop(f);
+            tokio::fs::rename(&tmp, &out).await?;
+            eprintln!("exported {lines} lines to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::PublicKey { out } => {
+            let v: api::AuditPublicKey = c
+                .send(c.request(Method::GET, api::PATH_ADMIN_AUDIT_KEY))
+                .await?
+                .json()
+                .await?;
+            match out {
+                Some(p) => std::fs::write(&p, format!("{}\n", v.public_key))
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => println!("{}", v.public_key),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The KMS database (SQLite through sqlx, runtime queries, migrations in `migrations/kms/`):
+//! sealed root keys, the sealed audit key, identities (public keys and scopes), the registry of
+//! issued data keys (wrapped only) and the audit log with its checkpoints.
+//!
+//! Secret: nothing in the clear; keys are stored sealed (root, audit) or wrapped (data keys).
+//! Atomic: writes happen only through [`apply_change`] and [`insert_record`], called by the audit
+//! writer inside one transaction per batch. The journal is a rollback journal (`DELETE` mode) with
+//! `synchronous = FULL`: a commit is durable when it returns.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, SqliteConnection};
+
+use crate::audit::{AuditRecord, Checkpoint};
+use crate::seal::KdfParams;
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "kms.db";
+
+/// A refused state change (answered with a 4xx and audited with its code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+impl ChangeError {
+    /// Stable code recorded in the audit log and answered on the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChangeError::Conflict(_) => "conflict",
+            ChangeError::NotFound(_) => "not_found",
+        }
+    }
+}
+
+/// Result of applying a change: refused (audited) or a database failure (batch fails).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Refused(ChangeError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A sealed key row.
+pub struct SealedRow {
+    pub params: KdfParams,
+    pub salt: [u8; 16],
+    pub sealed: Vec<u8>,
+}
+
+/// One re-wrapped data key.
+pub struct Rewrapped {
+    pub data_key_id: i64,
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+    pub lookup: Vec<u8>,
+}
+
+/// An identity row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdentityRow {
+    pub name: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub public_key: Vec<u8>,
+    pub buckets: String,
+    pub ops: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// A state change applied in the same transaction as its audit record.
+pub enum StateChange {
+    None,
+    InsertDataKey {
+        bucket_id: String,
+        version: u32,
+        wrapped: Vec<u8>,
+        lookup: Vec<u8>,
+    },
+    InsertIdentity(IdentityRow),
+    RevokeIdentity {
+        name: String,
+    },
+    InsertRootKey {
+        version: u32,
+        row: SealedRow,
+    },
+    Rewrap(Vec<Rewrapped>),
+}
+
+/// Connection options for a database file.
+pub fn options(db_file: &Path, create: bool) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::new()
+        .filename(db_file)
+        .create_if_missing(create)
+        .journal_mode(SqliteJournalMode::Delete)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true))
+}
+
+/// Run the migrations on a connection.
+pub async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations/kms").run(conn).await
+}
+
+/// Open the writer connection (migrated) and a small read pool.
+pub async fn open(data_dir: &Path) -> Result<(SqliteConnection, SqlitePool), sqlx::Error> {
+    let opts = options(&data_dir.join(DB_FILE), false)?;
+    let mut writer = SqliteConnection::connect_with(&opts).await?;
+    migrate(&mut writer).await.map_err(sqlx::Error::from)?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?;
+    Ok((writer, pool))
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn sealed_row(r: &sqlx::sqlite::SqliteRow, col: &str) -> Result<SealedRow, sqlx::Error> {
+    let salt: Vec<u8> = r.try_get("kdf_salt")?;
+    Ok(SealedRow {
+        params: KdfParams {
+            m_kib: r.try_get::<i64, _>("kdf_m_kib")? as u32,
+            t: r.try_get::<i64, _>("kdf_t")? as u32,
+            p: r.try_get::<i64, _>("kdf_p")? as u32,
+        },
+        salt: salt
+            .as_slice()
+            .try_into()
+            .map_err(|_| sqlx::Error::Decode("salt length".into()))?,
+        sealed: r.try_get(col)?,
+    })
+}
+
+/// Whether the database has been initialized (a root key exists).
+pub async fn is_initialized(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM root_keys")
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+/// All sealed root keys, ascending by version.
+pub async fn root_keys(conn: &mut SqliteConnection) -> Result<Vec<(u32, SealedRow)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM root_keys ORDER BY version")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("version")? as u32,
+                sealed_row(r, "sealed_key")?,
+            ))
+        })
+        .collect()
+}
+
+/// The sealed audit key and its public key.
+pub async fn audit_key(conn: &mut SqliteConnection) -> Result<(SealedRow, Vec<u8>), sqlx::Error> {
+    let r = sqlx::query("SELECT * FROM audit_key WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    Ok((sealed_row(&r, "sealed_seed")?, r.try_get("public_key")?))
+}
+
+/// Store the sealed audit key (init only).
+pub async fn insert_audit_key(
+    conn: &mut SqliteConnection,
+    row: &SealedRow,
+    public_key: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_key (id, kdf_m_kib, kdf_t, kdf_p, kdf_salt, sealed_seed, public_key) VALUES (1, ?, ?, ?, ?, ?, ?)")
+        .bind(i64::from(row.params.m_kib))
+        .bind(i64::from(row.params.t))
+        .bind(i64::from(row.params.p))
+        .bind(row.salt.as_slice())
+        .bind(row.sealed.as_slice())
+        .bind(public_key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// All identities.
+pub async fn identities(conn: &mut SqliteConnection) -> Result<Vec<IdentityRow>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM identities ORDER BY name")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(IdentityRow {
+                name: r.try_get("name")?,
+                kind: r.try_get("kind")?,
+                public_key: r.try_get("public_key")?,
+                buckets: r.try_get("buckets")?,
+                ops: r.try_get("ops")?,
+                created_ms: r.try_get("created_ms")?,
+                revoked_ms: r.try_get("revoked_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Apply one state change (inside the caller's transaction/savepoint).
+pub async fn apply_change(
+    conn: &mut SqliteConnection,
+    change: &StateChange,
+) -> Result<(), ApplyError> {
+    match change {
+        StateChange::None => {}
+        StateChange::InsertDataKey {
+            bucket_id,
+            version,
+            wrapped,
+            lookup,
+        } => {
+            let id: i64 = sqlx::query_scalar("INSERT INTO data_keys (bucket_id, cur_version, cur_wrapped, created_ms) VALUES (?, ?, ?, ?) RETURNING id")
+                .bind(bucket_id)
+                .bind(i64::from(*version))
+                .bind(wrapped.as_slice())
+                .bind(now_ms())
+                .fetch_one(&mut *conn)
+                .await?;
+            sqlx::query("INSERT OR IGNORE INTO key_wrappings (lookup, data_key_id, version) VALUES (?, ?, ?)")
+                .bind(lookup.as_slice())
+                .bind(id)
+                .bind(i64::from(*version))
+                .execute(&mut *conn)
+                .await?;
+        }
+        StateChange::InsertIdentity(row) => {
+            let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM identities WHERE name = ?")
+                .bind(&row.name)
+                .fetch_one(&mut *conn)
+                .await?;
+            if exists > 0 {
+                return Err(ApplyError::Refused(ChangeError::Conflict(format!(
+                    "identity {}",
+                    row.name
+                ))));
+            }
+            sqlx::query("INSERT INTO identities (name, kind, public_key, buckets, ops, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&row.name)
+                .bind(&row.kind)
+                .bind(row.public_key.as_slice())
+                .bind(&row.buckets)
+                .bind(&row.ops)
+                .bind(row.created_ms)
+                .execute(&mut *conn)
+                .await?;
+        }
+        StateChange::RevokeIdentity { name } => {
+            let n = sqlx::query("UPDATE identities SET revoked_ms = ? WHERE name = ? AND kind = 'service' AND revoked_ms IS NULL")
+                .bind(now_ms())
+                .bind(name)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(ApplyError::Refused(ChangeError::NotFound(format!(
+                    "active service identity {name}"
+                ))));
+            }
+        }
+        StateChange::InsertRootKey { version, row } => {
+            sqlx::query("INSERT INTO root_keys (version, kdf_m_kib, kdf_t, kdf_p, kdf_salt, sealed_key, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(i64::from(*version))
+                .bind(i64::from(row.params.m_kib))
+                .bind(i64::from(row.params.t))
+                .bind(i64::from(row.params.p))
+                .bind(row.salt.as_slice())
+                .bind(row.sealed.as_slice())
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+        }
+        StateChange::Rewrap(items) => {
+            for it in items {
+                sqlx::query("UPDATE data_keys SET cur_version = ?, cur_wrapped = ? WHERE id = ?")
+                    .bind(i64::from(it.version))
+                    .bind(it.wrapped.as_slice())
+                    .bind(it.data_key_id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("INSERT OR IGNORE INTO key_wrappings (lookup, data_key_id, version) VALUES (?, ?, ?)")
+                    .bind(it.lookup.as_slice())
+                    .bind(it.data_key_id)
+                    .bind(i64::from(it.version))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Append an audit record.
+pub async fn insert_record(
+    conn: &mut SqliteConnection,
+    rec: &AuditRecord,
+) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(rec).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let ts = time::OffsetDateTime::parse(&rec.time, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or_else(|_| now_ms());
+    sqlx::query("INSERT INTO audit_log (seq, ts_ms, identity, operation, bucket_id, result, hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(rec.seq as i64)
+        .bind(ts)
+        .bind(&rec.identity)
+        .bind(&rec.operation)
+        .bind(&rec.bucket)
+        .bind(&rec.result)
+        .bind(&rec.hash)
+        .bind(json)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Store a signed checkpoint.
+pub async fn insert_checkpoint(
+    conn: &mut SqliteConnection,
+    cp: &Checkpoint,
+) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(cp).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (seq, checkpoint) VALUES (?, ?)")
+        .bind(cp.seq as i64)
+        .bind(json)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The committed chain head: (seq, hash, last checkpoint seq).
+pub async fn audit_head(conn: &mut SqliteConnection) -> Result<(u64, String, u64), sqlx::Error> {
+    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (seq, hash) = match row {
+        Some(r) => (
+            r.try_get::<i64, _>("seq")? as u64,
+            r.try_get::<String, _>("hash")?,
+        ),
+        None => (0, String::new()),
+    };
+    let cp: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints")
+        .fetch_one(conn)
+        .await?;
+    Ok((seq, hash, cp.unwrap_or(0) as u64))
+}
+
+/// Filters of an audit query.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct AuditFilter {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub identity: Option<String>,
+    pub bucket: Option<String>,
+    pub op: Option<String>,
+    pub result: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Records matching `f`, oldest first, as stored JSON.
+pub async fn query_records(pool: &SqlitePool, f: &AuditFilter) -> Result<Vec<String>, sqlx::Error> {
+    let mut sql = String::from("SELECT record FROM audit_log WHERE 1 = 1");
+    if f.since_ms.is_some() {
+        sql.push_str(" AND ts_ms >= ?");
+    }
+    if f.until_ms.is_some() {
+        sql.push_str(" AND ts_ms <= ?");
+    }
+    for (v, col) in [
+        (&f.identity, "identity"),
+        (&f.bucket, "bucket_id"),
+        (&f.op, "operation"),
+        (&f.result, "result"),
+    ] {
+        if v.is_some() {
+            sql.push_str(&format!(" AND {col} = ?"));
+        }
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    let mut q = sqlx::query_scalar::<_, String>(&sql);
+    for v in [f.since_ms, f.until_ms].into_iter().flatten() {
+        q = q.bind(v);
+    }
+    for v in [&f.identity, &f.bucket, &f.op, &f.result]
+        .into_iter()
+        .flatten()
+    {
+        q = q.bind(v.clone());
+    }
+    q.bind(f.limit.unwrap_or(1000).clamp(1, 100_000))
+        .fetch_all(pool)
+        .await
+}
+
+/// Records with `from <= seq <= to`, ascending, as stored JSON, with checkpoints in that range.
+pub async fn export_page(
+    pool: &SqlitePool,
+    from: u64,
+    to: u64,
+) -> Result<(Vec<(u64, String)>, Vec<(u64, String)>), sqlx::Error> {
+    let recs =
+        sqlx::query("SELECT seq, record FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq")
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("seq")? as u64,
+                    r.try_get::<String, _>("record")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let cps = sqlx::query(
+        "SELECT seq, checkpoint FROM audit_checkpoints WHERE seq >= ? AND seq <= ? ORDER BY seq",
+    )
+    .bind(from as i64)
+    .bind(to as i64)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get::<i64, _>("seq")? as u64,
+            r.try_get::<String, _>("checkpoint")?,
+        ))
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((recs, cps))
+}
+
+/// Data keys not yet wrapped under `active`, at most `limit`: (id, bucket, version, wrapped).
+pub async fn keys_to_rewrap(
+    pool: &SqlitePool,
+    active: u32,
+    limit: i64,
+) -> Result<Vec<(i64, String, u32, Vec<u8>)>, sqlx::Error> {
+    sqlx::query("SELECT id, bucket_id, cur_version, cur_wrapped FROM data_keys WHERE cur_version < ? ORDER BY id LIMIT ?")
+        .bind(i64::from(active))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                r.try_get("bucket_id")?,
+                r.try_get::<i64, _>("cur_version")? as u32,
+                r.try_get("cur_wrapped")?,
+            ))
+        })
+        .collect()
+}
+
+/// Count of data keys per current root version.
+pub async fn keys_per_version(pool: &SqlitePool) -> Result<Vec<(u32, i64)>, sqlx::Error> {
+    sqlx::query("SELECT cur_version, COUNT(*) AS n FROM data_keys GROUP BY cur_version ORDER BY cur_version")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("cur_version")? as u32, r.try_get("n")?)))
+        .collect()
+}
+
+/// Root key versions with their creation time.
+pub async fn root_versions(pool: &SqlitePool) -> Result<Vec<(u32, i64)>, sqlx::Error> {
+    sqlx::query("SELECT version, created_ms FROM root_keys ORDER BY version")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("version")? as u32,
+                r.try_get("created_ms")?,
+            ))
+        })
+        .collect()
+}
+
+/// The current wrapping of the data key that `lookup` designates, if registered.
+pub async fn current_wrapping(
+    pool: &SqlitePool,
+    lookup: &[u8],
+) -> Result<Option<(u32, Vec<u8>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT d.cur_version, d.cur_wrapped FROM key_wrappings w JOIN data_keys d ON d.id = w.data_key_id WHERE w.lookup = ?")
+        .bind(lookup)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get::<i64, _>("cur_version")? as u32,
+            r.try_get("cur_wrapped")?,
+        ))
+    })
+    .transpose()
+}
