@@ -1,0 +1,397 @@
+//! Process harness for `coffer-kms`: builds the binary once (`cargo build -p coffer-kms`, or uses
+//! `COFFER_BIN_DIR`), initializes a data dir in a temp dir with a random passphrase and the dev
+//! Argon2 profile, runs `serve` on 127.0.0.1:0 and learns the port from its `listening on` line
+//! (no sleeps), and keeps every byte the processes print. When a test panics, the logs are
+//! dumped to stderr on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use coffer_common::credential::Credential;
+use coffer_common::kms_api::{
+    ErrorBody, GenerateDataKeyRequest, GenerateDataKeyResponse, PATH_GENERATE, PATH_UNWRAP,
+    UnwrapDataKeyRequest, UnwrapDataKeyResponse,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Directory holding the built binaries (`COFFER_BIN_DIR`, else `target/debug`, built once).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("COFFER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", "coffer-kms", "--bin", "coffer-kms"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build -p coffer-kms");
+        assert!(status.success(), "cargo build -p coffer-kms failed");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug")
+}
+
+/// Path of the coffer-kms binary.
+pub fn kms_bin() -> PathBuf {
+    bin_dir().join("coffer-kms")
+}
+
+/// A KMS data dir and (when started) its serving process.
+pub struct Kms {
+    pub tmp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    /// The planted passphrase (random per harness).
+    pub passphrase: String,
+    pub passphrase_file: PathBuf,
+    /// Extra environment for `serve`.
+    pub env: Vec<(String, String)>,
+    pub url: String,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Kms {
+    /// `coffer-kms init` in a fresh temp dir (dev Argon2 profile).
+    pub async fn init() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let passphrase = format!("planted-pass-{}", uuid::Uuid::new_v4().simple());
+        let passphrase_file = tmp.path().join("passphrase");
+        coffer_common::secret_file::write_new_secret_file(&passphrase_file, passphrase.as_bytes())
+            .unwrap();
+        let kms = Self {
+            tmp,
+            data_dir,
+            passphrase,
+            passphrase_file,
+            env: Vec::new(),
+            url: String::new(),
+            child: None,
+            logs: Arc::default(),
+        };
+        let out = kms
+            .cli(&[
+                "init",
+                "--data-dir",
+                kms.data_dir.to_str().unwrap(),
+                "--passphrase-file",
+                kms.passphrase_file.to_str().unwrap(),
+                "--argon2",
+                "dev",
+            ])
+            .await;
+        assert!(out.status.success(), "init failed:\n{}", kms.logs());
+        kms
+    }
+
+    /// Start `serve` and wait for its `listening on` line.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new(kms_bin());
+        cmd.args([
+            "serve",
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--passphrase-file",
+            self.passphrase_file.to_str().unwrap(),
+            "--no-mlock",
+        ])
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn coffer-kms serve");
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                logs.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut url = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            self.log(&format!("[stdout] {line}\n"));
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = Some(u.trim().to_string());
+                break;
+            }
+        }
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                logs.lock()
+                    .unwrap()
+                    .extend_from_slice(format!("[stdout] {line}\n").as_bytes());
+            }
+        });
+        match url {
+            Some(u) => self.url = u,
+            None => {
+                let status = child.wait().await;
+                panic!(
+                    "coffer-kms exited before ready ({status:?}):\n{}",
+                    self.logs()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL the server and reap it.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().unwrap();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// SIGTERM the server and wait for a clean exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("not running");
+        let pid = c.id().expect("pid").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        c.wait().await.unwrap()
+    }
+
+    fn log(&self, s: &str) {
+        self.logs.lock().unwrap().extend_from_slice(s.as_bytes());
+    }
+
+    /// Everything the processes printed so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+
+    /// Run the binary with `args` (output captured and appended to the logs).
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(kms_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("COFFER_KMS_PASSPHRASE")
+            .output()
+            .await
+            .expect("run coffer-kms");
+        self.log(&format!(
+            "[cli {:?} -> {}]\n{}{}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        out
+    }
+
+    /// Path of the admin credential written by init.
+    pub fn admin_credential(&self) -> PathBuf {
+        self.data_dir.join("admin.credential")
+    }
+
+    /// Path of the audit public key written by init.
+    pub fn audit_pub(&self) -> PathBuf {
+        self.data_dir.join("audit.pub")
+    }
+
+    /// `coffer-kms admin --url URL --credential ADMIN args…`.
+    pub async fn admin(&self, args: &[&str]) -> Output {
+        let cred = self.admin_credential();
+        let mut full = vec![
+            "admin",
+            "--url",
+            self.url.as_str(),
+            "--credential",
+            cred.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        self.cli(&full).await
+    }
+
+    /// Create a service identity through the CLI and load its credential.
+    pub async fn create_client(&self, name: &str, buckets: &str, ops: &str) -> Credential {
+        let out = self.tmp.path().join(format!("{name}.credential"));
+        let o = self
+            .admin(&[
+                "client",
+                "create",
+                name,
+                "--buckets",
+                buckets,
+                "--ops",
+                ops,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .await;
+        assert!(o.status.success(), "client create failed:\n{}", self.logs());
+        Credential::load(&out).unwrap()
+    }
+
+    /// Export the audit log to a file in the temp dir and return its path.
+    pub async fn export_audit(&self, name: &str) -> PathBuf {
+        let out = self.tmp.path().join(name);
+        let o = self
+            .admin(&["audit", "export", "--out", out.to_str().unwrap()])
+            .await;
+        assert!(o.status.success(), "audit export failed:\n{}", self.logs());
+        out
+    }
+
+    /// `coffer-kms audit verify FILE --public-key audit.pub`: (success, stdout).
+    pub async fn verify_audit(&self, file: &Path) -> (bool, String) {
+        let o = self
+            .cli(&[
+                "audit",
+                "verify",
+                file.to_str().unwrap(),
+                "--public-key",
+                self.audit_pub().to_str().unwrap(),
+            ])
+            .await;
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// An HTTP client for the service API.
+    pub fn client(&self) -> KmsClient {
+        KmsClient {
+            http: reqwest::Client::new(),
+            base: self.url.clone(),
+        }
+    }
+}
+
+impl Drop for Kms {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== coffer-kms logs ({}) =====\n{}\n===== end =====",
+                self.data_dir.display(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// A refused call: status and error body.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+/// Minimal service API client.
+#[derive(Clone)]
+pub struct KmsClient {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl KmsClient {
+    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        token: String,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, Refused> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Refused {
+                status: 0,
+                body: ErrorBody {
+                    code: "transport".into(),
+                    message: e.to_string(),
+                    request_id: None,
+                },
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        if status == 200 {
+            return Ok(serde_json::from_slice(&bytes).expect("response JSON"));
+        }
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+            code: "unparsable".into(),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+            request_id: None,
+        });
+        Err(Refused { status, body })
+    }
+
+    /// Generate a data key for `bucket`.
+    pub async fn generate(
+        &self,
+        cred: &Credential,
+        bucket: &str,
+    ) -> Result<GenerateDataKeyResponse, Refused> {
+        let req = GenerateDataKeyRequest {
+            bucket_id: bucket.into(),
+        };
+        self.call(cred.token("POST", PATH_GENERATE), PATH_GENERATE, &req)
+            .await
+    }
+
+    /// Unwrap a wrapped key for `bucket`.
+    pub async fn unwrap(
+        &self,
+        cred: &Credential,
+        bucket: &str,
+        wrapped: &str,
+        version: u32,
+    ) -> Result<UnwrapDataKeyResponse, Refused> {
+        let req = UnwrapDataKeyRequest {
+            bucket_id: bucket.into(),
+            wrapped_key: wrapped.into(),
+            key_version: version,
+        };
+        self.call(cred.token("POST", PATH_UNWRAP), PATH_UNWRAP, &req)
+            .await
+    }
+
+    /// POST with a given raw token (for replay and audience tests).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, String) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status().as_u16();
+        (s, resp.text().await.unwrap_or_default())
+    }
+}
