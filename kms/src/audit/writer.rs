@@ -243,7 +243,7 @@ async fn commit_batch(
             hash: String::new(),
         };
         rec.hash = rec.compute_hash();
-        store::insert_record(&mut *tx, &rec).await?;
+        store::insert_record(&mut tx, &rec).await?;
         cur.seq = rec.seq;
         cur.hash = rec.hash;
         outcomes.push(match outcome_err {
@@ -253,7 +253,7 @@ async fn commit_batch(
     }
     if cur.seq - cur.last_checkpoint_seq >= cfg.checkpoint_every {
         let cp = Checkpoint::sign(key, cur.seq, &cur.hash, false);
-        store::insert_checkpoint(&mut *tx, &cp).await?;
+        store::insert_checkpoint(&mut tx, &cp).await?;
         cur.last_checkpoint_seq = cur.seq;
     }
     tx.commit().await?;
