@@ -26,8 +26,25 @@ pub fn bin_dir() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("debug").join("coffer-kms");
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // Skip the build when the binary is newer than every source it is made from (a rebuild
+        // under another feature set would only relink it).
+        let sources = ["kms/src", "kms/Cargo.toml", "common/src", "migrations/kms"];
+        let newest = sources
+            .iter()
+            .filter_map(|s| newest_mtime(&root.join(s)))
+            .max();
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if let (Some(newest), Some(built)) = (newest, built)
+            && built >= newest
+        {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "-q", "-p", "coffer-kms", "--bin", "coffer-kms"])
@@ -36,10 +53,19 @@ pub fn bin_dir() -> PathBuf {
             .expect("running cargo build -p coffer-kms");
         assert!(status.success(), "cargo build -p coffer-kms failed");
     });
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
     target.join("debug")
+}
+
+fn newest_mtime(p: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(p).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(p)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// Path of the coffer-kms binary.
