@@ -39,7 +39,10 @@ impl StoredSse {
     /// Rebuild from the stored columns; `None` when they are inconsistent.
     pub fn from_columns(mode: &str, salt: Option<&[u8]>, sealed: Option<&[u8]>) -> Option<Self> {
         let sealed_key = || -> Option<SealedKey> {
-            Some(SealedKey { salt: salt?.try_into().ok()?, sealed: sealed?.try_into().ok()? })
+            Some(SealedKey {
+                salt: salt?.try_into().ok()?,
+                sealed: sealed?.try_into().ok()?,
+            })
         };
         match mode {
             "none" => Some(StoredSse::None),
@@ -53,7 +56,9 @@ impl StoredSse {
     pub fn columns(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         match self {
             StoredSse::None => (None, None),
-            StoredSse::SseS3(s) | StoredSse::SseC(s) => (Some(s.salt.to_vec()), Some(s.sealed.to_vec())),
+            StoredSse::SseS3(s) | StoredSse::SseC(s) => {
+                (Some(s.salt.to_vec()), Some(s.sealed.to_vec()))
+            }
         }
     }
 
@@ -103,21 +108,31 @@ where
     Fut: Future<Output = Result<(Vec<u8>, u32), String>>,
 {
     if let Some((wrapped, version)) = bucket.wrapped {
-        return Ok(keys.unwrap(bucket.bucket_id, wrapped, version, request_id).await?);
+        return Ok(keys
+            .unwrap(bucket.bucket_id, wrapped, version, request_id)
+            .await?);
     }
     let generated = keys.generate(bucket.bucket_id, request_id).await?;
     let mine = generated.wrapped.clone();
-    let (stored, version) = persist(generated.wrapped, generated.version).await.map_err(EnvelopeError::Store)?;
+    let (stored, version) = persist(generated.wrapped, generated.version)
+        .await
+        .map_err(EnvelopeError::Store)?;
     if stored == mine {
         Ok(keys.insert(bucket.bucket_id, generated.plaintext).await)
     } else {
         // Another writer stored its key first; use that one.
-        Ok(keys.unwrap(bucket.bucket_id, &stored, version, request_id).await?)
+        Ok(keys
+            .unwrap(bucket.bucket_id, &stored, version, request_id)
+            .await?)
     }
 }
 
 /// Seal a fresh object key for a new version.
-pub fn seal_new(mode: SealMode, secret: &SecretKey32, binding: &Binding<'_>) -> (SecretKey32, StoredSse) {
+pub fn seal_new(
+    mode: SealMode,
+    secret: &SecretKey32,
+    binding: &Binding<'_>,
+) -> (SecretKey32, StoredSse) {
     let ok = keys::new_object_key();
     let sealed = keys::seal(mode, secret, binding, &ok);
     let stored = match mode {
@@ -128,7 +143,12 @@ pub fn seal_new(mode: SealMode, secret: &SecretKey32, binding: &Binding<'_>) -> 
 }
 
 /// Re-seal an existing object key (SSE-C rotation, SSE-S3 <-> SSE-C) without touching blobs.
-pub fn reseal(mode: SealMode, secret: &SecretKey32, binding: &Binding<'_>, object_key: &SecretKey32) -> StoredSse {
+pub fn reseal(
+    mode: SealMode,
+    secret: &SecretKey32,
+    binding: &Binding<'_>,
+    object_key: &SecretKey32,
+) -> StoredSse {
     let sealed = keys::seal(mode, secret, binding, object_key);
     match mode {
         SealMode::SseS3 => StoredSse::SseS3(sealed),
@@ -137,11 +157,21 @@ pub fn reseal(mode: SealMode, secret: &SecretKey32, binding: &Binding<'_>, objec
 }
 
 /// Open the object key of an SSE-C version with the customer's key.
-pub fn open_sse_c(stored: &SealedKey, customer: &SecretKey32, binding: &Binding<'_>) -> Result<SecretKey32, EnvelopeError> {
-    keys::unseal(SealMode::SseC, customer, binding, stored).map_err(|UnsealError| EnvelopeError::WrongCustomerKey)
+pub fn open_sse_c(
+    stored: &SealedKey,
+    customer: &SecretKey32,
+    binding: &Binding<'_>,
+) -> Result<SecretKey32, EnvelopeError> {
+    keys::unseal(SealMode::SseC, customer, binding, stored)
+        .map_err(|UnsealError| EnvelopeError::WrongCustomerKey)
 }
 
 /// Open the object key of an SSE-S3 version with the bucket key.
-pub fn open_sse_s3(stored: &SealedKey, bucket_key: &SecretKey32, binding: &Binding<'_>) -> Result<SecretKey32, EnvelopeError> {
-    keys::unseal(SealMode::SseS3, bucket_key, binding, stored).map_err(|UnsealError| EnvelopeError::Corrupt)
+pub fn open_sse_s3(
+    stored: &SealedKey,
+    bucket_key: &SecretKey32,
+    binding: &Binding<'_>,
+) -> Result<SecretKey32, EnvelopeError> {
+    keys::unseal(SealMode::SseS3, bucket_key, binding, stored)
+        .map_err(|UnsealError| EnvelopeError::Corrupt)
 }

@@ -83,7 +83,12 @@ impl PartCipher {
     }
 
     /// Deterministic constructor (test vectors).
-    pub fn with_parts(object_key: &SecretKey32, part_number: u32, salt: &[u8; 32], prefix: &[u8; 7]) -> Self {
+    pub fn with_parts(
+        object_key: &SecretKey32,
+        part_number: u32,
+        salt: &[u8; 32],
+        prefix: &[u8; 7],
+    ) -> Self {
         let mut header = [0u8; HEADER_LEN];
         header[0..4].copy_from_slice(MAGIC);
         header[4] = FORMAT_VERSION;
@@ -97,7 +102,11 @@ impl PartCipher {
     }
 
     /// A cipher for reading an existing part from its header bytes.
-    pub fn for_read(object_key: &SecretKey32, part_number: u32, header: &[u8]) -> Result<Self, FormatError> {
+    pub fn for_read(
+        object_key: &SecretKey32,
+        part_number: u32,
+        header: &[u8],
+    ) -> Result<Self, FormatError> {
         let header: [u8; HEADER_LEN] = header.try_into().map_err(|_| FormatError::BadHeader)?;
         let ok = header.get(0..4) == Some(MAGIC.as_slice())
             && header[4] == FORMAT_VERSION
@@ -126,7 +135,12 @@ impl PartCipher {
     }
 
     /// Seal one segment in place (appends the tag).
-    pub fn seal_segment(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<(), FormatError> {
+    pub fn seal_segment(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
         let n = self.nonce(index, last)?;
         self.aead
             .encrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
@@ -134,7 +148,12 @@ impl PartCipher {
     }
 
     /// Open one segment in place (checks and removes the tag).
-    pub fn open_segment(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<(), FormatError> {
+    pub fn open_segment(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
         let n = self.nonce(index, last)?;
         self.aead
             .decrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
@@ -162,7 +181,12 @@ pub struct Encryptor {
 
 impl Encryptor {
     pub fn new(cipher: PartCipher) -> Self {
-        Self { cipher, buf: Vec::with_capacity(SEGMENT_SIZE + TAG_LEN), index: 0, header_written: false }
+        Self {
+            cipher,
+            buf: Vec::with_capacity(SEGMENT_SIZE + TAG_LEN),
+            index: 0,
+            header_written: false,
+        }
     }
 
     fn start(&mut self, out: &mut Vec<u8>) {
@@ -233,7 +257,9 @@ pub fn plan_range(plain_len: u64, start: u64, end_inclusive: u64) -> SegmentPlan
     let seg = SEGMENT_SIZE as u64;
     let first = start / seg;
     let last = (end_inclusive / seg).min(segment_count(plain_len) - 1);
-    let file_len = (first..=last).map(|i| segment_cipher_len(plain_len, i)).sum();
+    let file_len = (first..=last)
+        .map(|i| segment_cipher_len(plain_len, i))
+        .sum();
     SegmentPlan {
         first_segment: first,
         last_segment: last,
@@ -305,7 +331,8 @@ impl Decryptor {
 
     fn open_current(&mut self, out: &mut Vec<u8>) -> Result<(), FormatError> {
         let is_last = self.next + 1 == segment_count(self.plain_len);
-        self.cipher.open_segment(self.next, is_last, &mut self.buf)?;
+        self.cipher
+            .open_segment(self.next, is_last, &mut self.buf)?;
         let start = self.skip.min(self.buf.len());
         let avail = (self.buf.len() - start) as u64;
         let n = avail.min(self.remaining) as usize;

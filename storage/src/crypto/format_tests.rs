@@ -28,9 +28,19 @@ fn encrypt(plain: &[u8], chunk: usize) -> (Vec<u8>, [u8; HEADER_LEN]) {
     (out, header)
 }
 
-fn decrypt_range(blob: &[u8], len: u64, start: u64, end: u64, chunk: usize) -> Result<Vec<u8>, FormatError> {
+fn decrypt_range(
+    blob: &[u8],
+    len: u64,
+    start: u64,
+    end: u64,
+    chunk: usize,
+) -> Result<Vec<u8>, FormatError> {
     let c = PartCipher::for_read(&ok_key(), 3, &blob[..HEADER_LEN])?;
-    let plan = if len == 0 { plan_full(0) } else { plan_range(len, start, end) };
+    let plan = if len == 0 {
+        plan_full(0)
+    } else {
+        plan_range(len, start, end)
+    };
     let region = &blob[plan.file_offset as usize..(plan.file_offset + plan.file_len) as usize];
     let mut d = Decryptor::new(c, len, &plan);
     let mut out = Vec::new();
@@ -43,12 +53,27 @@ fn decrypt_range(blob: &[u8], len: u64, start: u64, end: u64, chunk: usize) -> R
 
 #[test]
 fn round_trip_at_segment_boundaries() {
-    for len in [0usize, 1, 65535, 65536, 65537, 2 * 65536, 5 * 1024 * 1024 + 1] {
+    for len in [
+        0usize,
+        1,
+        65535,
+        65536,
+        65537,
+        2 * 65536,
+        5 * 1024 * 1024 + 1,
+    ] {
         let plain = pattern(len);
         for chunk in [1000usize, 65536, 70001] {
             let (blob, _) = encrypt(&plain, chunk);
             assert_eq!(blob.len() as u64, encrypted_len(len as u64), "len {len}");
-            let back = decrypt_range(&blob, len as u64, 0, (len as u64).saturating_sub(1), 4096 + 7).unwrap();
+            let back = decrypt_range(
+                &blob,
+                len as u64,
+                0,
+                (len as u64).saturating_sub(1),
+                4096 + 7,
+            )
+            .unwrap();
             assert_eq!(back, plain, "len {len} chunk {chunk}");
         }
     }
@@ -59,7 +84,14 @@ fn ranges_crossing_segments() {
     let len = 3 * 65536 + 123;
     let plain = pattern(len);
     let (blob, _) = encrypt(&plain, 9999);
-    let cases = [(0u64, 0u64), (65535, 65536), (65530, 131080), (131072, 131072), (len as u64 - 1, len as u64 - 1), (5, len as u64 - 1)];
+    let cases = [
+        (0u64, 0u64),
+        (65535, 65536),
+        (65530, 131080),
+        (131072, 131072),
+        (len as u64 - 1, len as u64 - 1),
+        (5, len as u64 - 1),
+    ];
     for (s, e) in cases {
         let got = decrypt_range(&blob, len as u64, s, e, 1500).unwrap();
         assert_eq!(got, &plain[s as usize..=e as usize], "range {s}-{e}");
@@ -70,10 +102,21 @@ fn ranges_crossing_segments() {
 fn tampering_truncation_and_wrong_key_fail() {
     let plain = pattern(200_000);
     let (blob, _) = encrypt(&plain, 65536);
-    for pos in [0usize, 5, 20, 45, HEADER_LEN + 3, HEADER_LEN + 65536 + 16 + 2, blob.len() - 1] {
+    for pos in [
+        0usize,
+        5,
+        20,
+        45,
+        HEADER_LEN + 3,
+        HEADER_LEN + 65536 + 16 + 2,
+        blob.len() - 1,
+    ] {
         let mut bad = blob.clone();
         bad[pos] ^= 0x01;
-        assert!(decrypt_range(&bad, 200_000, 0, 199_999, 65552).is_err(), "flip at {pos}");
+        assert!(
+            decrypt_range(&bad, 200_000, 0, 199_999, 65552).is_err(),
+            "flip at {pos}"
+        );
     }
     // Dropping the final segment and claiming a shorter length fails (last flag).
     let short_len = 3 * 65536u64;
@@ -88,10 +131,14 @@ fn tampering_truncation_and_wrong_key_fail() {
     swapped[b..b + s].copy_from_slice(&seg0);
     assert!(decrypt_range(&swapped, 200_000, 0, 199_999, 65552).is_err());
     // Wrong object key.
-    let c = PartCipher::for_read(&SecretKey32::from_bytes([9; 32]), 3, &blob[..HEADER_LEN]).unwrap();
+    let c =
+        PartCipher::for_read(&SecretKey32::from_bytes([9; 32]), 3, &blob[..HEADER_LEN]).unwrap();
     let plan = plan_full(200_000);
     let mut d = Decryptor::new(c, 200_000, &plan);
-    assert_eq!(d.push(&blob[HEADER_LEN..]).err(), Some(FormatError::Authentication));
+    assert_eq!(
+        d.push(&blob[HEADER_LEN..]).err(),
+        Some(FormatError::Authentication)
+    );
     // Wrong part number.
     let c = PartCipher::for_read(&ok_key(), 4, &blob[..HEADER_LEN]).unwrap();
     let mut d = Decryptor::new(c, 200_000, &plan);
@@ -122,4 +169,5 @@ fn published_test_vector() {
 const VECTOR_HEADER_HEX: &str = "43464f42010100010000111111111111111111111111111111111111111111111111111111111111111122222222222222";
 const VECTOR_LAST_TAG_HEX: &str = "c7c49d8b6836aa5ec55ed4ff3b949443";
 const VECTOR_BLOB_SHA256: &str = "c89f49132bbd0faa72a7520245e992a5db6dd69923f0ffb219b454220f654325";
-const VECTOR_PART_KEY_HEX: &str = "5a44c8cb20df1508b4fbdd5a0dcee2a06278bba0918166ec5f60c57eeaaa62fd";
+const VECTOR_PART_KEY_HEX: &str =
+    "5a44c8cb20df1508b4fbdd5a0dcee2a06278bba0918166ec5f60c57eeaaa62fd";

@@ -38,13 +38,35 @@ pub struct BucketKeys {
     slots: Mutex<HashMap<String, Slot>>,
     ttl: Duration,
     capacity: usize,
+    disabled: std::sync::atomic::AtomicBool,
     pub stats: CacheStats,
 }
 
 impl BucketKeys {
     /// `kms = None` means no KMS is configured: every key request fails with `NotConfigured`.
     pub fn new(kms: Option<KmsClient>, ttl: Duration, capacity: usize) -> Self {
-        Self { kms, slots: Mutex::new(HashMap::new()), ttl, capacity: capacity.max(1), stats: CacheStats::default() }
+        Self {
+            kms,
+            slots: Mutex::new(HashMap::new()),
+            ttl,
+            capacity: capacity.max(1),
+            disabled: Default::default(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The KMS is gone for good (e.g. the dev child process died): drop every cached key and
+    /// answer every key request with `Unavailable` from now on.
+    pub fn disable(&self) {
+        self.disabled.store(true, Ordering::SeqCst);
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn check_enabled(&self) -> Result<(), KmsError> {
+        if self.disabled.load(Ordering::SeqCst) {
+            return Err(KmsError::Unavailable("KMS process is not running".into()));
+        }
+        Ok(())
     }
 
     /// True when a KMS is configured.
@@ -70,17 +92,25 @@ impl BucketKeys {
         let ttl = self.ttl;
         let before = map.len();
         map.retain(|_, s| match s.try_lock() {
-            Ok(st) => st.key.as_ref().is_some_and(|(_, t)| now.duration_since(*t) < ttl),
+            Ok(st) => st
+                .key
+                .as_ref()
+                .is_some_and(|(_, t)| now.duration_since(*t) < ttl),
             Err(_) => true,
         });
         if map.len() >= self.capacity {
             // Still full of live keys: drop an arbitrary idle one.
-            let victim = map.iter().find(|(_, s)| s.try_lock().is_ok()).map(|(k, _)| k.clone());
+            let victim = map
+                .iter()
+                .find(|(_, s)| s.try_lock().is_ok())
+                .map(|(k, _)| k.clone());
             if let Some(v) = victim {
                 map.remove(&v);
             }
         }
-        self.stats.evictions.fetch_add((before - map.len()) as u64, Ordering::Relaxed);
+        self.stats
+            .evictions
+            .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
     }
 
     /// Drop every expired key (run periodically).
@@ -91,7 +121,11 @@ impl BucketKeys {
         let mut dropped = 0u64;
         for s in map.values() {
             if let Ok(mut st) = s.try_lock() {
-                if st.key.as_ref().is_some_and(|(_, t)| now.duration_since(*t) >= ttl) {
+                if st
+                    .key
+                    .as_ref()
+                    .is_some_and(|(_, t)| now.duration_since(*t) >= ttl)
+                {
                     st.key = None;
                     dropped += 1;
                 }
@@ -113,8 +147,15 @@ impl BucketKeys {
 
     /// The plaintext key of a bucket whose wrapped key is stored: from cache, or unwrapped by
     /// the KMS (one call per bucket however many callers miss at once).
-    pub async fn unwrap(&self, bucket_id: &str, wrapped: &[u8], version: u32, request_id: &str) -> Result<Arc<SecretKey32>, KmsError> {
+    pub async fn unwrap(
+        &self,
+        bucket_id: &str,
+        wrapped: &[u8],
+        version: u32,
+        request_id: &str,
+    ) -> Result<Arc<SecretKey32>, KmsError> {
         let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
+        self.check_enabled()?;
         let started = Instant::now();
         let slot = self.slot(bucket_id);
         let mut st = slot.lock().await;
@@ -148,8 +189,13 @@ impl BucketKeys {
 
     /// A new bucket key from the KMS. The caller persists the wrapped key (first writer wins)
     /// and then calls [`BucketKeys::insert`] with the key that won.
-    pub async fn generate(&self, bucket_id: &str, request_id: &str) -> Result<super::kms_client::GeneratedKey, KmsError> {
+    pub async fn generate(
+        &self,
+        bucket_id: &str,
+        request_id: &str,
+    ) -> Result<super::kms_client::GeneratedKey, KmsError> {
         let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
+        self.check_enabled()?;
         self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
         kms.generate(bucket_id, request_id).await.inspect_err(|_| {
             self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);

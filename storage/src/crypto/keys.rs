@@ -84,7 +84,12 @@ fn kek(mode: SealMode, secret: &SecretKey32, salt: &[u8; 32], binding: &Binding<
 }
 
 /// Seal `object_key` under `secret` (bucket key or customer key) for `binding`, fresh salt.
-pub fn seal(mode: SealMode, secret: &SecretKey32, binding: &Binding<'_>, object_key: &SecretKey32) -> SealedKey {
+pub fn seal(
+    mode: SealMode,
+    secret: &SecretKey32,
+    binding: &Binding<'_>,
+    object_key: &SecretKey32,
+) -> SealedKey {
     let mut salt = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     seal_with_salt(mode, secret, binding, object_key, salt)
@@ -127,7 +132,11 @@ pub fn new_object_key() -> SecretKey32 {
 mod tests {
     use super::*;
 
-    const B: Binding<'static> = Binding { bucket_id: "b1", object_key: "k", version_id: "v1" };
+    const B: Binding<'static> = Binding {
+        bucket_id: "b1",
+        object_key: "k",
+        version_id: "v1",
+    };
 
     #[test]
     fn seal_round_trip_and_binding() {
@@ -136,21 +145,40 @@ mod tests {
         let s = seal(SealMode::SseS3, &bk, &B, &ok);
         let back = unseal(SealMode::SseS3, &bk, &B, &s).map(|k| *k.expose_secret());
         assert_eq!(back, Ok(*ok.expose_secret()));
-        let other_bucket = Binding { bucket_id: "b2", ..B };
-        let other_key = Binding { object_key: "k2", ..B };
-        let other_version = Binding { version_id: "v2", ..B };
+        let other_bucket = Binding {
+            bucket_id: "b2",
+            ..B
+        };
+        let other_key = Binding {
+            object_key: "k2",
+            ..B
+        };
+        let other_version = Binding {
+            version_id: "v2",
+            ..B
+        };
         for b in [other_bucket, other_key, other_version] {
             assert!(unseal(SealMode::SseS3, &bk, &b, &s).is_err());
         }
-        assert!(unseal(SealMode::SseC, &bk, &B, &s).is_err(), "mode is bound");
-        assert!(unseal(SealMode::SseS3, &SecretKey32::generate(), &B, &s).is_err(), "wrong key");
+        assert!(
+            unseal(SealMode::SseC, &bk, &B, &s).is_err(),
+            "mode is bound"
+        );
+        assert!(
+            unseal(SealMode::SseS3, &SecretKey32::generate(), &B, &s).is_err(),
+            "wrong key"
+        );
     }
 
     /// The sealing vector in docs/format.md: secret = 32×0x42, object key = 32×0x07,
     /// salt = 32×0x33, binding (bucket "bkt-1", key "photos/cat.jpg", version "v-1").
     #[test]
     fn published_seal_vector() {
-        let b = Binding { bucket_id: "bkt-1", object_key: "photos/cat.jpg", version_id: "v-1" };
+        let b = Binding {
+            bucket_id: "bkt-1",
+            object_key: "photos/cat.jpg",
+            version_id: "v-1",
+        };
         let secret = SecretKey32::from_bytes([0x42; 32]);
         let ok = SecretKey32::from_bytes([0x07; 32]);
         let s3 = seal_with_salt(SealMode::SseS3, &secret, &b, &ok, [0x33; 32]);
@@ -159,13 +187,23 @@ mod tests {
         assert_eq!(hex::encode(c.sealed), SEAL_VECTOR_SSE_C);
     }
 
-    const SEAL_VECTOR_SSE_S3: &str = "46bdc59795351007abe4b7ad8bdaad427ca715335e1f25b64aae8e592d359021fee1a7e70a06eb09";
-    const SEAL_VECTOR_SSE_C: &str = "56d530f69f6979639af038afbb89ec7f84b016a37688b2da1d4fb512884657352d6e3afea7249214";
+    const SEAL_VECTOR_SSE_S3: &str =
+        "46bdc59795351007abe4b7ad8bdaad427ca715335e1f25b64aae8e592d359021fee1a7e70a06eb09";
+    const SEAL_VECTOR_SSE_C: &str =
+        "56d530f69f6979639af038afbb89ec7f84b016a37688b2da1d4fb512884657352d6e3afea7249214";
 
     #[test]
     fn length_prefix_prevents_field_shifting() {
-        let a = Binding { bucket_id: "ab", object_key: "c", version_id: "v" };
-        let b = Binding { bucket_id: "a", object_key: "bc", version_id: "v" };
+        let a = Binding {
+            bucket_id: "ab",
+            object_key: "c",
+            version_id: "v",
+        };
+        let b = Binding {
+            bucket_id: "a",
+            object_key: "bc",
+            version_id: "v",
+        };
         assert_ne!(a.info(SealMode::SseC), b.info(SealMode::SseC));
     }
 }

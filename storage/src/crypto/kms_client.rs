@@ -79,7 +79,9 @@ pub enum KmsClientBuildError {
     BadCa(String),
     #[error("KMS client identity is not valid PEM: {0}")]
     BadIdentity(String),
-    #[error("https KMS URL {0} needs a CA bundle (kms.ca_file); refusing to trust the system roots or to fall back to http")]
+    #[error(
+        "https KMS URL {0} needs a CA bundle (kms.ca_file); refusing to trust the system roots or to fall back to http"
+    )]
     MissingCa(String),
     #[error("building the KMS HTTP client failed: {0}")]
     Http(String),
@@ -94,17 +96,29 @@ impl KmsClient {
             .use_rustls_tls()
             .tls_built_in_root_certs(false);
         if cfg.url.starts_with("https://") {
-            let ca = cfg.ca_pem.as_ref().ok_or_else(|| KmsClientBuildError::MissingCa(cfg.url.clone()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(ca).map_err(|e| KmsClientBuildError::BadCa(e.to_string()))? {
+            let ca = cfg
+                .ca_pem
+                .as_ref()
+                .ok_or_else(|| KmsClientBuildError::MissingCa(cfg.url.clone()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(ca)
+                .map_err(|e| KmsClientBuildError::BadCa(e.to_string()))?
+            {
                 b = b.add_root_certificate(cert);
             }
             if let Some(id) = &cfg.client_identity_pem {
-                let identity = reqwest::Identity::from_pem(id).map_err(|e| KmsClientBuildError::BadIdentity(e.to_string()))?;
+                let identity = reqwest::Identity::from_pem(id)
+                    .map_err(|e| KmsClientBuildError::BadIdentity(e.to_string()))?;
                 b = b.identity(identity);
             }
         }
-        let http = b.build().map_err(|e| KmsClientBuildError::Http(e.to_string()))?;
-        Ok(Self { http, base: cfg.url.trim_end_matches('/').to_string(), credential: cfg.credential })
+        let http = b
+            .build()
+            .map_err(|e| KmsClientBuildError::Http(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            credential: cfg.credential,
+        })
     }
 
     async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -124,25 +138,48 @@ impl KmsClient {
             .await
             .map_err(|e| KmsError::Unavailable(classify(&e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| KmsError::Unavailable(classify(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| KmsError::Unavailable(classify(&e)))?;
         if status != 200 {
-            let code = serde_json::from_slice::<ErrorBody>(&bytes).map(|b| b.code).unwrap_or_else(|_| "unknown".into());
+            let code = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.code)
+                .unwrap_or_else(|_| "unknown".into());
             return Err(KmsError::Refused { status, code });
         }
         serde_json::from_slice(&bytes).map_err(|_| KmsError::Malformed)
     }
 
     /// Ask the KMS for a new bucket data key.
-    pub async fn generate(&self, bucket_id: &str, request_id: &str) -> Result<GeneratedKey, KmsError> {
-        let req = GenerateDataKeyRequest { bucket_id: bucket_id.to_string() };
+    pub async fn generate(
+        &self,
+        bucket_id: &str,
+        request_id: &str,
+    ) -> Result<GeneratedKey, KmsError> {
+        let req = GenerateDataKeyRequest {
+            bucket_id: bucket_id.to_string(),
+        };
         let resp: GenerateDataKeyResponse = self.call(PATH_GENERATE, &req, request_id).await?;
         let plaintext = SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)?;
-        let wrapped = STANDARD.decode(&resp.wrapped_key).map_err(|_| KmsError::Malformed)?;
-        Ok(GeneratedKey { plaintext, wrapped, version: resp.key_version })
+        let wrapped = STANDARD
+            .decode(&resp.wrapped_key)
+            .map_err(|_| KmsError::Malformed)?;
+        Ok(GeneratedKey {
+            plaintext,
+            wrapped,
+            version: resp.key_version,
+        })
     }
 
     /// Ask the KMS to unwrap a stored bucket data key.
-    pub async fn unwrap(&self, bucket_id: &str, wrapped: &[u8], version: u32, request_id: &str) -> Result<SecretKey32, KmsError> {
+    pub async fn unwrap(
+        &self,
+        bucket_id: &str,
+        wrapped: &[u8],
+        version: u32,
+        request_id: &str,
+    ) -> Result<SecretKey32, KmsError> {
         let req = UnwrapDataKeyRequest {
             bucket_id: bucket_id.to_string(),
             wrapped_key: STANDARD.encode(wrapped),

@@ -3,9 +3,9 @@
 //! ([`key_cache`]). Only this module holds plaintext keys; the store sees sealed keys and
 //! ciphertext.
 
+pub mod envelope;
 pub mod format;
-pub mod keys;
 pub mod key_cache;
+pub mod keys;
 pub mod kms_client;
 pub mod sse;
-pub mod envelope;

@@ -116,7 +116,9 @@ impl SseError {
             SseError::MissingAlgorithm => {
                 "Requests specifying Server Side Encryption with Customer provided keys must provide a valid encryption algorithm."
             }
-            SseError::BadAlgorithm => "The encryption request you specified is not valid. The valid value is AES256.",
+            SseError::BadAlgorithm => {
+                "The encryption request you specified is not valid. The valid value is AES256."
+            }
             SseError::MissingKey => {
                 "Requests specifying Server Side Encryption with Customer provided keys must provide an appropriate secret key."
             }
@@ -124,7 +126,9 @@ impl SseError {
                 "Requests specifying Server Side Encryption with Customer provided keys must provide the client calculated MD5 of the secret key."
             }
             SseError::BadKey => "The secret key was invalid for the specified algorithm.",
-            SseError::KeyMd5Mismatch => "The calculated MD5 hash of the key did not match the hash that was provided.",
+            SseError::KeyMd5Mismatch => {
+                "The calculated MD5 hash of the key did not match the hash that was provided."
+            }
             SseError::SseOnRead => {
                 "The x-amz-server-side-encryption header is not supported for this operation."
             }
@@ -147,14 +151,23 @@ fn customer_key(h: &SseHeaders<'_>) -> Result<Option<CustomerKey>, SseError> {
     }
     let key_b64 = h.key.ok_or(SseError::MissingKey)?;
     let md5_b64 = h.key_md5.ok_or(SseError::MissingKeyMd5)?;
-    let raw = Zeroizing::new(STANDARD.decode(key_b64.trim()).map_err(|_| SseError::BadKey)?);
+    let raw = Zeroizing::new(
+        STANDARD
+            .decode(key_b64.trim())
+            .map_err(|_| SseError::BadKey)?,
+    );
     let key = SecretKey32::from_slice(&raw).ok_or(SseError::BadKey)?;
     let digest = Md5::digest(raw.as_slice());
-    let sent = STANDARD.decode(md5_b64.trim()).map_err(|_| SseError::KeyMd5Mismatch)?;
+    let sent = STANDARD
+        .decode(md5_b64.trim())
+        .map_err(|_| SseError::KeyMd5Mismatch)?;
     if sent.len() != digest.len() || !bool::from(sent.as_slice().ct_eq(digest.as_slice())) {
         return Err(SseError::KeyMd5Mismatch);
     }
-    Ok(Some(CustomerKey { key, key_md5_b64: md5_b64.trim().to_string() }))
+    Ok(Some(CustomerKey {
+        key,
+        key_md5_b64: md5_b64.trim().to_string(),
+    }))
 }
 
 /// Validate the SSE headers of a write (steps 1-7).
@@ -183,7 +196,11 @@ pub fn parse_read(h: &SseHeaders<'_>, secure: bool) -> Result<Option<CustomerKey
         return Err(SseError::InsecureTransport);
     }
     if h.sse.is_some() {
-        return Err(if trio_present(h) { SseError::Incompatible } else { SseError::SseOnRead });
+        return Err(if trio_present(h) {
+            SseError::Incompatible
+        } else {
+            SseError::SseOnRead
+        });
     }
     customer_key(h)
 }
@@ -197,7 +214,12 @@ mod tests {
     const MD5_B: &str = "arxBvwY2V4SiOne6yppVPQ==";
 
     fn trio() -> SseHeaders<'static> {
-        SseHeaders { algorithm: Some("AES256"), key: Some(KEY_A), key_md5: Some(MD5_A), ..Default::default() }
+        SseHeaders {
+            algorithm: Some("AES256"),
+            key: Some(KEY_A),
+            key_md5: Some(MD5_A),
+            ..Default::default()
+        }
     }
 
     fn write_err(h: SseHeaders<'_>, secure: bool) -> Option<SseError> {
@@ -206,38 +228,168 @@ mod tests {
 
     #[test]
     fn valid_trio_and_sse_s3() {
-        assert!(matches!(parse_write(&trio(), true), Ok(WriteSse::SseC(k)) if k.key_md5_b64 == MD5_A));
-        let s3 = SseHeaders { sse: Some("AES256"), ..Default::default() };
+        assert!(
+            matches!(parse_write(&trio(), true), Ok(WriteSse::SseC(k)) if k.key_md5_b64 == MD5_A)
+        );
+        let s3 = SseHeaders {
+            sse: Some("AES256"),
+            ..Default::default()
+        };
         assert!(matches!(parse_write(&s3, false), Ok(WriteSse::SseS3)));
-        assert!(matches!(parse_write(&SseHeaders::default(), false), Ok(WriteSse::Unspecified)));
+        assert!(matches!(
+            parse_write(&SseHeaders::default(), false),
+            Ok(WriteSse::Unspecified)
+        ));
         assert!(matches!(parse_read(&trio(), true), Ok(Some(_))));
     }
 
     #[test]
     fn errors_in_spec_order() {
         // E9 comes first, even when the trio is also malformed.
-        let bad = SseHeaders { algorithm: Some("DES"), ..trio() };
+        let bad = SseHeaders {
+            algorithm: Some("DES"),
+            ..trio()
+        };
         assert_eq!(write_err(bad, false), Some(SseError::InsecureTransport));
         // E12 before algorithm checks.
-        assert_eq!(write_err(SseHeaders { sse: Some("AES256"), algorithm: Some("DES"), ..trio() }, true), Some(SseError::Incompatible));
-        assert_eq!(write_err(SseHeaders { sse: Some("AES256"), kms_key_id: Some("k"), ..Default::default() }, true), Some(SseError::KmsKeyIdWithoutKms));
-        assert_eq!(write_err(SseHeaders { kms_key_id: Some("k"), ..Default::default() }, true), Some(SseError::KmsKeyIdWithoutKms));
-        assert_eq!(write_err(SseHeaders { sse: Some("AES128"), ..Default::default() }, true), Some(SseError::UnknownMethod));
-        assert_eq!(write_err(SseHeaders { algorithm: None, ..trio() }, true), Some(SseError::MissingAlgorithm));
-        assert_eq!(write_err(SseHeaders { algorithm: Some("AES128"), key: None, ..trio() }, true), Some(SseError::BadAlgorithm));
-        assert_eq!(write_err(SseHeaders { key: None, key_md5: None, ..trio() }, true), Some(SseError::MissingKey));
-        assert_eq!(write_err(SseHeaders { key_md5: None, ..trio() }, true), Some(SseError::MissingKeyMd5));
-        assert_eq!(write_err(SseHeaders { key: Some("AAAA"), ..trio() }, true), Some(SseError::BadKey));
-        assert_eq!(write_err(SseHeaders { key: Some("!!notbase64"), ..trio() }, true), Some(SseError::BadKey));
-        assert_eq!(write_err(SseHeaders { key_md5: Some(MD5_B), ..trio() }, true), Some(SseError::KeyMd5Mismatch));
-        assert_eq!(parse_read(&SseHeaders { sse: Some("AES256"), ..Default::default() }, true).err(), Some(SseError::SseOnRead));
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    sse: Some("AES256"),
+                    algorithm: Some("DES"),
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::Incompatible)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    sse: Some("AES256"),
+                    kms_key_id: Some("k"),
+                    ..Default::default()
+                },
+                true
+            ),
+            Some(SseError::KmsKeyIdWithoutKms)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    kms_key_id: Some("k"),
+                    ..Default::default()
+                },
+                true
+            ),
+            Some(SseError::KmsKeyIdWithoutKms)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    sse: Some("AES128"),
+                    ..Default::default()
+                },
+                true
+            ),
+            Some(SseError::UnknownMethod)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    algorithm: None,
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::MissingAlgorithm)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    algorithm: Some("AES128"),
+                    key: None,
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::BadAlgorithm)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    key: None,
+                    key_md5: None,
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::MissingKey)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    key_md5: None,
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::MissingKeyMd5)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    key: Some("AAAA"),
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::BadKey)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    key: Some("!!notbase64"),
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::BadKey)
+        );
+        assert_eq!(
+            write_err(
+                SseHeaders {
+                    key_md5: Some(MD5_B),
+                    ..trio()
+                },
+                true
+            ),
+            Some(SseError::KeyMd5Mismatch)
+        );
+        assert_eq!(
+            parse_read(
+                &SseHeaders {
+                    sse: Some("AES256"),
+                    ..Default::default()
+                },
+                true
+            )
+            .err(),
+            Some(SseError::SseOnRead)
+        );
     }
 
     #[test]
     fn codes_are_pinned() {
-        assert_eq!(SseError::BadAlgorithm.code(), "InvalidEncryptionAlgorithmError");
+        assert_eq!(
+            SseError::BadAlgorithm.code(),
+            "InvalidEncryptionAlgorithmError"
+        );
         assert_eq!(SseError::InsecureTransport.code(), "InvalidRequest");
         assert_eq!(SseError::KeyMd5Mismatch.code(), "InvalidArgument");
-        assert_eq!(SseError::BadKey.message(), "The secret key was invalid for the specified algorithm.");
+        assert_eq!(
+            SseError::BadKey.message(),
+            "The secret key was invalid for the specified algorithm."
+        );
     }
 }

@@ -1,0 +1,214 @@
+//! CopyObject: re-encrypting copies (source decrypted with its key, destination sealed under its
+//! own plan) and the self-copy re-seal used for SSE-C key rotation, which changes only the
+//! sealed object key (the blob is not rewritten).
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+use subtle::ConstantTimeEq;
+
+use super::common::{self, WritePlan};
+use super::errors::{ApiError, ApiResult};
+use super::object::{self, ContentHeaders, bucket_or_404};
+use crate::crypto::envelope::{self, StoredSse};
+use crate::crypto::keys::{Binding, SealMode};
+use crate::state::NodeState;
+use crate::store::meta::{self, BlobRow, Object};
+
+/// Parse `CopySource` into (bucket, key).
+pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String)> {
+    match cs {
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        CopySource::AccessPoint { .. } | CopySource::Outpost { .. } => Err(
+            ApiError::InvalidArgument("Access point copy sources are not supported".into()),
+        ),
+    }
+}
+
+fn same_encryption(
+    plan: &WritePlan,
+    src: &StoredSse,
+    src_customer: Option<&crate::crypto::sse::CustomerKey>,
+) -> bool {
+    match (plan, src) {
+        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
+        (WritePlan::SseC(dst), StoredSse::SseC(_)) => src_customer
+            .is_some_and(|s| bool::from(s.key.expose_secret().ct_eq(dst.key.expose_secret()))),
+        _ => false,
+    }
+}
+
+pub(crate) async fn copy_object(
+    state: &NodeState,
+    req: S3Request<CopyObjectInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<CopyObjectOutput>> {
+    let src_customer = common::copy_source_key(state, &req.headers)?;
+    let input = req.input;
+    let (sb, sk) = copy_source(&input.copy_source)?;
+    let dst_bucket = bucket_or_404(state, &input.bucket).await?;
+    let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
+    let src_md5 = src_customer.as_ref().map(|c| c.key_md5_b64.clone());
+    let src_same_key = same_encryption(
+        &plan,
+        &StoredSse::SseC(crate::crypto::keys::SealedKey {
+            salt: [0; 32],
+            sealed: [0; 40],
+        }),
+        src_customer.as_ref(),
+    );
+    let src = object::resolve(state, &sb, &sk, src_customer, None, request_id).await?;
+    let replace = input
+        .metadata_directive
+        .as_ref()
+        .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+    let self_copy = sb == input.bucket && sk == input.key;
+    let unchanged_encryption = match (&plan, &src.obj.sse) {
+        (WritePlan::SseC(_), StoredSse::SseC(_)) => src_same_key,
+        (p, s) => same_encryption(p, s, None),
+    };
+    if self_copy && !replace && unchanged_encryption {
+        return Err(ApiError::InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+        ));
+    }
+    let now = meta::now_ms();
+    let (content_type, headers, metadata) = if replace {
+        let h = ContentHeaders {
+            cache_control: input.cache_control.clone(),
+            content_disposition: input.content_disposition.clone(),
+            content_encoding: input.content_encoding.clone(),
+            content_language: input.content_language.clone(),
+        };
+        (
+            input.content_type.as_ref().map(|c| c.to_string()),
+            serde_json::to_string(&h).unwrap_or_else(|_| "{}".into()),
+            object::metadata_json(input.metadata.as_ref()),
+        )
+    } else {
+        (
+            src.obj.content_type.clone(),
+            src.obj.headers.clone(),
+            src.obj.metadata.clone(),
+        )
+    };
+    let dst_md5 = match &plan {
+        WritePlan::SseC(k) => Some(k.key_md5_b64.clone()),
+        _ => None,
+    };
+
+    // Self-copy between encrypted forms: re-seal the object key only.
+    if let (true, Some(ok), false) = (
+        self_copy,
+        src.key.as_ref(),
+        matches!(plan, WritePlan::Plain),
+    ) {
+        let binding = Binding {
+            bucket_id: &dst_bucket.id,
+            object_key: &input.key,
+            version_id: &src.obj.version_id,
+        };
+        let sse = match &plan {
+            WritePlan::SseS3 => {
+                let bk = common::bucket_key(state, &dst_bucket, request_id).await?;
+                envelope::reseal(SealMode::SseS3, &bk, &binding, ok)
+            }
+            WritePlan::SseC(ck) => envelope::reseal(SealMode::SseC, &ck.key, &binding, ok),
+            WritePlan::Plain => return Err(ApiError::Internal("unreachable plain reseal".into())),
+        };
+        let updated = Object {
+            sse,
+            content_type,
+            headers,
+            metadata,
+            last_modified_ms: now,
+            ..src.obj.clone()
+        };
+        if !state.meta.update_object_in_place(&updated).await? {
+            return Err(ApiError::NoSuchKey);
+        }
+        let (s, a, m) = common::sse_out(&updated.sse, dst_md5.as_deref());
+        return Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(updated.etag.clone())),
+                last_modified: Some(common::ts(now)),
+                ..Default::default()
+            }),
+            server_side_encryption: s,
+            sse_customer_algorithm: a,
+            sse_customer_key_md5: m,
+            copy_source_version_id: None,
+            ..Default::default()
+        }));
+    }
+    let _ = src_md5;
+
+    // Re-encrypting copy: stream plaintext from the source into a new single-part object.
+    let version_id = uuid::Uuid::new_v4().to_string();
+    let binding = Binding {
+        bucket_id: &dst_bucket.id,
+        object_key: &input.key,
+        version_id: &version_id,
+    };
+    let (ok, stored) = common::seal_for(state, &dst_bucket, &plan, &binding, request_id).await?;
+    let stream = common::object_stream(state, &src.parts, src.key.as_ref(), None).await?;
+    let cipher = ok
+        .as_ref()
+        .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
+    let blob = state
+        .blobs
+        .write(stream, cipher, Some(src.obj.size))
+        .await?;
+    let etag = if stored.is_sse_c() || src.obj.multipart || src.obj.sse.is_sse_c() {
+        common::new_etag(&stored, &blob.md5)
+    } else {
+        src.obj.etag.clone()
+    };
+    let etag = if !stored.is_sse_c() {
+        hex::encode(blob.md5)
+    } else {
+        etag
+    };
+    let obj = Object {
+        bucket: dst_bucket.name.clone(),
+        key: input.key.clone(),
+        version_id,
+        size: blob.size,
+        etag: etag.clone(),
+        content_type,
+        headers,
+        metadata,
+        last_modified_ms: now,
+        sse: stored,
+        part_count: 1,
+        multipart: false,
+    };
+    let row = BlobRow {
+        part_number: 1,
+        size: blob.size,
+        etag: etag.clone(),
+        file: blob.file.clone(),
+        created_ms: now,
+    };
+    let old = match state.meta.put_object(&obj, &row).await {
+        Ok(o) => o,
+        Err(e) => {
+            state.blobs.remove(&blob.file).await;
+            return Err(e.into());
+        }
+    };
+    for f in old {
+        state.blobs.remove(&f).await;
+    }
+    let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
+    Ok(S3Response::new(CopyObjectOutput {
+        copy_object_result: Some(CopyObjectResult {
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(common::ts(now)),
+            ..Default::default()
+        }),
+        server_side_encryption: s,
+        sse_customer_algorithm: a,
+        sse_customer_key_md5: m,
+        ..Default::default()
+    }))
+}

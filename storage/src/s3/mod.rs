@@ -1,0 +1,272 @@
+//! The S3 edge: the only module that knows s3s types. [`CofferS3`] implements the `s3s::S3`
+//! trait by delegating each operation to its family file (`bucket`, `object`, `copy`,
+//! `multipart`, `attributes`) and mapping [`errors::ApiError`] to S3 errors in one place.
+//! Operations not listed here answer 501 NotImplemented (s3s's default).
+
+mod bucket;
+mod common;
+mod copy;
+pub mod errors;
+mod multipart;
+mod object;
+
+use std::sync::Arc;
+
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
+
+use crate::state::NodeState;
+use errors::ApiError;
+
+/// The S3 service.
+#[derive(Clone)]
+pub struct CofferS3 {
+    state: Arc<NodeState>,
+}
+
+impl CofferS3 {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn map<T>(op: &'static str, r: Result<T, ApiError>) -> S3Result<T> {
+    r.map_err(|e| {
+        tracing::debug!(op, error = %e, "request failed");
+        let retry = matches!(e, ApiError::KmsUnavailable(_));
+        let mut err = S3Error::from(e);
+        if retry {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            err.set_headers(h);
+        }
+        err
+    })
+}
+
+#[async_trait::async_trait]
+impl S3 for CofferS3 {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        map(
+            "CreateBucket",
+            bucket::create_bucket(&self.state, req).await,
+        )
+    }
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        map("HeadBucket", bucket::head_bucket(&self.state, req).await)
+    }
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        map(
+            "DeleteBucket",
+            bucket::delete_bucket(&self.state, req).await,
+        )
+    }
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        map("ListBuckets", bucket::list_buckets(&self.state).await)
+    }
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        map(
+            "GetBucketLocation",
+            bucket::get_bucket_location(&self.state, req).await,
+        )
+    }
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        map(
+            "PutBucketEncryption",
+            bucket::put_bucket_encryption(&self.state, req).await,
+        )
+    }
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        map(
+            "GetBucketEncryption",
+            bucket::get_bucket_encryption(&self.state, req).await,
+        )
+    }
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        map(
+            "DeleteBucketEncryption",
+            bucket::delete_bucket_encryption(&self.state, req).await,
+        )
+    }
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        map("ListObjects", bucket::list_objects(&self.state, req).await)
+    }
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        map(
+            "ListObjectsV2",
+            bucket::list_objects_v2(&self.state, req).await,
+        )
+    }
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        map(
+            "ListObjectVersions",
+            bucket::list_object_versions(&self.state, req).await,
+        )
+    }
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        map(
+            "PutObject",
+            object::put_object(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        map(
+            "GetObject",
+            object::get_object(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        map(
+            "HeadObject",
+            object::head_object(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        map(
+            "DeleteObject",
+            object::delete_object(&self.state, req).await,
+        )
+    }
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        map(
+            "DeleteObjects",
+            object::delete_objects(&self.state, req).await,
+        )
+    }
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        map(
+            "CopyObject",
+            copy::copy_object(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        map(
+            "GetObjectAttributes",
+            object::get_object_attributes(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        map(
+            "CreateMultipartUpload",
+            multipart::create(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        map(
+            "UploadPart",
+            multipart::upload_part(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        map(
+            "UploadPartCopy",
+            multipart::upload_part_copy(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        map(
+            "CompleteMultipartUpload",
+            multipart::complete(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        map(
+            "AbortMultipartUpload",
+            multipart::abort(&self.state, req).await,
+        )
+    }
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        map(
+            "ListParts",
+            multipart::list_parts(&self.state, req, &request_id()).await,
+        )
+    }
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        map(
+            "ListMultipartUploads",
+            multipart::list_uploads(&self.state, req).await,
+        )
+    }
+}

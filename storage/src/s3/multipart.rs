@@ -1,0 +1,459 @@
+//! Multipart uploads: Create (chooses and seals the upload's object key), UploadPart and
+//! UploadPartCopy (each part its own blob, part key derived from the object key and part
+//! number), Complete (atomically publishes the chosen parts as the object; a repeated Complete
+//! answers the same result), Abort, ListParts, ListMultipartUploads.
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+
+use super::common::{self, WritePlan};
+use super::copy::copy_source;
+use super::errors::{ApiError, ApiResult};
+use super::object::{self, ContentHeaders, bucket_or_404};
+use crate::crypto::format::PartCipher;
+use crate::crypto::keys::Binding;
+use crate::crypto::sse::CustomerKey;
+use crate::state::NodeState;
+use crate::store::meta::{self, BlobRow, Bucket, Object, Upload};
+
+const MIN_PART: u64 = 5 * 1024 * 1024;
+
+pub(crate) async fn create(
+    state: &NodeState,
+    req: S3Request<CreateMultipartUploadInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<CreateMultipartUploadOutput>> {
+    let input = req.input;
+    let bucket = bucket_or_404(state, &input.bucket).await?;
+    let plan = common::plan_write(state, &bucket, &req.headers)?;
+    let version_id = uuid::Uuid::new_v4().to_string();
+    let upload_id = uuid::Uuid::new_v4().simple().to_string();
+    let binding = Binding {
+        bucket_id: &bucket.id,
+        object_key: &input.key,
+        version_id: &version_id,
+    };
+    let (_ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
+    let headers = ContentHeaders {
+        cache_control: input.cache_control.clone(),
+        content_disposition: input.content_disposition.clone(),
+        content_encoding: input.content_encoding.clone(),
+        content_language: input.content_language.clone(),
+    };
+    let up = Upload {
+        upload_id: upload_id.clone(),
+        bucket: bucket.name.clone(),
+        key: input.key.clone(),
+        version_id,
+        created_ms: meta::now_ms(),
+        content_type: input.content_type.as_ref().map(|c| c.to_string()),
+        headers: serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
+        metadata: object::metadata_json(input.metadata.as_ref()),
+        sse: stored,
+        completed_etag: None,
+    };
+    state.meta.create_upload(&up).await?;
+    let md5 = match &plan {
+        WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
+        _ => None,
+    };
+    let (s, a, m) = common::sse_out(&up.sse, md5);
+    Ok(S3Response::new(CreateMultipartUploadOutput {
+        bucket: Some(bucket.name),
+        key: Some(input.key),
+        upload_id: Some(upload_id),
+        server_side_encryption: s,
+        sse_customer_algorithm: a,
+        sse_customer_key_md5: m,
+        ..Default::default()
+    }))
+}
+
+/// The upload, its bucket and its object key opened with the request's trio (E17, E18).
+async fn open_upload(
+    state: &NodeState,
+    bucket: &str,
+    upload_id: &str,
+    customer: Option<&CustomerKey>,
+    request_id: &str,
+) -> ApiResult<(Bucket, Upload, Option<coffer_common::secret::SecretKey32>)> {
+    let b = bucket_or_404(state, bucket).await?;
+    let up = state
+        .meta
+        .upload(upload_id)
+        .await?
+        .filter(|u| u.bucket == bucket)
+        .ok_or(ApiError::NoSuchUpload)?;
+    if up.sse.is_sse_c() != customer.is_some() {
+        return Err(ApiError::PartEncryptionRequired);
+    }
+    let binding = Binding {
+        bucket_id: &b.id,
+        object_key: &up.key,
+        version_id: &up.version_id,
+    };
+    let key = common::open_key(state, &b, &up.sse, &binding, customer, request_id).await?;
+    Ok((b, up, key))
+}
+
+async fn store_part(
+    state: &NodeState,
+    up: &Upload,
+    part_number: i32,
+    blob: crate::store::blobs::WrittenBlob,
+) -> ApiResult<String> {
+    let etag = common::new_etag(&up.sse, &blob.md5);
+    let row = BlobRow {
+        part_number: part_number as u32,
+        size: blob.size,
+        etag: etag.clone(),
+        file: blob.file.clone(),
+        created_ms: meta::now_ms(),
+    };
+    match state.meta.put_part(&up.upload_id, &row).await {
+        Ok(Some(old)) => {
+            for f in old {
+                state.blobs.remove(&f).await;
+            }
+            Ok(etag)
+        }
+        Ok(None) => {
+            state.blobs.remove(&blob.file).await;
+            Err(ApiError::NoSuchUpload)
+        }
+        Err(e) => {
+            state.blobs.remove(&blob.file).await;
+            Err(e.into())
+        }
+    }
+}
+
+fn check_part_number(n: i32) -> ApiResult<()> {
+    if !(1..=10000).contains(&n) {
+        return Err(ApiError::InvalidArgument(
+            "Part number must be an integer between 1 and 10000, inclusive".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn upload_part(
+    state: &NodeState,
+    req: S3Request<UploadPartInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<UploadPartOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    check_part_number(input.part_number)?;
+    let (_b, up, key) = open_upload(
+        state,
+        &input.bucket,
+        &input.upload_id,
+        customer.as_ref(),
+        request_id,
+    )
+    .await?;
+    let cipher = key
+        .as_ref()
+        .map(|k| PartCipher::for_write(k, input.part_number as u32));
+    let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
+    let blob = match input.body {
+        Some(body) => state.blobs.write(body, cipher, expected).await?,
+        None => {
+            state
+                .blobs
+                .write(
+                    futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+                    cipher,
+                    expected,
+                )
+                .await?
+        }
+    };
+    if let Some(g) = input.content_md5.as_deref() {
+        use base64::Engine;
+        let ok = base64::engine::general_purpose::STANDARD
+            .decode(g.trim())
+            .map(|d| d.as_slice() == blob.md5)
+            .unwrap_or(false);
+        if !ok {
+            state.blobs.remove(&blob.file).await;
+            return Err(ApiError::BadDigest);
+        }
+    }
+    let etag = store_part(state, &up, input.part_number, blob).await?;
+    let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
+    Ok(S3Response::new(UploadPartOutput {
+        e_tag: Some(ETag::Strong(etag)),
+        server_side_encryption: s,
+        sse_customer_algorithm: a,
+        sse_customer_key_md5: m,
+        ..Default::default()
+    }))
+}
+
+fn parse_copy_range(r: &str, size: u64) -> ApiResult<(u64, u64)> {
+    let spec = r.strip_prefix("bytes=").ok_or(ApiError::InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy".into()))?;
+    let (a, b) = spec.split_once('-').ok_or(ApiError::InvalidArgument(
+        "Invalid copy source range".into(),
+    ))?;
+    let (a, b): (u64, u64) = (
+        a.trim()
+            .parse()
+            .map_err(|_| ApiError::InvalidArgument("Invalid copy source range".into()))?,
+        b.trim()
+            .parse()
+            .map_err(|_| ApiError::InvalidArgument("Invalid copy source range".into()))?,
+    );
+    if a > b || b >= size {
+        return Err(ApiError::InvalidRange);
+    }
+    Ok((a, b))
+}
+
+pub(crate) async fn upload_part_copy(
+    state: &NodeState,
+    req: S3Request<UploadPartCopyInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<UploadPartCopyOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let src_customer = common::copy_source_key(state, &req.headers)?;
+    let input = req.input;
+    check_part_number(input.part_number)?;
+    let (_b, up, key) = open_upload(
+        state,
+        &input.bucket,
+        &input.upload_id,
+        customer.as_ref(),
+        request_id,
+    )
+    .await?;
+    let (sb, sk) = copy_source(&input.copy_source)?;
+    let src = object::resolve(state, &sb, &sk, src_customer, None, request_id).await?;
+    let range = match input.copy_source_range.as_deref() {
+        Some(r) => Some(parse_copy_range(r, src.obj.size)?),
+        None => None,
+    };
+    let len = range.map_or(src.obj.size, |(a, b)| b - a + 1);
+    let stream = common::object_stream(state, &src.parts, src.key.as_ref(), range).await?;
+    let cipher = key
+        .as_ref()
+        .map(|k| PartCipher::for_write(k, input.part_number as u32));
+    let blob = state.blobs.write(stream, cipher, Some(len)).await?;
+    let etag = store_part(state, &up, input.part_number, blob).await?;
+    let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
+    Ok(S3Response::new(UploadPartCopyOutput {
+        copy_part_result: Some(CopyPartResult {
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(common::ts(meta::now_ms())),
+            ..Default::default()
+        }),
+        server_side_encryption: s,
+        sse_customer_algorithm: a,
+        sse_customer_key_md5: m,
+        ..Default::default()
+    }))
+}
+
+pub(crate) async fn complete(
+    state: &NodeState,
+    req: S3Request<CompleteMultipartUploadInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<CompleteMultipartUploadOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    let b = bucket_or_404(state, &input.bucket).await?;
+    let up = state
+        .meta
+        .upload(&input.upload_id)
+        .await?
+        .filter(|u| u.bucket == input.bucket)
+        .ok_or(ApiError::NoSuchUpload)?;
+    let md5 = customer.as_ref().map(|c| c.key_md5_b64.clone());
+    if let Some(ck) = customer.as_ref() {
+        if !up.sse.is_sse_c() {
+            return Err(ApiError::PartEncryptionRequired);
+        }
+        let binding = Binding {
+            bucket_id: &b.id,
+            object_key: &up.key,
+            version_id: &up.version_id,
+        };
+        common::open_key(state, &b, &up.sse, &binding, Some(ck), request_id).await?;
+    }
+    let (s, a, m) = common::sse_out(&up.sse, md5.as_deref());
+    let output = |etag: String| CompleteMultipartUploadOutput {
+        bucket: Some(up.bucket.clone()),
+        key: Some(up.key.clone()),
+        e_tag: Some(ETag::Strong(etag)),
+        location: Some(format!("/{}/{}", up.bucket, up.key)),
+        server_side_encryption: s.clone(),
+        ..Default::default()
+    };
+    let _ = (&a, &m);
+    if let Some(done) = up.completed_etag.clone() {
+        return Ok(S3Response::new(output(done)));
+    }
+    let wanted = input
+        .multipart_upload
+        .and_then(|m| m.parts)
+        .unwrap_or_default();
+    if wanted.is_empty() {
+        return Err(ApiError::MalformedXml);
+    }
+    let have = state.meta.blobs(&up.upload_id).await?;
+    let mut chosen = Vec::with_capacity(wanted.len());
+    let mut last = 0i32;
+    for p in &wanted {
+        let n = p.part_number.ok_or(ApiError::MalformedXml)?;
+        if n <= last {
+            return Err(ApiError::InvalidPartOrder);
+        }
+        last = n;
+        let row = have
+            .iter()
+            .find(|r| r.part_number as i32 == n)
+            .ok_or(ApiError::InvalidPart)?;
+        let given = p
+            .e_tag
+            .as_ref()
+            .map(|e| e.value().trim_matches('"').to_string());
+        if given.as_deref().is_some_and(|g| g != row.etag) {
+            return Err(ApiError::InvalidPart);
+        }
+        chosen.push(row.clone());
+    }
+    if chosen.iter().rev().skip(1).any(|r| r.size < MIN_PART) {
+        return Err(ApiError::EntityTooSmall);
+    }
+    let etag = common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>());
+    let obj = Object {
+        bucket: up.bucket.clone(),
+        key: up.key.clone(),
+        version_id: up.version_id.clone(),
+        size: chosen.iter().map(|r| r.size).sum(),
+        etag: etag.clone(),
+        content_type: up.content_type.clone(),
+        headers: up.headers.clone(),
+        metadata: up.metadata.clone(),
+        last_modified_ms: meta::now_ms(),
+        sse: up.sse.clone(),
+        part_count: chosen.len() as u32,
+        multipart: true,
+    };
+    let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
+    for f in state.meta.complete_upload(&up, &obj, &numbers).await? {
+        state.blobs.remove(&f).await;
+    }
+    Ok(S3Response::new(output(etag)))
+}
+
+pub(crate) async fn abort(
+    state: &NodeState,
+    req: S3Request<AbortMultipartUploadInput>,
+) -> ApiResult<S3Response<AbortMultipartUploadOutput>> {
+    let input = req.input;
+    bucket_or_404(state, &input.bucket).await?;
+    let up = state
+        .meta
+        .upload(&input.upload_id)
+        .await?
+        .filter(|u| u.bucket == input.bucket)
+        .ok_or(ApiError::NoSuchUpload)?;
+    let files = state
+        .meta
+        .abort_upload(&up.upload_id)
+        .await?
+        .ok_or(ApiError::NoSuchUpload)?;
+    for f in files {
+        state.blobs.remove(&f).await;
+    }
+    let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
+    resp.status = Some(http::StatusCode::NO_CONTENT);
+    Ok(resp)
+}
+
+pub(crate) async fn list_parts(
+    state: &NodeState,
+    req: S3Request<ListPartsInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<ListPartsOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    let b = bucket_or_404(state, &input.bucket).await?;
+    let up = state
+        .meta
+        .upload(&input.upload_id)
+        .await?
+        .filter(|u| u.bucket == input.bucket && u.completed_etag.is_none())
+        .ok_or(ApiError::NoSuchUpload)?;
+    if let Some(ck) = customer.as_ref() {
+        let binding = Binding {
+            bucket_id: &b.id,
+            object_key: &up.key,
+            version_id: &up.version_id,
+        };
+        common::open_key(state, &b, &up.sse, &binding, Some(ck), request_id).await?;
+    }
+    let marker = input.part_number_marker.unwrap_or(0);
+    let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+    let all: Vec<BlobRow> = state
+        .meta
+        .blobs(&up.upload_id)
+        .await?
+        .into_iter()
+        .filter(|r| r.part_number as i32 > marker)
+        .collect();
+    let truncated = all.len() > max;
+    let page: Vec<BlobRow> = all.into_iter().take(max).collect();
+    let next = page.last().map(|r| r.part_number as i32);
+    let parts = page
+        .iter()
+        .map(|r| Part {
+            part_number: Some(r.part_number as i32),
+            e_tag: Some(ETag::Strong(r.etag.clone())),
+            size: Some(r.size as i64),
+            last_modified: Some(common::ts(r.created_ms)),
+            ..Default::default()
+        })
+        .collect();
+    Ok(S3Response::new(ListPartsOutput {
+        bucket: Some(up.bucket.clone()),
+        key: Some(up.key.clone()),
+        upload_id: Some(up.upload_id.clone()),
+        parts: Some(parts),
+        is_truncated: Some(truncated),
+        part_number_marker: input.part_number_marker,
+        next_part_number_marker: if truncated { next } else { None },
+        max_parts: Some(max as i32),
+        ..Default::default()
+    }))
+}
+
+pub(crate) async fn list_uploads(
+    state: &NodeState,
+    req: S3Request<ListMultipartUploadsInput>,
+) -> ApiResult<S3Response<ListMultipartUploadsOutput>> {
+    let input = req.input;
+    bucket_or_404(state, &input.bucket).await?;
+    let prefix = input.prefix.clone().unwrap_or_default();
+    let ups = state.meta.list_uploads(&input.bucket).await?;
+    let uploads = ups
+        .into_iter()
+        .filter(|u| u.key.starts_with(&prefix))
+        .map(|u| MultipartUpload {
+            key: Some(u.key),
+            upload_id: Some(u.upload_id),
+            initiated: Some(common::ts(u.created_ms)),
+            ..Default::default()
+        })
+        .collect();
+    Ok(S3Response::new(ListMultipartUploadsOutput {
+        bucket: Some(input.bucket),
+        prefix: input.prefix,
+        uploads: Some(uploads),
+        is_truncated: Some(false),
+        max_uploads: Some(1000),
+        ..Default::default()
+    }))
+}

@@ -1,0 +1,129 @@
+//! Assembling and serving the node: open the store, sweep, build the s3s service (SigV4 with the
+//! configured key pair) inside an axum router with health and metrics routes and tower-http
+//! layers, and serve it on an already-bound listener (plain or TLS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tower::ServiceExt;
+
+use crate::crypto::key_cache::BucketKeys;
+use crate::crypto::kms_client::KmsClient;
+use crate::s3::CofferS3;
+use crate::state::{NodeConfig, NodeState};
+use crate::store::blobs::BlobStore;
+use crate::store::meta::Meta;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir: {0}")]
+    DataDir(#[from] std::io::Error),
+    #[error("metadata database: {0}")]
+    Meta(#[from] sqlx::Error),
+}
+
+/// Open the store, run the start-up sweep and build the shared state.
+pub async fn open_state(
+    cfg: NodeConfig,
+    kms: Option<KmsClient>,
+) -> Result<Arc<NodeState>, StartError> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let meta = Meta::open(&cfg.data_dir).await?;
+    let blobs = BlobStore::open(&cfg.data_dir)?;
+    let report = crate::store::recovery::sweep(&meta, &blobs).await?;
+    if report.tmp_removed + report.orphans_removed > 0 {
+        tracing::info!(
+            tmp = report.tmp_removed,
+            orphans = report.orphans_removed,
+            "start-up sweep removed unreferenced files"
+        );
+    }
+    let keys = Arc::new(BucketKeys::new(
+        kms,
+        cfg.key_cache_ttl,
+        cfg.key_cache_capacity,
+    ));
+    let sweeper = Arc::downgrade(&keys);
+    let period = (cfg.key_cache_ttl / 2).max(Duration::from_millis(200));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            match sweeper.upgrade() {
+                Some(k) => k.sweep(),
+                None => break,
+            }
+        }
+    });
+    Ok(Arc::new(NodeState {
+        meta,
+        blobs,
+        keys,
+        cfg,
+    }))
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+fn metrics(state: &NodeState) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &state.keys.stats;
+    format!(
+        "# TYPE coffer_key_cache_hits_total counter\ncoffer_key_cache_hits_total {}\n# TYPE coffer_key_cache_misses_total counter\ncoffer_key_cache_misses_total {}\n# TYPE coffer_key_cache_evictions_total counter\ncoffer_key_cache_evictions_total {}\n# TYPE coffer_kms_calls_total counter\ncoffer_kms_calls_total {}\n# TYPE coffer_kms_failures_total counter\ncoffer_kms_failures_total {}\n# TYPE coffer_key_cache_entries gauge\ncoffer_key_cache_entries {}\n",
+        s.hits.load(Relaxed),
+        s.misses.load(Relaxed),
+        s.evictions.load(Relaxed),
+        s.kms_calls.load(Relaxed),
+        s.kms_failures.load(Relaxed),
+        state.keys.len()
+    )
+}
+
+/// The HTTP application: `/health`, `/metrics`, and S3 for everything else.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let mut builder = S3ServiceBuilder::new(CofferS3::new(state.clone()));
+    builder.set_auth(SimpleAuth::from_single(
+        state.cfg.access_key.as_str(),
+        state.cfg.secret_key.as_str(),
+    ));
+    let s3 = builder.build();
+    let s3_fallback = tower::service_fn(move |req: axum::extract::Request| {
+        let s3 = s3.clone();
+        async move {
+            match s3.oneshot(req).await {
+                Ok(resp) => Ok::<_, std::convert::Infallible>(resp.into_response()),
+                Err(e) => {
+                    tracing::error!(error = ?e, "s3 service error");
+                    Ok(http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
+                }
+            }
+        }
+    });
+    let m = state.clone();
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(move || async move { metrics(&m) }))
+        .fallback_service(s3_fallback)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<NodeState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    coffer_common::server::serve(listener, tls, router(state), shutdown).await
+}

@@ -1,0 +1,539 @@
+//! SQLite metadata through sqlx (WAL, synchronous=FULL): buckets, visible object versions, blob
+//! rows and multipart uploads. SQL is portable (no SQLite-only functions). Atomic: every state
+//! change that publishes or retires blobs happens in one transaction; blob files are removed only
+//! after the rows that referenced them are gone.
+//!
+//! Secret: none. Buckets hold wrapped data keys; objects and uploads hold sealed object keys.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::crypto::envelope::StoredSse;
+
+pub type DbError = sqlx::Error;
+
+/// A bucket row.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub name: String,
+    pub id: String,
+    pub created_ms: i64,
+    pub wrapped_key: Option<(Vec<u8>, u32)>,
+    pub encryption_config: Option<String>,
+}
+
+/// A visible object version.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub size: u64,
+    pub etag: String,
+    pub content_type: Option<String>,
+    /// JSON map of standard content headers (cache-control, content-disposition, ...).
+    pub headers: String,
+    /// JSON map of user metadata.
+    pub metadata: String,
+    pub last_modified_ms: i64,
+    pub sse: StoredSse,
+    pub part_count: u32,
+    pub multipart: bool,
+}
+
+/// A blob row.
+#[derive(Debug, Clone)]
+pub struct BlobRow {
+    pub part_number: u32,
+    pub size: u64,
+    pub etag: String,
+    pub file: String,
+    pub created_ms: i64,
+}
+
+/// A multipart upload.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub created_ms: i64,
+    pub content_type: Option<String>,
+    pub headers: String,
+    pub metadata: String,
+    pub sse: StoredSse,
+    pub completed_etag: Option<String>,
+}
+
+/// Metadata database handle.
+#[derive(Clone)]
+pub struct Meta {
+    pool: SqlitePool,
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn sse_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSse, DbError> {
+    let mode: String = row.try_get("sse_mode")?;
+    let salt: Option<Vec<u8>> = row.try_get("seal_salt")?;
+    let sealed: Option<Vec<u8>> = row.try_get("sealed_key")?;
+    StoredSse::from_columns(&mode, salt.as_deref(), sealed.as_deref())
+        .ok_or_else(|| DbError::Decode("inconsistent sse columns".into()))
+}
+
+fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Object, DbError> {
+    Ok(Object {
+        bucket: row.try_get("bucket")?,
+        key: row.try_get("key")?,
+        version_id: row.try_get("version_id")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        etag: row.try_get("etag")?,
+        content_type: row.try_get("content_type")?,
+        headers: row.try_get("headers")?,
+        metadata: row.try_get("metadata")?,
+        last_modified_ms: row.try_get("last_modified_ms")?,
+        sse: sse_from_row(row)?,
+        part_count: row.try_get::<i64, _>("part_count")? as u32,
+        multipart: row.try_get::<i64, _>("multipart")? != 0,
+    })
+}
+
+fn upload_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Upload, DbError> {
+    Ok(Upload {
+        upload_id: row.try_get("upload_id")?,
+        bucket: row.try_get("bucket")?,
+        key: row.try_get("key")?,
+        version_id: row.try_get("version_id")?,
+        created_ms: row.try_get("created_ms")?,
+        content_type: row.try_get("content_type")?,
+        headers: row.try_get("headers")?,
+        metadata: row.try_get("metadata")?,
+        sse: sse_from_row(row)?,
+        completed_etag: row.try_get("completed_etag")?,
+    })
+}
+
+fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
+    Ok(BlobRow {
+        part_number: row.try_get::<i64, _>("part_number")? as u32,
+        size: row.try_get::<i64, _>("size")? as u64,
+        etag: row.try_get("etag")?,
+        file: row.try_get("file")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+impl Meta {
+    /// Open (creating) `meta.db` and apply migrations.
+    pub async fn open(data_dir: &Path) -> Result<Self, DbError> {
+        let url = format!("sqlite://{}", data_dir.join("meta.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("../migrations/storage")
+            .run(&pool)
+            .await
+            .map_err(|e| DbError::Migrate(Box::new(e)))?;
+        Ok(Self { pool })
+    }
+
+    // ---------------------------------------------------------------- buckets
+
+    pub async fn create_bucket(
+        &self,
+        name: &str,
+        encryption_config: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query("INSERT INTO buckets (name, id, created_ms, encryption_config) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(now_ms())
+            .bind(encryption_config)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, DbError> {
+        let row = sqlx::query("SELECT name, id, created_ms, wrapped_key, wrapped_key_version, encryption_config FROM buckets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let wk: Option<Vec<u8>> = r.try_get("wrapped_key")?;
+            let wv: Option<i64> = r.try_get("wrapped_key_version")?;
+            Ok(Bucket {
+                name: r.try_get("name")?,
+                id: r.try_get("id")?,
+                created_ms: r.try_get("created_ms")?,
+                wrapped_key: wk.zip(wv.map(|v| v as u32)),
+                encryption_config: r.try_get("encryption_config")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn list_buckets(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT name, created_ms FROM buckets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("created_ms")?)))
+            .collect()
+    }
+
+    /// Delete an empty bucket. `Ok(false)` when it has objects or uploads.
+    pub async fn delete_bucket(&self, name: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE bucket = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let u: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM uploads WHERE bucket = ? AND completed_etag IS NULL",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if n > 0 || u > 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM uploads WHERE bucket = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM buckets WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Store a bucket's wrapped key unless one is stored; returns the stored one.
+    pub async fn set_bucket_key_if_absent(
+        &self,
+        name: &str,
+        wrapped: &[u8],
+        version: u32,
+    ) -> Result<Option<(Vec<u8>, u32)>, DbError> {
+        sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND wrapped_key IS NULL")
+            .bind(wrapped)
+            .bind(version as i64)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(self.bucket(name).await?.and_then(|b| b.wrapped_key))
+    }
+
+    pub async fn set_encryption_config(
+        &self,
+        name: &str,
+        config: Option<&str>,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE buckets SET encryption_config = ? WHERE name = ?")
+            .bind(config)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- objects
+
+    pub async fn object(&self, bucket: &str, key: &str) -> Result<Option<Object>, DbError> {
+        let row = sqlx::query("SELECT * FROM objects WHERE bucket = ? AND key = ?")
+            .bind(bucket)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(object_from_row).transpose()
+    }
+
+    pub async fn blobs(&self, owner: &str) -> Result<Vec<BlobRow>, DbError> {
+        let rows = sqlx::query("SELECT * FROM blobs WHERE owner = ? ORDER BY part_number")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(blob_from_row).collect()
+    }
+
+    /// Objects in key order after `after` (exclusive), with `prefix`, at most `limit`.
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Object>, DbError> {
+        let rows = sqlx::query("SELECT * FROM objects WHERE bucket = ? AND key > ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?")
+            .bind(bucket)
+            .bind(after)
+            .bind(prefix.chars().count() as i64)
+            .bind(prefix)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(object_from_row).collect()
+    }
+
+    /// Publish a single-part object whose blob is durable; returns the replaced version's blob files.
+    pub async fn put_object(&self, o: &Object, blob: &BlobRow) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
+        Self::insert_object_tx(&mut tx, o).await?;
+        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&o.version_id)
+            .bind(blob.part_number as i64)
+            .bind(blob.size as i64)
+            .bind(&blob.etag)
+            .bind(&blob.file)
+            .bind(blob.created_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    async fn insert_object_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        o: &Object,
+    ) -> Result<(), DbError> {
+        let (salt, sealed) = o.sse.columns();
+        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&o.bucket)
+            .bind(&o.key)
+            .bind(&o.version_id)
+            .bind(o.size as i64)
+            .bind(&o.etag)
+            .bind(&o.content_type)
+            .bind(&o.headers)
+            .bind(&o.metadata)
+            .bind(o.last_modified_ms)
+            .bind(o.sse.mode_str())
+            .bind(salt)
+            .bind(sealed)
+            .bind(o.part_count as i64)
+            .bind(i64::from(o.multipart))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Remove the visible version of a key and its blob rows; returns the blob files to delete.
+    async fn retire_object_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let vid: Option<String> =
+            sqlx::query_scalar("SELECT version_id FROM objects WHERE bucket = ? AND key = ?")
+                .bind(bucket)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(vid) = vid else {
+            return Ok(Vec::new());
+        };
+        let files: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+            .bind(&vid)
+            .fetch_all(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+            .bind(&vid)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM objects WHERE bucket = ? AND key = ?")
+            .bind(bucket)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+        Ok(files)
+    }
+
+    /// Delete an object; returns its blob files (empty when it did not exist).
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let files = Self::retire_object_tx(&mut tx, bucket, key).await?;
+        tx.commit().await?;
+        Ok(files)
+    }
+
+    /// Replace an object's sealing and metadata in place (self-copy re-seal; blobs unchanged).
+    pub async fn update_object_in_place(&self, o: &Object) -> Result<bool, DbError> {
+        let (salt, sealed) = o.sse.columns();
+        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
+            .bind(o.sse.mode_str())
+            .bind(salt)
+            .bind(sealed)
+            .bind(&o.content_type)
+            .bind(&o.headers)
+            .bind(&o.metadata)
+            .bind(o.last_modified_ms)
+            .bind(&o.bucket)
+            .bind(&o.key)
+            .bind(&o.version_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---------------------------------------------------------------- multipart
+
+    pub async fn create_upload(&self, u: &Upload) -> Result<(), DbError> {
+        let (salt, sealed) = u.sse.columns();
+        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&u.upload_id)
+            .bind(&u.bucket)
+            .bind(&u.key)
+            .bind(&u.version_id)
+            .bind(u.created_ms)
+            .bind(&u.content_type)
+            .bind(&u.headers)
+            .bind(&u.metadata)
+            .bind(u.sse.mode_str())
+            .bind(salt)
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn upload(&self, upload_id: &str) -> Result<Option<Upload>, DbError> {
+        let row = sqlx::query("SELECT * FROM uploads WHERE upload_id = ?")
+            .bind(upload_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(upload_from_row).transpose()
+    }
+
+    pub async fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>, DbError> {
+        let rows = sqlx::query("SELECT * FROM uploads WHERE bucket = ? AND completed_etag IS NULL ORDER BY key, created_ms").bind(bucket).fetch_all(&self.pool).await?;
+        rows.iter().map(upload_from_row).collect()
+    }
+
+    /// Record an uploaded part (replacing an earlier upload of the same number); returns the
+    /// replaced blob file. Fails with `Ok(None)`-style `false` if the upload is gone.
+    pub async fn put_part(
+        &self,
+        upload_id: &str,
+        blob: &BlobRow,
+    ) -> Result<Option<Vec<String>>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let live: Option<String> = sqlx::query_scalar(
+            "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
+        )
+        .bind(upload_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live.is_none() {
+            return Ok(None);
+        }
+        let old: Vec<String> =
+            sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ? AND part_number = ?")
+                .bind(upload_id)
+                .bind(blob.part_number as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM blobs WHERE owner = ? AND part_number = ?")
+            .bind(upload_id)
+            .bind(blob.part_number as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(upload_id)
+            .bind(blob.part_number as i64)
+            .bind(blob.size as i64)
+            .bind(&blob.etag)
+            .bind(&blob.file)
+            .bind(blob.created_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(old))
+    }
+
+    /// Publish a completed upload as the object: chosen parts move to the version, the other
+    /// parts and the replaced version's blobs are returned for deletion.
+    pub async fn complete_upload(
+        &self,
+        u: &Upload,
+        o: &Object,
+        parts: &[u32],
+    ) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
+        Self::insert_object_tx(&mut tx, o).await?;
+        for p in parts {
+            sqlx::query("UPDATE blobs SET owner = ? WHERE owner = ? AND part_number = ?")
+                .bind(&o.version_id)
+                .bind(&u.upload_id)
+                .bind(*p as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rest: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+            .bind(&u.upload_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+            .bind(&u.upload_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE uploads SET completed_etag = ? WHERE upload_id = ?")
+            .bind(&o.etag)
+            .bind(&u.upload_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        dead.extend(rest);
+        Ok(dead)
+    }
+
+    /// Abort an upload; returns its blob files, or `None` if there is no such live upload.
+    pub async fn abort_upload(&self, upload_id: &str) -> Result<Option<Vec<String>>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let live: Option<String> = sqlx::query_scalar(
+            "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
+        )
+        .bind(upload_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live.is_none() {
+            return Ok(None);
+        }
+        let files: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+            .bind(upload_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+            .bind(upload_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM uploads WHERE upload_id = ?")
+            .bind(upload_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(files))
+    }
+
+    /// Every blob file name that a row references (for the start-up sweep).
+    pub async fn all_blob_files(&self) -> Result<Vec<String>, DbError> {
+        sqlx::query_scalar("SELECT file FROM blobs")
+            .fetch_all(&self.pool)
+            .await
+    }
+}
