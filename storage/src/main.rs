@@ -253,7 +253,6 @@ async fn dev(a: DevArgs) -> Result<()> {
     );
     println!("ready");
     let keys = state.keys.clone();
-    let (child_gone_tx, child_gone_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = tokio::spawn(async move {
         let status = child.wait().await;
         tracing::error!(
@@ -261,10 +260,8 @@ async fn dev(a: DevArgs) -> Result<()> {
             "the KMS child process exited: key-dependent requests now answer 503"
         );
         keys.disable();
-        let _ = child_gone_tx.send(());
         child
     });
-    let _ = child_gone_rx;
     coffer_storage::server::serve(listener, state, Some(tls), shutdown_signal()).await?;
     watcher.abort();
     // kill_on_drop stops the KMS child if it is still running; ask it to stop cleanly first.

@@ -120,15 +120,14 @@ impl BucketKeys {
         let ttl = self.ttl;
         let mut dropped = 0u64;
         for s in map.values() {
-            if let Ok(mut st) = s.try_lock() {
-                if st
+            if let Ok(mut st) = s.try_lock()
+                && st
                     .key
                     .as_ref()
                     .is_some_and(|(_, t)| now.duration_since(*t) >= ttl)
-                {
-                    st.key = None;
-                    dropped += 1;
-                }
+            {
+                st.key = None;
+                dropped += 1;
             }
         }
         map.retain(|_, s| s.try_lock().map(|st| st.key.is_some()).unwrap_or(true));
@@ -159,16 +158,16 @@ impl BucketKeys {
         let started = Instant::now();
         let slot = self.slot(bucket_id);
         let mut st = slot.lock().await;
-        if let Some((k, t)) = &st.key {
-            if t.elapsed() < self.ttl {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(k.clone());
-            }
+        if let Some((k, t)) = &st.key
+            && t.elapsed() < self.ttl
+        {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(k.clone());
         }
-        if let Some((at, err)) = &st.last_failure {
-            if *at >= started {
-                return Err(err.clone());
-            }
+        if let Some((at, err)) = &st.last_failure
+            && *at >= started
+        {
+            return Err(err.clone());
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);

@@ -38,7 +38,6 @@ pub(crate) async fn create_bucket(
     state.meta.create_bucket(&name, default).await?;
     Ok(S3Response::new(CreateBucketOutput {
         location: Some(format!("/{name}")),
-        ..Default::default()
     }))
 }
 
@@ -124,17 +123,15 @@ pub(crate) async fn put_bucket_encryption(
             if def.kms_master_key_id.is_some() {
                 return Err(ApiError::InvalidArgument("a KMSMasterKeyID is not applicable if the default sse algorithm is not aws:kms or aws:kms:dsse".into()));
             }
-            "AES256".to_string()
+            "AES256"
         }
-        "aws:kms" | "aws:kms:dsse" => format!(
-            "aws:kms:{}",
-            def.kms_master_key_id.clone().unwrap_or_default()
-        ),
+        // SSE-KMS is the next step; refuse it clearly rather than store a default no write can use.
+        "aws:kms" | "aws:kms:dsse" => return Err(ApiError::KmsNotImplemented),
         _ => return Err(ApiError::MalformedXml),
     };
     state
         .meta
-        .set_encryption_config(&input.bucket, Some(&stored))
+        .set_encryption_config(&input.bucket, Some(stored))
         .await?;
     Ok(S3Response::new(PutBucketEncryptionOutput::default()))
 }
@@ -164,7 +161,6 @@ pub(crate) async fn get_bucket_encryption(
                     kms_master_key_id: key,
                 }),
                 bucket_key_enabled: Some(false),
-                ..Default::default()
             }],
         }),
     }))

@@ -155,7 +155,6 @@ pub(crate) async fn put_object(
 
 /// Everything a GET or HEAD needs about the object.
 pub(crate) struct Resolved {
-    pub bucket: Bucket,
     pub obj: Object,
     pub parts: Vec<BlobRow>,
     pub key: Option<coffer_common::secret::SecretKey32>,
@@ -179,10 +178,10 @@ pub(crate) async fn resolve(
         .await?
         .ok_or(ApiError::NoSuchKey)?;
     let parts = state.meta.blobs(&obj.version_id).await?;
-    if let Some(n) = part_number {
-        if n < 1 || n as usize > parts.len() {
-            return Err(ApiError::InvalidPart);
-        }
+    if let Some(n) = part_number
+        && (n < 1 || n as usize > parts.len())
+    {
+        return Err(ApiError::InvalidPart);
     }
     let binding = Binding {
         bucket_id: &b.id,
@@ -191,7 +190,6 @@ pub(crate) async fn resolve(
     };
     let k = common::open_key(state, &b, &obj.sse, &binding, customer.as_ref(), request_id).await?;
     Ok(Resolved {
-        bucket: b,
         obj,
         parts,
         key: k,
@@ -225,19 +223,19 @@ fn check_conditions(
         if !matches(c) {
             return Err(ApiError::PreconditionFailed);
         }
-    } else if let Some(t) = ius {
-        if lm.unix_timestamp() > secs(t) {
-            return Err(ApiError::PreconditionFailed);
-        }
+    } else if let Some(t) = ius
+        && lm.unix_timestamp() > secs(t)
+    {
+        return Err(ApiError::PreconditionFailed);
     }
     if let Some(c) = if_none_match {
         if matches(c) {
             return Err(ApiError::NotModified);
         }
-    } else if let Some(t) = ims {
-        if lm.unix_timestamp() <= secs(t) {
-            return Err(ApiError::NotModified);
-        }
+    } else if let Some(t) = ims
+        && lm.unix_timestamp() <= secs(t)
+    {
+        return Err(ApiError::NotModified);
     }
     Ok(())
 }

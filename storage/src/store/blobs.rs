@@ -111,10 +111,10 @@ impl BlobStore {
                 pending.clear();
             }
         }
-        if let Some(want) = expected_len {
-            if want != size {
-                return Err(BlobError::LengthMismatch { got: size, want });
-            }
+        if let Some(want) = expected_len
+            && want != size
+        {
+            return Err(BlobError::LengthMismatch { got: size, want });
         }
         if let Some(e) = enc.take() {
             pending.extend(e.finish()?);
@@ -232,10 +232,10 @@ impl BlobStore {
 
     /// Delete a blob file (after its metadata row is gone). Missing files are fine.
     pub async fn remove(&self, file: &str) {
-        if let Err(e) = tokio::fs::remove_file(self.path(file)).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(file, error = %e, "removing blob failed");
-            }
+        if let Err(e) = tokio::fs::remove_file(self.path(file)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file, error = %e, "removing blob failed");
         }
     }
 }

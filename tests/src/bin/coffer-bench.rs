@@ -115,7 +115,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
         _ => (s.as_str(), 1),
     };
-    num.parse::<u64>().map(|n| n * mult).map_err(|e| e.to_string())
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|e| e.to_string())
 }
 
 /// Latency samples and byte counts of one phase.
@@ -142,7 +144,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(idx).copied().unwrap_or(0.0)
 }
 
-fn report(mode: &str, op: &str, mut lat: Vec<f64>, errors: u64, bytes: u64, secs: f64) -> PhaseReport {
+fn report(
+    mode: &str,
+    op: &str,
+    mut lat: Vec<f64>,
+    errors: u64,
+    bytes: u64,
+    secs: f64,
+) -> PhaseReport {
     lat.sort_by(|a, b| a.total_cmp(b));
     let ops = lat.len() as u64;
     PhaseReport {
@@ -161,7 +170,14 @@ fn report(mode: &str, op: &str, mut lat: Vec<f64>, errors: u64, bytes: u64, secs
 }
 
 /// Run `count` jobs over `concurrency` workers; each job returns (latency ms, bytes) or an error.
-async fn run_phase<F, Fut>(label: &str, count: u64, concurrency: usize, deadline: Option<Duration>, quiet: bool, job: F) -> (Vec<f64>, u64, u64, f64)
+async fn run_phase<F, Fut>(
+    label: &str,
+    count: u64,
+    concurrency: usize,
+    deadline: Option<Duration>,
+    quiet: bool,
+    job: F,
+) -> (Vec<f64>, u64, u64, f64)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<u64>> + Send,
@@ -177,7 +193,11 @@ where
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if !quiet {
-                    eprint!("\r{label}: {}/{count} ops, {:.1}s   ", done.load(Ordering::Relaxed), start.elapsed().as_secs_f64());
+                    eprint!(
+                        "\r{label}: {}/{count} ops, {:.1}s   ",
+                        done.load(Ordering::Relaxed),
+                        start.elapsed().as_secs_f64()
+                    );
                 }
             }
         })
@@ -233,12 +253,40 @@ struct S3 {
 }
 
 impl S3 {
-    async fn send(&self, method: reqwest::Method, path: &str, query: &[(String, String)], mut headers: Vec<(String, String)>, body: Option<bytes::Bytes>) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(String, String)],
+        mut headers: Vec<(String, String)>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response> {
         headers.sort();
-        let signed = self.signer.sign(method.as_str(), &self.host, path, query, &headers, "UNSIGNED-PAYLOAD", time::OffsetDateTime::now_utc());
-        let mut url = format!("{}{}", self.base, coffer_tests::sigv4::uri_encode(path, true));
+        let sreq = coffer_tests::sigv4::Request {
+            method: method.as_str(),
+            host: &self.host,
+            path,
+            query,
+            headers: &headers,
+            payload_sha256: "UNSIGNED-PAYLOAD",
+        };
+        let signed = self.signer.sign(&sreq, time::OffsetDateTime::now_utc());
+        let mut url = format!(
+            "{}{}",
+            self.base,
+            coffer_tests::sigv4::uri_encode(path, true)
+        );
         if !query.is_empty() {
-            let q: Vec<String> = query.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={}", coffer_tests::sigv4::uri_encode(v, false)) }).collect();
+            let q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}={}", coffer_tests::sigv4::uri_encode(v, false))
+                    }
+                })
+                .collect();
             url = format!("{url}?{}", q.join("&"));
         }
         let mut req = self.http.request(method, url);
@@ -254,7 +302,10 @@ impl S3 {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            bail!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
+            bail!(
+                "HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
         }
         Ok(resp)
     }
@@ -265,9 +316,18 @@ fn sse_headers(mode: Mode, key: &[u8; 32]) -> Vec<(String, String)> {
         Mode::Plain => vec![],
         Mode::SseS3 => vec![("x-amz-server-side-encryption".into(), "AES256".into())],
         Mode::SseC => vec![
-            ("x-amz-server-side-encryption-customer-algorithm".into(), "AES256".into()),
-            ("x-amz-server-side-encryption-customer-key".into(), STANDARD.encode(key)),
-            ("x-amz-server-side-encryption-customer-key-md5".into(), STANDARD.encode(md5::Md5::digest(key))),
+            (
+                "x-amz-server-side-encryption-customer-algorithm".into(),
+                "AES256".into(),
+            ),
+            (
+                "x-amz-server-side-encryption-customer-key".into(),
+                STANDARD.encode(key),
+            ),
+            (
+                "x-amz-server-side-encryption-customer-key-md5".into(),
+                STANDARD.encode(md5::Md5::digest(key)),
+            ),
         ],
     }
 }
@@ -282,11 +342,18 @@ fn mode_name(m: Mode) -> &'static str {
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder().use_rustls_tls().pool_max_idle_per_host(64);
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .pool_max_idle_per_host(64);
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         for c in reqwest::Certificate::from_pem_bundle(&pem)? {
@@ -296,24 +363,74 @@ fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client> {
     Ok(b.build()?)
 }
 
-async fn put_object(s3: &S3, path: &str, headers: Vec<(String, String)>, data: bytes::Bytes, part: Option<u64>) -> Result<()> {
+async fn put_object(
+    s3: &S3,
+    path: &str,
+    headers: Vec<(String, String)>,
+    data: bytes::Bytes,
+    part: Option<u64>,
+) -> Result<()> {
     let Some(part_size) = part.filter(|p| (*p as usize) < data.len()) else {
-        s3.send(reqwest::Method::PUT, path, &[], headers, Some(data)).await?;
+        s3.send(reqwest::Method::PUT, path, &[], headers, Some(data))
+            .await?;
         return Ok(());
     };
-    let create = s3.send(reqwest::Method::POST, path, &[("uploads".into(), String::new())], headers.clone(), None).await?.text().await?;
-    let upload_id = create.split("<UploadId>").nth(1).and_then(|s| s.split("</UploadId>").next()).context("no UploadId")?.to_string();
+    let create = s3
+        .send(
+            reqwest::Method::POST,
+            path,
+            &[("uploads".into(), String::new())],
+            headers.clone(),
+            None,
+        )
+        .await?
+        .text()
+        .await?;
+    let upload_id = create
+        .split("<UploadId>")
+        .nth(1)
+        .and_then(|s| s.split("</UploadId>").next())
+        .context("no UploadId")?
+        .to_string();
     let mut parts = String::new();
-    let part_headers: Vec<_> = headers.into_iter().filter(|(k, _)| k.starts_with("x-amz-server-side-encryption-customer")).collect();
+    let part_headers: Vec<_> = headers
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption-customer"))
+        .collect();
     for (i, chunk) in data.chunks(part_size as usize).enumerate() {
         let n = i + 1;
-        let q = vec![("partNumber".to_string(), n.to_string()), ("uploadId".to_string(), upload_id.clone())];
-        let resp = s3.send(reqwest::Method::PUT, path, &q, part_headers.clone(), Some(data.slice_ref(chunk))).await?;
-        let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        parts.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"));
+        let q = vec![
+            ("partNumber".to_string(), n.to_string()),
+            ("uploadId".to_string(), upload_id.clone()),
+        ];
+        let resp = s3
+            .send(
+                reqwest::Method::PUT,
+                path,
+                &q,
+                part_headers.clone(),
+                Some(data.slice_ref(chunk)),
+            )
+            .await?;
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        parts.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        ));
     }
     let body = format!("<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>");
-    s3.send(reqwest::Method::POST, path, &[("uploadId".into(), upload_id)], part_headers, Some(body.into())).await?;
+    s3.send(
+        reqwest::Method::POST,
+        path,
+        &[("uploadId".into(), upload_id)],
+        part_headers,
+        Some(body.into()),
+    )
+    .await?;
     Ok(())
 }
 
@@ -327,9 +444,21 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
         http: http_client(a.ca_file.as_deref())?,
         base: a.endpoint.trim_end_matches('/').to_string(),
         host,
-        signer: Signer { access_key: a.access_key.clone(), secret_key: a.secret_key.clone(), region: a.region.clone() },
+        signer: Signer {
+            access_key: a.access_key.clone(),
+            secret_key: a.secret_key.clone(),
+            region: a.region.clone(),
+        },
     });
-    let _ = s3.send(reqwest::Method::PUT, &format!("/{}", a.bucket), &[], vec![], None).await;
+    let _ = s3
+        .send(
+            reqwest::Method::PUT,
+            &format!("/{}", a.bucket),
+            &[],
+            vec![],
+            None,
+        )
+        .await;
     let mut data = vec![0u8; a.size as usize];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     let data = bytes::Bytes::from(data);
@@ -340,48 +469,101 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
     for &mode in &a.modes {
         let name = mode_name(mode);
         let headers = sse_headers(mode, &key);
-        let (s3c, hc, dc, bucket, mp) = (s3.clone(), headers.clone(), data.clone(), a.bucket.clone(), a.multipart);
-        let (lat, bytes, errors, secs) = run_phase(&format!("PUT {name}"), a.count, a.concurrency, deadline, a.quiet, move |i| {
-            let (s3, h, d, b) = (s3c.clone(), hc.clone(), dc.clone(), bucket.clone());
-            async move {
-                let len = d.len() as u64;
-                put_object(&s3, &format!("/{b}/{name}/obj-{i}"), h, d, mp).await?;
-                Ok(len)
-            }
-        })
+        let (s3c, hc, dc, bucket, mp) = (
+            s3.clone(),
+            headers.clone(),
+            data.clone(),
+            a.bucket.clone(),
+            a.multipart,
+        );
+        let (lat, bytes, errors, secs) = run_phase(
+            &format!("PUT {name}"),
+            a.count,
+            a.concurrency,
+            deadline,
+            a.quiet,
+            move |i| {
+                let (s3, h, d, b) = (s3c.clone(), hc.clone(), dc.clone(), bucket.clone());
+                async move {
+                    let len = d.len() as u64;
+                    put_object(&s3, &format!("/{b}/{name}/obj-{i}"), h, d, mp).await?;
+                    Ok(len)
+                }
+            },
+        )
         .await;
         let written = lat.len() as u64;
         reports.push(report(name, "PUT", lat, errors, bytes, secs));
-        let get_headers: Vec<_> = headers.into_iter().filter(|(k, _)| k.starts_with("x-amz-server-side-encryption-customer")).collect();
+        let get_headers: Vec<_> = headers
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption-customer"))
+            .collect();
         for pass in 0..a.get_passes {
-            let (s3c, hc, bucket, size, range) = (s3.clone(), get_headers.clone(), a.bucket.clone(), a.size, a.range);
+            let (s3c, hc, bucket, size, range) = (
+                s3.clone(),
+                get_headers.clone(),
+                a.bucket.clone(),
+                a.size,
+                a.range,
+            );
             let n = written.max(1);
-            let (lat, bytes, errors, secs) = run_phase(&format!("GET {name}"), n, a.concurrency, deadline, a.quiet, move |i| {
-                let (s3, mut h, b) = (s3c.clone(), hc.clone(), bucket.clone());
-                async move {
-                    if let Some(r) = range.filter(|r| *r < size) {
-                        let off = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=size - r);
-                        h.push(("range".into(), format!("bytes={off}-{}", off + r - 1)));
+            let (lat, bytes, errors, secs) = run_phase(
+                &format!("GET {name}"),
+                n,
+                a.concurrency,
+                deadline,
+                a.quiet,
+                move |i| {
+                    let (s3, mut h, b) = (s3c.clone(), hc.clone(), bucket.clone());
+                    async move {
+                        if let Some(r) = range.filter(|r| *r < size) {
+                            let off = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=size - r);
+                            h.push(("range".into(), format!("bytes={off}-{}", off + r - 1)));
+                        }
+                        let resp = s3
+                            .send(
+                                reqwest::Method::GET,
+                                &format!("/{b}/{name}/obj-{i}"),
+                                &[],
+                                h,
+                                None,
+                            )
+                            .await?;
+                        let mut stream = resp.bytes_stream();
+                        let mut got = 0u64;
+                        while let Some(chunk) = stream.next().await {
+                            got += chunk?.len() as u64;
+                        }
+                        Ok(got)
                     }
-                    let resp = s3.send(reqwest::Method::GET, &format!("/{b}/{name}/obj-{i}"), &[], h, None).await?;
-                    let mut stream = resp.bytes_stream();
-                    let mut got = 0u64;
-                    while let Some(chunk) = stream.next().await {
-                        got += chunk?.len() as u64;
-                    }
-                    Ok(got)
-                }
-            })
+                },
+            )
             .await;
-            let op = if a.get_passes > 1 { format!("GET#{}", pass + 1) } else { "GET".into() };
+            let op = if a.get_passes > 1 {
+                format!("GET#{}", pass + 1)
+            } else {
+                "GET".into()
+            };
             reports.push(report(name, &op, lat, errors, bytes, secs));
         }
     }
-    if let Some(pid) = a.pid {
-        if let Some(kib) = peak_rss_kib(pid) {
-            eprintln!("peak RSS of pid {pid}: {:.1} MiB", kib as f64 / 1024.0);
-            reports.push(PhaseReport { mode: format!("pid {pid}"), op: "peak-rss-MiB".into(), ops: 0, errors: 0, bytes: kib * 1024, seconds: 0.0, mb_per_s: kib as f64 / 1024.0, ops_per_s: 0.0, p50_ms: 0.0, p90_ms: 0.0, p99_ms: 0.0 });
-        }
+    if let Some(pid) = a.pid
+        && let Some(kib) = peak_rss_kib(pid)
+    {
+        eprintln!("peak RSS of pid {pid}: {:.1} MiB", kib as f64 / 1024.0);
+        reports.push(PhaseReport {
+            mode: format!("pid {pid}"),
+            op: "peak-rss-MiB".into(),
+            ops: 0,
+            errors: 0,
+            bytes: kib * 1024,
+            seconds: 0.0,
+            mb_per_s: kib as f64 / 1024.0,
+            ops_per_s: 0.0,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+        });
     }
     Ok(reports)
 }
@@ -395,26 +577,52 @@ async fn bench_kms(a: KmsArgs) -> Result<Vec<PhaseReport>> {
     let resp: coffer_common::kms_api::GenerateDataKeyResponse = http
         .post(format!("{base}{gen_path}"))
         .bearer_auth(cred.token("POST", gen_path))
-        .json(&coffer_common::kms_api::GenerateDataKeyRequest { bucket_id: a.bucket_id.clone() })
+        .json(&coffer_common::kms_api::GenerateDataKeyRequest {
+            bucket_id: a.bucket_id.clone(),
+        })
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let body = Arc::new(coffer_common::kms_api::UnwrapDataKeyRequest { bucket_id: a.bucket_id.clone(), wrapped_key: resp.wrapped_key.clone(), key_version: resp.key_version });
-    let (lat, _bytes, errors, secs) = run_phase("KMS unwrap", a.count, a.concurrency, None, a.quiet, move |_| {
-        let (http, cred, body, url) = (http.clone(), cred.clone(), body.clone(), format!("{base}{unwrap_path}"));
-        async move {
-            http.post(url).bearer_auth(cred.token("POST", unwrap_path)).json(&*body).send().await?.error_for_status()?;
-            Ok(0)
-        }
-    })
+    let body = Arc::new(coffer_common::kms_api::UnwrapDataKeyRequest {
+        bucket_id: a.bucket_id.clone(),
+        wrapped_key: resp.wrapped_key.clone(),
+        key_version: resp.key_version,
+    });
+    let (lat, _bytes, errors, secs) = run_phase(
+        "KMS unwrap",
+        a.count,
+        a.concurrency,
+        None,
+        a.quiet,
+        move |_| {
+            let (http, cred, body, url) = (
+                http.clone(),
+                cred.clone(),
+                body.clone(),
+                format!("{base}{unwrap_path}"),
+            );
+            async move {
+                http.post(url)
+                    .bearer_auth(cred.token("POST", unwrap_path))
+                    .json(&*body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                Ok(0)
+            }
+        },
+    )
     .await;
     Ok(vec![report("kms", "unwrap", lat, errors, 0, secs)])
 }
 
 fn print_table(reports: &[PhaseReport]) {
-    println!("{:<10} {:<14} {:>8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}", "mode", "op", "ops", "errors", "MB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms");
+    println!(
+        "{:<10} {:<14} {:>8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "mode", "op", "ops", "errors", "MB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms"
+    );
     for r in reports {
         println!(
             "{:<10} {:<14} {:>8} {:>7} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
