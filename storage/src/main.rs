@@ -253,6 +253,7 @@ async fn dev(a: DevArgs) -> Result<()> {
     );
     println!("ready");
     let keys = state.keys.clone();
+    let kms_pid = child.id();
     let watcher = tokio::spawn(async move {
         let status = child.wait().await;
         tracing::error!(
@@ -263,15 +264,16 @@ async fn dev(a: DevArgs) -> Result<()> {
         child
     });
     coffer_storage::server::serve(listener, state, Some(tls), shutdown_signal()).await?;
-    watcher.abort();
-    // kill_on_drop stops the KMS child if it is still running; ask it to stop cleanly first.
-    #[allow(unsafe_code)]
-    if let Some(pid) = watcher.await.ok().and_then(|c| c.id()) {
-        // SAFETY: sending SIGTERM to our own child process id.
+    // Ask the KMS child to stop cleanly (it signs a last audit checkpoint), then wait for it;
+    // kill_on_drop is the fallback if it does not exit in time.
+    if let Some(pid) = kms_pid.and_then(|p| i32::try_from(p).ok()) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on the pid of our own child process; no memory is involved.
         unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
+            libc::kill(pid, libc::SIGTERM);
         }
     }
+    let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
     Ok(())
 }
 
