@@ -148,6 +148,9 @@ impl From<ApiError> for S3Error {
         if let ApiError::Sse(_) = e {
             err.set_status_code(http::StatusCode::BAD_REQUEST);
         }
+        if let ApiError::NoEncryptionConfig = e {
+            err.set_status_code(http::StatusCode::NOT_FOUND);
+        }
         if let ApiError::NotModified = e {
             err.set_status_code(http::StatusCode::NOT_MODIFIED);
         }

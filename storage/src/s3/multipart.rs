@@ -282,17 +282,34 @@ pub(crate) async fn complete(
         common::open_key(state, &b, &up.sse, &binding, Some(ck), request_id).await?;
     }
     let (s, a, m) = common::sse_out(&up.sse, md5.as_deref());
-    let output = |etag: String| CompleteMultipartUploadOutput {
-        bucket: Some(up.bucket.clone()),
-        key: Some(up.key.clone()),
-        e_tag: Some(ETag::Strong(etag)),
-        location: Some(format!("/{}/{}", up.bucket, up.key)),
-        server_side_encryption: s.clone(),
-        ..Default::default()
+    // The output type has no SSE-C fields; echo them as headers like PutObject does.
+    let respond = |etag: String| {
+        let mut resp = S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(up.bucket.clone()),
+            key: Some(up.key.clone()),
+            e_tag: Some(ETag::Strong(etag)),
+            location: Some(format!("/{}/{}", up.bucket, up.key)),
+            server_side_encryption: s.clone(),
+            ..Default::default()
+        });
+        for (name, value) in [
+            (
+                "x-amz-server-side-encryption-customer-algorithm",
+                a.as_deref(),
+            ),
+            (
+                "x-amz-server-side-encryption-customer-key-md5",
+                m.as_deref(),
+            ),
+        ] {
+            if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                resp.headers.insert(name, v);
+            }
+        }
+        resp
     };
-    let _ = (&a, &m);
     if let Some(done) = up.completed_etag.clone() {
-        return Ok(S3Response::new(output(done)));
+        return Ok(respond(done));
     }
     let wanted = input
         .multipart_upload
@@ -345,7 +362,7 @@ pub(crate) async fn complete(
     for f in state.meta.complete_upload(&up, &obj, &numbers).await? {
         state.blobs.remove(&f).await;
     }
-    Ok(S3Response::new(output(etag)))
+    Ok(respond(etag))
 }
 
 pub(crate) async fn abort(
