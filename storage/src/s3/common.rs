@@ -291,3 +291,50 @@ pub(crate) fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u
         }
     }
 }
+
+/// Stream a request body into a new blob and verify `Content-MD5` and `x-amz-checksum-*`
+/// (headers or trailers) before anything is committed; on a mismatch the blob is removed and
+/// the answer is 400 BadDigest.
+pub(crate) async fn write_request_body(
+    state: &NodeState,
+    body: Option<s3s::dto::StreamingBlob>,
+    cipher: Option<PartCipher>,
+    expected_len: Option<u64>,
+    content_md5: Option<&str>,
+    headers: &HeaderMap,
+    trailers: Option<&s3s::TrailingHeaders>,
+) -> ApiResult<crate::store::blobs::WrittenBlob> {
+    let mut sums = super::checksum::Checksums::for_request(headers);
+    let mut observe = |b: &[u8]| sums.update(b);
+    let blob = match body {
+        Some(body) => {
+            state
+                .blobs
+                .write(body, cipher, expected_len, &mut observe)
+                .await?
+        }
+        None => {
+            let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+            state
+                .blobs
+                .write(empty, cipher, expected_len, &mut observe)
+                .await?
+        }
+    };
+    let md5_ok = content_md5.is_none_or(|g| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(g.trim())
+            .is_ok_and(|d| d.as_slice() == blob.md5)
+    });
+    let trailer_map = trailers.and_then(|t| t.take());
+    let sums_ok = sums.verify(headers, trailer_map.as_ref());
+    if !md5_ok || sums_ok.is_err() {
+        state.blobs.remove(&blob.file).await;
+        if let Err(name) = sums_ok {
+            tracing::debug!(checksum = name, "checksum mismatch");
+        }
+        return Err(ApiError::BadDigest);
+    }
+    Ok(blob)
+}

@@ -156,7 +156,7 @@ pub(crate) async fn copy_object(
         .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
     let blob = state
         .blobs
-        .write(stream, cipher, Some(src.obj.size))
+        .write(stream, cipher, Some(src.obj.size), &mut |_| {})
         .await?;
     let etag = if stored.is_sse_c() || src.obj.multipart || src.obj.sse.is_sse_c() {
         common::new_etag(&stored, &blob.md5)

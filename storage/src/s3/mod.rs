@@ -4,6 +4,7 @@
 //! Operations not listed here answer 501 NotImplemented (s3s's default).
 
 mod bucket;
+mod checksum;
 mod common;
 mod copy;
 pub mod errors;

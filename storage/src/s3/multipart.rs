@@ -157,30 +157,16 @@ pub(crate) async fn upload_part(
         .as_ref()
         .map(|k| PartCipher::for_write(k, input.part_number as u32));
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let blob = match input.body {
-        Some(body) => state.blobs.write(body, cipher, expected).await?,
-        None => {
-            state
-                .blobs
-                .write(
-                    futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
-                    cipher,
-                    expected,
-                )
-                .await?
-        }
-    };
-    if let Some(g) = input.content_md5.as_deref() {
-        use base64::Engine;
-        let ok = base64::engine::general_purpose::STANDARD
-            .decode(g.trim())
-            .map(|d| d.as_slice() == blob.md5)
-            .unwrap_or(false);
-        if !ok {
-            state.blobs.remove(&blob.file).await;
-            return Err(ApiError::BadDigest);
-        }
-    }
+    let blob = common::write_request_body(
+        state,
+        input.body,
+        cipher,
+        expected,
+        input.content_md5.as_deref(),
+        &req.headers,
+        req.trailing_headers.as_ref(),
+    )
+    .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
     let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartOutput {
@@ -239,7 +225,10 @@ pub(crate) async fn upload_part_copy(
     let cipher = key
         .as_ref()
         .map(|k| PartCipher::for_write(k, input.part_number as u32));
-    let blob = state.blobs.write(stream, cipher, Some(len)).await?;
+    let blob = state
+        .blobs
+        .write(stream, cipher, Some(len), &mut |_| {})
+        .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
     let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartCopyOutput {

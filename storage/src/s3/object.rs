@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
@@ -51,19 +49,6 @@ pub(crate) fn metadata_from_json(s: &str) -> Option<Metadata> {
     Some(map.into_iter().collect())
 }
 
-fn check_content_md5(given: Option<&str>, md5: &[u8; 16]) -> ApiResult<()> {
-    if let Some(g) = given {
-        let ok = STANDARD
-            .decode(g.trim())
-            .map(|d| d.as_slice() == md5)
-            .unwrap_or(false);
-        if !ok {
-            return Err(ApiError::BadDigest);
-        }
-    }
-    Ok(())
-}
-
 pub(crate) async fn put_object(
     state: &NodeState,
     req: S3Request<PutObjectInput>,
@@ -83,23 +68,16 @@ pub(crate) async fn put_object(
         .as_ref()
         .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let blob = match input.body {
-        Some(body) => state.blobs.write(body, cipher, expected).await?,
-        None => {
-            state
-                .blobs
-                .write(
-                    futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
-                    cipher,
-                    expected,
-                )
-                .await?
-        }
-    };
-    if let Err(e) = check_content_md5(input.content_md5.as_deref(), &blob.md5) {
-        state.blobs.remove(&blob.file).await;
-        return Err(e);
-    }
+    let blob = common::write_request_body(
+        state,
+        input.body,
+        cipher,
+        expected,
+        input.content_md5.as_deref(),
+        &req.headers,
+        req.trailing_headers.as_ref(),
+    )
+    .await?;
     let etag = common::new_etag(&stored, &blob.md5);
     let headers = ContentHeaders {
         cache_control: input.cache_control.clone(),
@@ -452,7 +430,14 @@ pub(crate) async fn get_object_attributes(
     let customer = common::read_key(state, &req.headers)?;
     let input = req.input;
     let r = resolve(state, &input.bucket, &input.key, customer, None, request_id).await?;
-    let want = |a: &str| input.object_attributes.iter().any(|x| x.as_str() == a);
+    // The header may arrive as one comma-separated value or as several values.
+    let want = |a: &str| {
+        input
+            .object_attributes
+            .iter()
+            .flat_map(|x| x.as_str().split(','))
+            .any(|x| x.trim() == a)
+    };
     let parts = if want(ObjectAttributes::OBJECT_PARTS) && r.obj.multipart {
         Some(GetObjectAttributesParts {
             total_parts_count: Some(r.obj.part_count as i32),

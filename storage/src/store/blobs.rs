@@ -85,6 +85,7 @@ impl BlobStore {
         mut body: S,
         cipher: Option<PartCipher>,
         expected_len: Option<u64>,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<WrittenBlob, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -101,6 +102,7 @@ impl BlobStore {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
             md5.update(&chunk);
+            observe(&chunk);
             size += chunk.len() as u64;
             match enc.as_mut() {
                 Some(e) => pending.extend(e.push(&chunk)?),
