@@ -72,7 +72,12 @@ pub struct Upload {
 /// Metadata database handle.
 #[derive(Clone)]
 pub struct Meta {
+    /// Readers.
     pool: SqlitePool,
+    /// The one writer connection: SQLite allows one writer at a time, and a deferred
+    /// transaction that reads and then writes can fail with SQLITE_BUSY instead of waiting, so
+    /// all writes queue here.
+    writer: SqlitePool,
 }
 
 pub fn now_ms() -> i64 {
@@ -138,15 +143,19 @@ impl Meta {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("../migrations/storage")
+            .run(&writer)
+            .await
+            .map_err(|e| DbError::Migrate(Box::new(e)))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("../migrations/storage")
-            .run(&pool)
-            .await
-            .map_err(|e| DbError::Migrate(Box::new(e)))?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     // ---------------------------------------------------------------- buckets
@@ -161,7 +170,7 @@ impl Meta {
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(now_ms())
             .bind(encryption_config)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -196,7 +205,7 @@ impl Meta {
 
     /// Delete an empty bucket. `Ok(false)` when it has objects or uploads.
     pub async fn delete_bucket(&self, name: &str) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE bucket = ?")
             .bind(name)
             .fetch_one(&mut *tx)
@@ -233,7 +242,7 @@ impl Meta {
             .bind(wrapped)
             .bind(version as i64)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(self.bucket(name).await?.and_then(|b| b.wrapped_key))
     }
@@ -246,7 +255,7 @@ impl Meta {
         sqlx::query("UPDATE buckets SET encryption_config = ? WHERE name = ?")
             .bind(config)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -291,7 +300,7 @@ impl Meta {
 
     /// Publish a single-part object whose blob is durable; returns the replaced version's blob files.
     pub async fn put_object(&self, o: &Object, blob: &BlobRow) -> Result<Vec<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
@@ -365,7 +374,7 @@ impl Meta {
 
     /// Delete an object; returns its blob files (empty when it did not exist).
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<Vec<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let files = Self::retire_object_tx(&mut tx, bucket, key).await?;
         tx.commit().await?;
         Ok(files)
@@ -385,7 +394,7 @@ impl Meta {
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -406,7 +415,7 @@ impl Meta {
             .bind(u.sse.mode_str())
             .bind(salt)
             .bind(sealed)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -431,7 +440,7 @@ impl Meta {
         upload_id: &str,
         blob: &BlobRow,
     ) -> Result<Option<Vec<String>>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let live: Option<String> = sqlx::query_scalar(
             "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
         )
@@ -473,7 +482,7 @@ impl Meta {
         o: &Object,
         parts: &[u32],
     ) -> Result<Vec<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         for p in parts {
@@ -504,7 +513,7 @@ impl Meta {
 
     /// Abort an upload; returns its blob files, or `None` if there is no such live upload.
     pub async fn abort_upload(&self, upload_id: &str) -> Result<Option<Vec<String>>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let live: Option<String> = sqlx::query_scalar(
             "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
         )
