@@ -95,29 +95,6 @@ enum Cmd {
     Dev(DevArgs),
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 fn s3_keys() -> Result<(String, String)> {
     let a = std::env::var("COFFER_S3_ACCESS_KEY").context("COFFER_S3_ACCESS_KEY is not set")?;
     let s = match std::env::var("COFFER_S3_SECRET_KEY_FILE") {
@@ -197,7 +174,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("listening on {scheme}://{addr}");
-    coffer_storage::server::serve(listener, state, tls, shutdown_signal()).await?;
+    coffer_storage::server::serve(
+        listener,
+        state,
+        tls,
+        coffer_common::server::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -263,7 +246,13 @@ async fn dev(a: DevArgs) -> Result<()> {
         keys.disable();
         child
     });
-    coffer_storage::server::serve(listener, state, Some(tls), shutdown_signal()).await?;
+    coffer_storage::server::serve(
+        listener,
+        state,
+        Some(tls),
+        coffer_common::server::shutdown_signal(),
+    )
+    .await?;
     // Ask the KMS child to stop cleanly (it signs a last audit checkpoint), then wait for it;
     // kill_on_drop is the fallback if it does not exit in time.
     if let Some(pid) = kms_pid.and_then(|p| i32::try_from(p).ok()) {

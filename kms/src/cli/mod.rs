@@ -207,28 +207,6 @@ async fn run_init(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
 async fn run_serve(
     data_dir: &Path,
     listen: &str,
@@ -250,7 +228,14 @@ async fn run_serve(
         writeln!(out, "listening on {scheme}://{addr}")?;
         out.flush()?;
     }
-    crate::serve(listener, tls, state, tasks, shutdown_signal()).await?;
+    crate::serve(
+        listener,
+        tls,
+        state,
+        tasks,
+        coffer_common::server::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

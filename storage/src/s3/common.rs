@@ -338,3 +338,23 @@ pub(crate) async fn write_request_body(
     }
     Ok(blob)
 }
+
+/// Commit a single-part object whose blob is durable, then delete the blobs of the version it
+/// replaced. If the commit fails, the new blob is removed and nothing changes.
+pub(crate) async fn publish_single_part(
+    state: &NodeState,
+    obj: &crate::store::meta::Object,
+    row: &BlobRow,
+) -> ApiResult<()> {
+    let old = match state.meta.put_object(obj, row).await {
+        Ok(old) => old,
+        Err(e) => {
+            state.blobs.remove(&row.file).await;
+            return Err(e.into());
+        }
+    };
+    for f in old {
+        state.blobs.remove(&f).await;
+    }
+    Ok(())
+}

@@ -24,19 +24,6 @@ pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String)> {
     }
 }
 
-fn same_encryption(
-    plan: &WritePlan,
-    src: &StoredSse,
-    src_customer: Option<&crate::crypto::sse::CustomerKey>,
-) -> bool {
-    match (plan, src) {
-        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
-        (WritePlan::SseC(dst), StoredSse::SseC(_)) => src_customer
-            .is_some_and(|s| bool::from(s.key.expose_secret().ct_eq(dst.key.expose_secret()))),
-        _ => false,
-    }
-}
-
 pub(crate) async fn copy_object(
     state: &NodeState,
     req: S3Request<CopyObjectInput>,
@@ -47,15 +34,13 @@ pub(crate) async fn copy_object(
     let (sb, sk) = copy_source(&input.copy_source)?;
     let dst_bucket = bucket_or_404(state, &input.bucket).await?;
     let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
-    let src_md5 = src_customer.as_ref().map(|c| c.key_md5_b64.clone());
-    let src_same_key = same_encryption(
-        &plan,
-        &StoredSse::SseC(crate::crypto::keys::SealedKey {
-            salt: [0; 32],
-            sealed: [0; 40],
-        }),
-        src_customer.as_ref(),
-    );
+    // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
+    let same_customer_key = match (&plan, src_customer.as_ref()) {
+        (WritePlan::SseC(dst), Some(src)) => {
+            bool::from(src.key.expose_secret().ct_eq(dst.key.expose_secret()))
+        }
+        _ => false,
+    };
     let src = object::resolve(state, &sb, &sk, src_customer, None, request_id).await?;
     let replace = input
         .metadata_directive
@@ -63,8 +48,9 @@ pub(crate) async fn copy_object(
         .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
     let self_copy = sb == input.bucket && sk == input.key;
     let unchanged_encryption = match (&plan, &src.obj.sse) {
-        (WritePlan::SseC(_), StoredSse::SseC(_)) => src_same_key,
-        (p, s) => same_encryption(p, s, None),
+        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
+        (WritePlan::SseC(_), StoredSse::SseC(_)) => same_customer_key,
+        _ => false,
     };
     if self_copy && !replace && unchanged_encryption {
         return Err(ApiError::InvalidRequest(
@@ -140,7 +126,6 @@ pub(crate) async fn copy_object(
             ..Default::default()
         }));
     }
-    let _ = src_md5;
 
     // Re-encrypting copy: stream plaintext from the source into a new single-part object.
     let version_id = uuid::Uuid::new_v4().to_string();
@@ -158,16 +143,7 @@ pub(crate) async fn copy_object(
         .blobs
         .write(stream, cipher, Some(src.obj.size), &mut |_| {})
         .await?;
-    let etag = if stored.is_sse_c() || src.obj.multipart || src.obj.sse.is_sse_c() {
-        common::new_etag(&stored, &blob.md5)
-    } else {
-        src.obj.etag.clone()
-    };
-    let etag = if !stored.is_sse_c() {
-        hex::encode(blob.md5)
-    } else {
-        etag
-    };
+    let etag = common::new_etag(&stored, &blob.md5);
     let obj = Object {
         bucket: dst_bucket.name.clone(),
         key: input.key.clone(),
@@ -189,16 +165,7 @@ pub(crate) async fn copy_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    let old = match state.meta.put_object(&obj, &row).await {
-        Ok(o) => o,
-        Err(e) => {
-            state.blobs.remove(&blob.file).await;
-            return Err(e.into());
-        }
-    };
-    for f in old {
-        state.blobs.remove(&f).await;
-    }
+    common::publish_single_part(state, &obj, &row).await?;
     let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
     Ok(S3Response::new(CopyObjectOutput {
         copy_object_result: Some(CopyObjectResult {

@@ -107,16 +107,7 @@ pub(crate) async fn put_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    let old = match state.meta.put_object(&obj, &row).await {
-        Ok(old) => old,
-        Err(e) => {
-            state.blobs.remove(&blob.file).await;
-            return Err(e.into());
-        }
-    };
-    for f in old {
-        state.blobs.remove(&f).await;
-    }
+    common::publish_single_part(state, &obj, &row).await?;
     let md5 = match &plan {
         common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,
