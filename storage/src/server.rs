@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use s3s::auth::SimpleAuth;
+use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tower::ServiceExt;
 
@@ -26,6 +26,28 @@ pub enum StartError {
     DataDir(#[from] std::io::Error),
     #[error("metadata database: {0}")]
     Meta(#[from] sqlx::Error),
+}
+
+/// The node's one access key pair; an unknown access key is 403 InvalidAccessKeyId (as AWS),
+/// the key comparison is constant-time.
+struct StaticAuth {
+    access_key: String,
+    secret_key: SecretKey,
+}
+
+#[async_trait::async_trait]
+impl S3Auth for StaticAuth {
+    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<SecretKey> {
+        use subtle::ConstantTimeEq;
+        if bool::from(access_key.as_bytes().ct_eq(self.access_key.as_bytes())) {
+            Ok(self.secret_key.clone())
+        } else {
+            Err(s3s::s3_error!(
+                InvalidAccessKeyId,
+                "The AWS Access Key Id you provided does not exist in our records."
+            ))
+        }
+    }
 }
 
 /// Open the store, run the start-up sweep and build the shared state.
@@ -89,10 +111,10 @@ fn metrics(state: &NodeState) -> String {
 /// The HTTP application: `/health`, `/metrics`, and S3 for everything else.
 pub fn router(state: Arc<NodeState>) -> Router {
     let mut builder = S3ServiceBuilder::new(CofferS3::new(state.clone()));
-    builder.set_auth(SimpleAuth::from_single(
-        state.cfg.access_key.as_str(),
-        state.cfg.secret_key.as_str(),
-    ));
+    builder.set_auth(StaticAuth {
+        access_key: state.cfg.access_key.clone(),
+        secret_key: SecretKey::from(state.cfg.secret_key.as_str()),
+    });
     let s3 = builder.build();
     let s3_fallback = tower::service_fn(move |req: axum::extract::Request| {
         let s3 = s3.clone();
