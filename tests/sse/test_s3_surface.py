@@ -150,3 +150,18 @@ def test_auth_errors_and_not_implemented(plain_node, plain_s3, pb):
     from .harness import ACCESS_KEY
     expect_error(403, "SignatureDoesNotMatch", client(ACCESS_KEY, "wrong-secret").list_buckets)
     expect_error(501, "NotImplemented", plain_s3.put_bucket_tagging, Bucket=pb, Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+
+
+def test_checksums_verified_before_commit(plain_s3, pb):
+    import base64
+    import zlib
+    body = os.urandom(70_000)
+    good_sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    good_crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    plain_s3.put_object(Bucket=pb, Key="ok-sha", Body=body, ChecksumSHA256=good_sha)
+    plain_s3.put_object(Bucket=pb, Key="ok-crc", Body=body, ChecksumCRC32=good_crc)
+    bad = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    expect_error(400, "BadDigest", plain_s3.put_object, Bucket=pb, Key="bad-sha", Body=body, ChecksumSHA256=bad)
+    expect_error(400, "BadDigest", plain_s3.put_object, Bucket=pb, Key="bad-crc", Body=body, ChecksumCRC32="AAAAAA==")
+    keys = [o["Key"] for o in plain_s3.list_objects_v2(Bucket=pb)["Contents"]]
+    assert keys == ["ok-crc", "ok-sha"]  # nothing committed for the mismatches
