@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tower::ServiceExt;
@@ -116,9 +115,24 @@ pub fn router(state: Arc<NodeState>) -> Router {
         secret_key: SecretKey::from(state.cfg.secret_key.as_str()),
     });
     let s3 = builder.build();
-    let s3_fallback = tower::service_fn(move |req: axum::extract::Request| {
+    // `/health` and `/metrics` are answered here only for unauthenticated GETs, so that
+    // path-style requests to buckets with those names still reach S3.
+    let service = tower::service_fn(move |req: axum::extract::Request| {
         let s3 = s3.clone();
+        let state = state.clone();
         async move {
+            let signed = req.headers().contains_key(http::header::AUTHORIZATION)
+                || req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.contains("X-Amz-Signature"));
+            if req.method() == http::Method::GET && !signed {
+                match req.uri().path() {
+                    "/health" => return Ok(health().await.into_response()),
+                    "/metrics" => return Ok(metrics(&state).into_response()),
+                    _ => {}
+                }
+            }
             match s3.oneshot(req).await {
                 Ok(resp) => Ok::<_, std::convert::Infallible>(resp.into_response()),
                 Err(e) => {
@@ -128,11 +142,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
             }
         }
     });
-    let m = state.clone();
     Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(move || async move { metrics(&m) }))
-        .fallback_service(s3_fallback)
+        .fallback_service(service)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(

@@ -165,3 +165,15 @@ def test_checksums_verified_before_commit(plain_s3, pb):
     expect_error(400, "BadDigest", plain_s3.put_object, Bucket=pb, Key="bad-crc", Body=body, ChecksumCRC32="AAAAAA==")
     keys = [o["Key"] for o in plain_s3.list_objects_v2(Bucket=pb)["Contents"]]
     assert keys == ["ok-crc", "ok-sha"]  # nothing committed for the mismatches
+
+
+def test_health_metrics_and_buckets_with_those_names(plain_node, plain_s3):
+    import requests
+    assert requests.get(plain_node.url + "/health", timeout=5).text == "ok"
+    assert "coffer_kms_calls_total" in requests.get(plain_node.url + "/metrics", timeout=5).text
+    for name in ("health", "metrics"):
+        plain_s3.create_bucket(Bucket=name)
+        plain_s3.put_object(Bucket=name, Key="k", Body=b"v")
+        assert [o["Key"] for o in plain_s3.list_objects_v2(Bucket=name)["Contents"]] == ["k"]
+        plain_s3.delete_object(Bucket=name, Key="k")
+        plain_s3.delete_bucket(Bucket=name)
