@@ -59,15 +59,15 @@ pub(crate) async fn copy_object(
     }
     let now = meta::now_ms();
     let (content_type, headers, metadata) = if replace {
-        let h = ContentHeaders {
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            content_encoding: input.content_encoding.clone(),
-            content_language: input.content_language.clone(),
-        };
+        let h = ContentHeaders::of(
+            &input.cache_control,
+            &input.content_disposition,
+            &input.content_encoding,
+            &input.content_language,
+        );
         (
             input.content_type.as_ref().map(|c| c.to_string()),
-            serde_json::to_string(&h).unwrap_or_else(|_| "{}".into()),
+            h.to_json(),
             object::metadata_json(input.metadata.as_ref()),
         )
     } else {

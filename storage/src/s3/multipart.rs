@@ -34,12 +34,12 @@ pub(crate) async fn create(
         version_id: &version_id,
     };
     let (_ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
-    let headers = ContentHeaders {
-        cache_control: input.cache_control.clone(),
-        content_disposition: input.content_disposition.clone(),
-        content_encoding: input.content_encoding.clone(),
-        content_language: input.content_language.clone(),
-    };
+    let headers = ContentHeaders::of(
+        &input.cache_control,
+        &input.content_disposition,
+        &input.content_encoding,
+        &input.content_language,
+    );
     let up = Upload {
         upload_id: upload_id.clone(),
         bucket: bucket.name.clone(),
@@ -47,7 +47,7 @@ pub(crate) async fn create(
         version_id,
         created_ms: meta::now_ms(),
         content_type: input.content_type.as_ref().map(|c| c.to_string()),
-        headers: serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
+        headers: headers.to_json(),
         metadata: object::metadata_json(input.metadata.as_ref()),
         sse: stored,
         completed_etag: None,

@@ -30,6 +30,28 @@ pub(crate) struct ContentHeaders {
     pub content_language: Option<String>,
 }
 
+impl ContentHeaders {
+    /// The content headers a write request carries.
+    pub(crate) fn of(
+        cache_control: &Option<String>,
+        content_disposition: &Option<String>,
+        content_encoding: &Option<String>,
+        content_language: &Option<String>,
+    ) -> Self {
+        Self {
+            cache_control: cache_control.clone(),
+            content_disposition: content_disposition.clone(),
+            content_encoding: content_encoding.clone(),
+            content_language: content_language.clone(),
+        }
+    }
+
+    /// The JSON stored in the `headers` column.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
 pub(crate) fn metadata_json(m: Option<&Metadata>) -> String {
     let map: BTreeMap<String, String> = m
         .map(|m| {
@@ -79,12 +101,12 @@ pub(crate) async fn put_object(
     )
     .await?;
     let etag = common::new_etag(&stored, &blob.md5);
-    let headers = ContentHeaders {
-        cache_control: input.cache_control.clone(),
-        content_disposition: input.content_disposition.clone(),
-        content_encoding: input.content_encoding.clone(),
-        content_language: input.content_language.clone(),
-    };
+    let headers = ContentHeaders::of(
+        &input.cache_control,
+        &input.content_disposition,
+        &input.content_encoding,
+        &input.content_language,
+    );
     let now = meta::now_ms();
     let obj = Object {
         bucket: bucket.name.clone(),
@@ -93,7 +115,7 @@ pub(crate) async fn put_object(
         size: blob.size,
         etag: etag.clone(),
         content_type: input.content_type.as_ref().map(|c| c.to_string()),
-        headers: serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into()),
+        headers: headers.to_json(),
         metadata: metadata_json(input.metadata.as_ref()),
         last_modified_ms: now,
         sse: stored,
