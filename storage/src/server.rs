@@ -58,8 +58,9 @@ pub async fn open_state(
     let meta = Meta::open(&cfg.data_dir).await?;
     let blobs = BlobStore::open(&cfg.data_dir)?;
     let report = crate::store::recovery::sweep(&meta, &blobs).await?;
-    if report.tmp_removed + report.orphans_removed > 0 {
+    if report.tmp_removed + report.orphans_removed > 0 || report.versions_forgotten > 0 {
         tracing::info!(
+            interrupted_versions = report.versions_aborted,
             tmp = report.tmp_removed,
             orphans = report.orphans_removed,
             "start-up sweep removed unreferenced files"

@@ -264,7 +264,12 @@ pub(crate) async fn object_stream(
         if p.size == 0 && local.is_none() && cipher.is_none() {
             continue;
         }
-        streams.push(Box::pin(state.blobs.read(&p.file, p.size, local, cipher)));
+        streams.push(Box::pin(
+            state
+                .blobs
+                .open_read(&p.file, p.size, local, cipher)
+                .await?,
+        ));
     }
     Ok(Box::pin(futures::stream::iter(streams).flatten()))
 }

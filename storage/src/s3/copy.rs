@@ -128,7 +128,11 @@ pub(crate) async fn copy_object(
     }
 
     // Re-encrypting copy: stream plaintext from the source into a new single-part object.
-    let version_id = uuid::Uuid::new_v4().to_string();
+    let writing = state
+        .meta
+        .begin_version(&dst_bucket.name, &input.key)
+        .await?;
+    let version_id = writing.version_id().to_string();
     let binding = Binding {
         bucket_id: &dst_bucket.id,
         object_key: &input.key,
@@ -166,6 +170,7 @@ pub(crate) async fn copy_object(
         created_ms: now,
     };
     common::publish_single_part(state, &obj, &row).await?;
+    writing.published();
     let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
     Ok(S3Response::new(CopyObjectOutput {
         copy_object_result: Some(CopyObjectResult {

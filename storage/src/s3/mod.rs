@@ -271,3 +271,6 @@ impl S3 for CofferS3 {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -79,7 +79,8 @@ pub(crate) async fn put_object(
     let input = req.input;
     let bucket = bucket_or_404(state, &input.bucket).await?;
     let plan = common::plan_write(state, &bucket, &req.headers)?;
-    let version_id = uuid::Uuid::new_v4().to_string();
+    let writing = state.meta.begin_version(&bucket.name, &input.key).await?;
+    let version_id = writing.version_id().to_string();
     let binding = Binding {
         bucket_id: &bucket.id,
         object_key: &input.key,
@@ -130,6 +131,7 @@ pub(crate) async fn put_object(
         created_ms: now,
     };
     common::publish_single_part(state, &obj, &row).await?;
+    writing.published();
     let md5 = match &plan {
         common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,

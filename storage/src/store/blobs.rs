@@ -147,15 +147,17 @@ impl BlobStore {
     }
 
     /// Stream plaintext bytes `start..=end` (or the whole blob when `range` is `None`) of a blob
-    /// holding `plain_len` plaintext bytes; decrypts when `cipher` is given.
-    pub fn read(
+    /// holding `plain_len` plaintext bytes; decrypts when `cipher` is given. The file is opened
+    /// here, before the caller answers, so a GET that has started keeps reading the version it
+    /// resolved even if that version is overwritten or deleted meanwhile (the open descriptor
+    /// keeps the unlinked file readable).
+    pub async fn open_read(
         &self,
         file: &str,
         plain_len: u64,
         range: Option<(u64, u64)>,
         cipher: Option<PartCipher>,
-    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-        let path = self.path(file);
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, BlobError> {
         let (offset, len, dec) = match cipher {
             Some(c) => {
                 let plan = match range {
@@ -169,67 +171,19 @@ impl BlobStore {
                 )
             }
             None => match range {
-                Some((s, e)) => (s, e - s + 1, None),
+                Some((s, e)) => (s, (e + 1).saturating_sub(s), None),
                 None => (0, plain_len, None),
             },
         };
-        struct St {
-            file: Option<tokio::fs::File>,
-            path: PathBuf,
-            offset: u64,
-            remaining: u64,
-            dec: Option<Decryptor>,
-            done: bool,
-        }
-        let st = St {
-            file: None,
-            path,
-            offset,
+        let mut f = tokio::fs::File::open(self.path(file)).await?;
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        let st = ReadState {
+            file: f,
             remaining: len,
             dec,
             done: false,
         };
-        futures::stream::try_unfold(st, |mut st| async move {
-            if st.done {
-                return Ok(None);
-            }
-            loop {
-                if st.file.is_none() {
-                    let mut f = tokio::fs::File::open(&st.path).await?;
-                    f.seek(std::io::SeekFrom::Start(st.offset)).await?;
-                    st.file = Some(f);
-                }
-                if st.remaining == 0 {
-                    st.done = true;
-                    let tail = match st.dec.take() {
-                        Some(d) => d.finish().map_err(std::io::Error::other)?,
-                        None => Vec::new(),
-                    };
-                    return Ok(if tail.is_empty() {
-                        None
-                    } else {
-                        Some((Bytes::from(tail), st))
-                    });
-                }
-                let want = st
-                    .remaining
-                    .min(4 * (format::SEGMENT_SIZE + format::TAG_LEN) as u64)
-                    as usize;
-                let mut buf = vec![0u8; want];
-                let Some(f) = st.file.as_mut() else {
-                    return Ok(None);
-                };
-                f.read_exact(&mut buf).await?;
-                st.remaining -= want as u64;
-                let out = match st.dec.as_mut() {
-                    Some(d) => d.push(&buf).map_err(std::io::Error::other)?,
-                    None => buf,
-                };
-                if !out.is_empty() {
-                    return Ok(Some((Bytes::from(out), st)));
-                }
-            }
-        })
+        Ok(futures::stream::try_unfold(st, next_chunk))
     }
 
     /// Delete a blob file (after its metadata row is gone). Missing files are fine.
@@ -238,6 +192,47 @@ impl BlobStore {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(file, error = %e, "removing blob failed");
+        }
+    }
+}
+
+/// A blob read in progress.
+struct ReadState {
+    file: tokio::fs::File,
+    remaining: u64,
+    dec: Option<Decryptor>,
+    done: bool,
+}
+
+/// Bytes read per step: four encrypted segments (a bounded buffer, whatever the object size).
+const READ_CHUNK: u64 = 4 * (format::SEGMENT_SIZE + format::TAG_LEN) as u64;
+
+async fn next_chunk(mut st: ReadState) -> Result<Option<(Bytes, ReadState)>, std::io::Error> {
+    loop {
+        if st.done {
+            return Ok(None);
+        }
+        if st.remaining == 0 {
+            st.done = true;
+            let tail = match st.dec.take() {
+                Some(d) => d.finish().map_err(std::io::Error::other)?,
+                None => Vec::new(),
+            };
+            if tail.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some((Bytes::from(tail), st)));
+        }
+        let want = st.remaining.min(READ_CHUNK) as usize;
+        let mut buf = vec![0u8; want];
+        st.file.read_exact(&mut buf).await?;
+        st.remaining -= want as u64;
+        let out = match st.dec.as_mut() {
+            Some(d) => d.push(&buf).map_err(std::io::Error::other)?,
+            None => buf,
+        };
+        if !out.is_empty() {
+            return Ok(Some((Bytes::from(out), st)));
         }
     }
 }

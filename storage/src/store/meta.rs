@@ -11,6 +11,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use super::versions;
 use crate::crypto::envelope::StoredSse;
 
 pub type DbError = sqlx::Error;
@@ -135,6 +136,15 @@ fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
 }
 
 impl Meta {
+    /// The one writer connection (see [`Meta`]).
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Open (creating) `meta.db` and apply migrations.
     pub async fn open(data_dir: &Path) -> Result<Self, DbError> {
         let url = format!("sqlite://{}", data_dir.join("meta.db").display());
@@ -301,6 +311,7 @@ impl Meta {
     /// Publish a single-part object whose blob is durable; returns the replaced version's blob files.
     pub async fn put_object(&self, o: &Object, blob: &BlobRow) -> Result<Vec<String>, DbError> {
         let mut tx = self.writer.begin().await?;
+        versions::complete_tx(&mut tx, &o.version_id).await?;
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
@@ -369,6 +380,7 @@ impl Meta {
             .bind(key)
             .execute(&mut **tx)
             .await?;
+        versions::forget_tx(tx, &vid).await?;
         Ok(files)
     }
 
@@ -401,8 +413,11 @@ impl Meta {
 
     // ---------------------------------------------------------------- multipart
 
+    /// Record a new upload; its version starts `writing` in the same transaction.
     pub async fn create_upload(&self, u: &Upload) -> Result<(), DbError> {
         let (salt, sealed) = u.sse.columns();
+        let mut tx = self.writer.begin().await?;
+        versions::insert_writing(&mut tx, &u.version_id, &u.bucket, &u.key).await?;
         sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
@@ -415,8 +430,9 @@ impl Meta {
             .bind(u.sse.mode_str())
             .bind(salt)
             .bind(sealed)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -483,6 +499,7 @@ impl Meta {
         parts: &[u32],
     ) -> Result<Vec<String>, DbError> {
         let mut tx = self.writer.begin().await?;
+        versions::complete_tx(&mut tx, &u.version_id).await?;
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         for p in parts {
@@ -515,14 +532,15 @@ impl Meta {
     pub async fn abort_upload(&self, upload_id: &str) -> Result<Option<Vec<String>>, DbError> {
         let mut tx = self.writer.begin().await?;
         let live: Option<String> = sqlx::query_scalar(
-            "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
+            "SELECT version_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
         )
         .bind(upload_id)
         .fetch_optional(&mut *tx)
         .await?;
-        if live.is_none() {
+        let Some(version_id) = live else {
             return Ok(None);
-        }
+        };
+        versions::abort_tx(&mut tx, &version_id).await?;
         let files: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
             .bind(upload_id)
             .fetch_all(&mut *tx)

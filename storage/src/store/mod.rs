@@ -5,3 +5,7 @@
 pub mod blobs;
 pub mod meta;
 pub mod recovery;
+pub mod versions;
+
+#[cfg(test)]
+mod tests;

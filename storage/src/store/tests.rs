@@ -1,0 +1,265 @@
+//! Unit tests of the store: blob write/read (plain and encrypted, ranges), version states and
+//! the start-up sweep.
+
+use bytes::Bytes;
+use coffer_common::secret::SecretKey32;
+use futures::TryStreamExt;
+
+use super::blobs::BlobStore;
+use super::meta::{BlobRow, Meta, Object, Upload, now_ms};
+use super::recovery::sweep;
+use super::versions::VersionState;
+use crate::crypto::envelope::StoredSse;
+use crate::crypto::format::PartCipher;
+
+fn body(
+    data: &[u8],
+    chunk: usize,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn read_all(
+    blobs: &BlobStore,
+    file: &str,
+    len: u64,
+    range: Option<(u64, u64)>,
+    cipher: Option<PartCipher>,
+) -> Vec<u8> {
+    let s = blobs.open_read(file, len, range, cipher).await.unwrap();
+    let parts: Vec<Bytes> = s.try_collect().await.unwrap();
+    parts.concat()
+}
+
+fn object(bucket: &str, key: &str, version_id: &str, blob_size: u64) -> Object {
+    Object {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: version_id.into(),
+        size: blob_size,
+        etag: "e".into(),
+        content_type: None,
+        headers: "{}".into(),
+        metadata: "{}".into(),
+        last_modified_ms: now_ms(),
+        sse: StoredSse::None,
+        part_count: 1,
+        multipart: false,
+    }
+}
+
+fn row(file: &str, size: u64) -> BlobRow {
+    BlobRow {
+        part_number: 1,
+        size,
+        etag: "e".into(),
+        file: file.into(),
+        created_ms: now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn plain_blob_round_trips_with_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let data = pattern(300_001);
+    let w = blobs
+        .write(
+            body(&data, 7777),
+            None,
+            Some(data.len() as u64),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.size, data.len() as u64);
+    let md5: [u8; 16] = {
+        use md5::Digest;
+        md5::Md5::digest(&data).into()
+    };
+    assert_eq!(w.md5, md5);
+    assert_eq!(std::fs::read_dir(blobs.tmp_dir()).unwrap().count(), 0);
+    let n = data.len() as u64;
+    assert_eq!(read_all(&blobs, &w.file, n, None, None).await, data);
+    for (s, e) in [(0, 0), (5, 70_000), (n - 1, n - 1), (131_072, 262_143)] {
+        let got = read_all(&blobs, &w.file, n, Some((s, e)), None).await;
+        assert_eq!(got, data[s as usize..=e as usize], "range {s}-{e}");
+    }
+}
+
+#[tokio::test]
+async fn encrypted_blob_round_trips_and_holds_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let key = SecretKey32::generate();
+    let data = pattern(65_536 * 3 + 17);
+    let n = data.len() as u64;
+    let w = blobs
+        .write(
+            body(&data, 10_000),
+            Some(PartCipher::for_write(&key, 2)),
+            Some(n),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    let on_disk = std::fs::read(blobs.blobs_dir().join(&w.file)).unwrap();
+    assert!(!on_disk.windows(64).any(|win| win == &data[1000..1064]));
+    for range in [
+        None,
+        Some((0, 0)),
+        Some((65_535, 65_537)),
+        Some((n - 10, n - 1)),
+    ] {
+        let header = blobs.read_header(&w.file).await.unwrap();
+        let c = PartCipher::for_read(&key, 2, &header).unwrap();
+        let got = read_all(&blobs, &w.file, n, range, Some(c)).await;
+        let want = match range {
+            None => data.clone(),
+            Some((s, e)) => data[s as usize..=e as usize].to_vec(),
+        };
+        assert_eq!(got, want, "range {range:?}");
+    }
+}
+
+#[tokio::test]
+async fn length_mismatch_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let r = blobs
+        .write(body(b"abc", 1), None, Some(4), &mut |_| {})
+        .await;
+    assert!(r.is_err());
+    assert_eq!(std::fs::read_dir(blobs.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(blobs.blobs_dir()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn open_read_survives_unlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let data = pattern(1_000_000);
+    let w = blobs
+        .write(body(&data, 65_536), None, None, &mut |_| {})
+        .await
+        .unwrap();
+    let s = blobs
+        .open_read(&w.file, data.len() as u64, None, None)
+        .await
+        .unwrap();
+    blobs.remove(&w.file).await;
+    let got: Vec<Bytes> = s.try_collect().await.unwrap();
+    assert_eq!(got.concat(), data);
+}
+
+#[tokio::test]
+async fn versions_publish_abort_and_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(dir.path()).await.unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    meta.create_bucket("b", None).await.unwrap();
+
+    // Published: complete and visible.
+    let v1 = meta.begin_version("b", "k").await.unwrap();
+    let id1 = v1.version_id().to_string();
+    assert_eq!(
+        meta.version_state(&id1).await.unwrap(),
+        Some(VersionState::Writing)
+    );
+    assert!(meta.object("b", "k").await.unwrap().is_none());
+    let w = blobs
+        .write(body(b"hello", 2), None, Some(5), &mut |_| {})
+        .await
+        .unwrap();
+    meta.put_object(&object("b", "k", &id1, 5), &row(&w.file, 5))
+        .await
+        .unwrap();
+    v1.published();
+    assert_eq!(
+        meta.version_state(&id1).await.unwrap(),
+        Some(VersionState::Complete)
+    );
+    assert_eq!(
+        meta.object("b", "k").await.unwrap().unwrap().version_id,
+        id1
+    );
+
+    // Aborted (guard dropped): can never be published.
+    let v2 = meta.begin_version("b", "k").await.unwrap();
+    let id2 = v2.version_id().to_string();
+    meta.abort_version(&id2).await.unwrap();
+    drop(v2);
+    let w2 = blobs
+        .write(body(b"other", 2), None, Some(5), &mut |_| {})
+        .await
+        .unwrap();
+    assert!(
+        meta.put_object(&object("b", "k", &id2, 5), &row(&w2.file, 5))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        meta.object("b", "k").await.unwrap().unwrap().version_id,
+        id1
+    );
+
+    // Interrupted write (as after kill -9): a writing row, a tmp file and an unreferenced blob.
+    let v3 = meta.begin_version("b", "k2").await.unwrap();
+    let id3 = v3.version_id().to_string();
+    std::mem::forget(v3);
+    std::fs::write(blobs.tmp_dir().join("partial"), b"xx").unwrap();
+    // A live multipart upload keeps its writing version and its part blob.
+    let up = Upload {
+        upload_id: "u1".into(),
+        bucket: "b".into(),
+        key: "mp".into(),
+        version_id: "v-upload".into(),
+        created_ms: now_ms(),
+        content_type: None,
+        headers: "{}".into(),
+        metadata: "{}".into(),
+        sse: StoredSse::None,
+        completed_etag: None,
+    };
+    meta.create_upload(&up).await.unwrap();
+    let wp = blobs
+        .write(body(b"part", 2), None, Some(4), &mut |_| {})
+        .await
+        .unwrap();
+    meta.put_part("u1", &row(&wp.file, 4)).await.unwrap();
+
+    let report = sweep(&meta, &blobs).await.unwrap();
+    assert_eq!(report.tmp_removed, 1);
+    assert_eq!(report.orphans_removed, 1, "w2's blob was never published");
+    assert_eq!(report.versions_aborted, 1);
+    assert_eq!(report.versions_forgotten, 2);
+    assert_eq!(meta.version_state(&id3).await.unwrap(), None);
+    assert_eq!(
+        meta.version_state("v-upload").await.unwrap(),
+        Some(VersionState::Writing)
+    );
+    assert!(blobs.blobs_dir().join(&w.file).exists());
+    assert!(blobs.blobs_dir().join(&wp.file).exists());
+    assert!(!blobs.blobs_dir().join(&w2.file).exists());
+
+    // Abort of the upload: version aborted, parts returned for deletion.
+    let files = meta.abort_upload("u1").await.unwrap().unwrap();
+    assert_eq!(files, vec![wp.file.clone()]);
+    assert_eq!(
+        meta.version_state("v-upload").await.unwrap(),
+        Some(VersionState::Aborted)
+    );
+
+    // Delete: the version row goes with the object.
+    let files = meta.delete_object("b", "k").await.unwrap();
+    assert_eq!(files, vec![w.file.clone()]);
+    assert_eq!(meta.version_state(&id1).await.unwrap(), None);
+}

@@ -1,0 +1,205 @@
+//! Object version states: `writing` → `complete` | `aborted`. A version row is written before
+//! the first blob byte of a PutObject/CopyObject (or with the multipart upload it belongs to),
+//! flipped to `complete` in the same transaction that publishes the object, and to `aborted`
+//! when the write fails, the request future is dropped (client gone), the upload is aborted, or
+//! the node restarts with the write unfinished. Only complete versions are visible: `objects`
+//! holds exactly the complete, current ones, and a version that is not `writing` can never be
+//! published. Aborted rows are forgotten by the start-up sweep.
+//!
+//! Secret: none. Atomic: each transition is one statement or part of the publishing transaction.
+
+use super::meta::{DbError, Meta, now_ms};
+
+/// The state of an object version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    Writing,
+    Complete,
+    Aborted,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Writing => "writing",
+            VersionState::Complete => "complete",
+            VersionState::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "writing" => Some(VersionState::Writing),
+            "complete" => Some(VersionState::Complete),
+            "aborted" => Some(VersionState::Aborted),
+            _ => None,
+        }
+    }
+}
+
+/// What the start-up sweep did to version rows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VersionSweep {
+    /// `writing` versions without a live multipart upload, now aborted.
+    pub interrupted: u64,
+    /// Aborted rows forgotten (their blobs are unreferenced and removed by the file sweep).
+    pub forgotten: u64,
+}
+
+/// A version being written. Dropping it without [`WritingVersion::published`] marks the version
+/// aborted (in a background task, since `Drop` cannot wait).
+pub struct WritingVersion {
+    meta: Meta,
+    version_id: String,
+    open: bool,
+}
+
+impl WritingVersion {
+    pub fn version_id(&self) -> &str {
+        &self.version_id
+    }
+
+    /// The publishing transaction committed: nothing to undo.
+    pub fn published(mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for WritingVersion {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let meta = self.meta.clone();
+        let id = std::mem::take(&mut self.version_id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = meta.abort_version(&id).await {
+                    tracing::warn!(version = %id, error = %e, "marking version aborted failed");
+                }
+            });
+        }
+    }
+}
+
+pub(crate) async fn insert_writing(
+    conn: &mut sqlx::SqliteConnection,
+    version_id: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<(), DbError> {
+    let now = now_ms();
+    sqlx::query("INSERT INTO versions (version_id, bucket, key, state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(version_id)
+        .bind(bucket)
+        .bind(key)
+        .bind(VersionState::Writing.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `writing` → `complete` inside the publishing transaction; an error (and so a rollback) when
+/// the version is no longer writing (aborted concurrently or by a restart).
+pub(crate) async fn complete_tx(
+    conn: &mut sqlx::SqliteConnection,
+    version_id: &str,
+) -> Result<(), DbError> {
+    let r = sqlx::query(
+        "UPDATE versions SET state = ?, updated_ms = ? WHERE version_id = ? AND state = ?",
+    )
+    .bind(VersionState::Complete.as_str())
+    .bind(now_ms())
+    .bind(version_id)
+    .bind(VersionState::Writing.as_str())
+    .execute(conn)
+    .await?;
+    if r.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(DbError::Protocol(format!(
+            "version {version_id} is not being written; not publishing it"
+        )))
+    }
+}
+
+/// `writing` → `aborted` (no-op in any other state).
+pub(crate) async fn abort_tx(
+    conn: &mut sqlx::SqliteConnection,
+    version_id: &str,
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE version_id = ? AND state = ?")
+        .bind(VersionState::Aborted.as_str())
+        .bind(now_ms())
+        .bind(version_id)
+        .bind(VersionState::Writing.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A retired (overwritten or deleted) complete version leaves no row.
+pub(crate) async fn forget_tx(
+    conn: &mut sqlx::SqliteConnection,
+    version_id: &str,
+) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM versions WHERE version_id = ?")
+        .bind(version_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+impl Meta {
+    /// Record a new version as `writing` before any of its bytes are written.
+    pub async fn begin_version(&self, bucket: &str, key: &str) -> Result<WritingVersion, DbError> {
+        let version_id = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.writer().acquire().await?;
+        insert_writing(&mut conn, &version_id, bucket, key).await?;
+        Ok(WritingVersion {
+            meta: self.clone(),
+            version_id,
+            open: true,
+        })
+    }
+
+    /// Mark a version aborted if it is still being written.
+    pub async fn abort_version(&self, version_id: &str) -> Result<(), DbError> {
+        let mut conn = self.writer().acquire().await?;
+        abort_tx(&mut conn, version_id).await
+    }
+
+    pub async fn version_state(&self, version_id: &str) -> Result<Option<VersionState>, DbError> {
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT state FROM versions WHERE version_id = ?")
+                .bind(version_id)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(s.as_deref().and_then(VersionState::parse))
+    }
+
+    /// Start-up: every `writing` version without a live upload was interrupted; abort it, then
+    /// forget all aborted rows. Runs before requests are accepted.
+    pub async fn sweep_versions(&self) -> Result<VersionSweep, DbError> {
+        let mut tx = self.writer().begin().await?;
+        let interrupted = sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE state = ? AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
+            .bind(VersionState::Aborted.as_str())
+            .bind(now_ms())
+            .bind(VersionState::Writing.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let forgotten = sqlx::query("DELETE FROM versions WHERE state = ?")
+            .bind(VersionState::Aborted.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(VersionSweep {
+            interrupted,
+            forgotten,
+        })
+    }
+}
