@@ -4,6 +4,7 @@
 
 pub mod crypto;
 pub mod dev;
+mod error_body;
 pub mod s3;
 pub mod server;
 pub mod state;

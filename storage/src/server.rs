@@ -134,8 +134,17 @@ pub fn router(state: Arc<NodeState>) -> Router {
                     _ => {}
                 }
             }
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let path = req.uri().path().to_string();
             match s3.oneshot(req).await {
-                Ok(resp) => Ok::<_, std::convert::Infallible>(resp.into_response()),
+                Ok(resp) => Ok::<_, std::convert::Infallible>(
+                    crate::error_body::complete(resp.into_response(), &path, &request_id).await,
+                ),
                 Err(e) => {
                     tracing::error!(error = ?e, "s3 service error");
                     Ok(http::StatusCode::INTERNAL_SERVER_ERROR.into_response())

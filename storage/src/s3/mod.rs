@@ -1,6 +1,6 @@
 //! The S3 edge: the only module that knows s3s types. [`CofferS3`] implements the `s3s::S3`
-//! trait by delegating each operation to its family file (`bucket`, `object`, `copy`,
-//! `multipart`, `attributes`) and mapping [`errors::ApiError`] to S3 errors in one place.
+//! trait by delegating each operation to its family file (`bucket`, `list`, `object`, `copy`,
+//! `multipart`) and mapping [`errors::ApiError`] to S3 errors in one place.
 //! Operations not listed here answer 501 NotImplemented (s3s's default).
 
 mod bucket;
@@ -8,6 +8,7 @@ mod checksum;
 mod common;
 mod copy;
 pub mod errors;
+mod list;
 mod multipart;
 mod object;
 
@@ -124,7 +125,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        map("ListObjects", bucket::list_objects(&self.state, req).await)
+        map("ListObjects", list::list_objects(&self.state, req).await)
     }
     async fn list_objects_v2(
         &self,
@@ -132,7 +133,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         map(
             "ListObjectsV2",
-            bucket::list_objects_v2(&self.state, req).await,
+            list::list_objects_v2(&self.state, req).await,
         )
     }
     async fn list_object_versions(
@@ -141,7 +142,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         map(
             "ListObjectVersions",
-            bucket::list_object_versions(&self.state, req).await,
+            list::list_object_versions(&self.state, req).await,
         )
     }
     async fn put_object(

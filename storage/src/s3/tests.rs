@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use s3s::dto::Range;
 
-use super::bucket::list_page;
 use super::common::resolve_range;
 use super::errors::ApiError;
+use super::list::list_page;
 use crate::crypto::envelope::StoredSse;
 use crate::crypto::key_cache::BucketKeys;
 use crate::state::{DefaultEncryption, NodeConfig, NodeState};
@@ -91,7 +91,7 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
     (dir, Arc::new(state))
 }
 
-fn keys_of(p: &super::bucket::Page) -> Vec<String> {
+fn keys_of(p: &super::list::Page) -> Vec<String> {
     p.objects.iter().map(|o| o.key.clone()).collect()
 }
 

@@ -1,0 +1,136 @@
+"""Fixtures of the plain S3 suite (issue 3): one real ``coffer-storage`` process per session on
+127.0.0.1:0 with a temp data dir and no KMS (``--default-encryption none``), boto3 clients for it,
+and its stderr printed when a test fails. ``COFFER_BIN_DIR`` overrides ``target/debug``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("COFFER_BIN_DIR", REPO / "target" / "debug"))
+ACCESS_KEY = "coffer-s3-test"
+SECRET_KEY = "s3-secret-" + secrets.token_hex(12)
+REGION = "us-east-1"
+READY_TIMEOUT = float(os.environ.get("COFFER_READY_TIMEOUT", "60"))
+
+
+class Node:
+    """A running storage node; ready once it printed ``listening on http://ADDR``."""
+
+    def __init__(self, data_dir: Path, log_dir: Path):
+        self.data_dir = data_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = log_dir / f"storage-{uuid.uuid4().hex[:6]}.stderr.log"
+        self._stderr = open(self.stderr_path, "wb")
+        env = dict(os.environ, COFFER_S3_ACCESS_KEY=ACCESS_KEY, COFFER_S3_SECRET_KEY=SECRET_KEY,
+                   RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / "coffer-storage"), "serve", "--data-dir", str(data_dir),
+             "--listen", "127.0.0.1:0", "--default-encryption", "none"],
+            stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        self.endpoint = self._wait_ready()
+
+    def _wait_ready(self) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith("listening on ") and not found:
+                    found.append(line.removeprefix("listening on "))
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(0)
+        import time
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not found:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coffer-storage did not start:\n{self.stderr()}")
+            time.sleep(0.02)
+        return found[0]
+
+    def client(self, **cfg):
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **cfg))
+
+    def stderr(self, tail: int = 200) -> str:
+        self._stderr.flush()
+        try:
+            lines = self.stderr_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._stderr.close()
+
+
+_NODES: list[Node] = []
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coffer-s3")
+    n = Node(root / "data", root / "logs")
+    _NODES.append(n)
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """Start extra nodes (for restart and crash tests); all are stopped at the end of the test."""
+    started: list[Node] = []
+
+    def start(data_dir: Path) -> Node:
+        n = Node(data_dir, tmp_path / "logs")
+        started.append(n)
+        _NODES.append(n)
+        return n
+    yield start
+    for n in started:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(node):
+    return node.client()
+
+
+@pytest.fixture
+def bucket(s3):
+    name = "t-" + uuid.uuid4().hex[:12]
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        for n in _NODES:
+            rep.sections.append((f"coffer-storage stderr ({n.stderr_path.name})", n.stderr()))
