@@ -1,16 +1,19 @@
 //! The S3 edge: the only module that knows s3s types. [`CofferS3`] implements the `s3s::S3`
-//! trait by delegating each operation to its family file (`bucket`, `list`, `object`, `copy`,
-//! `multipart`) and mapping [`errors::ApiError`] to S3 errors in one place.
+//! trait by delegating each operation to its family file (`bucket`, `list`, `put`, `get`,
+//! `copy`, `delete`, `multipart`; shared helpers in `object` and `common`) and mapping [`errors::ApiError`] to S3 errors in one place.
 //! Operations not listed here answer 501 NotImplemented (s3s's default).
 
 mod bucket;
 mod checksum;
 mod common;
 mod copy;
+mod delete;
 pub mod errors;
+mod get;
 mod list;
 mod multipart;
 mod object;
+mod put;
 
 use std::sync::Arc;
 
@@ -151,7 +154,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         map(
             "PutObject",
-            object::put_object(&self.state, req, &request_id()).await,
+            put::put_object(&self.state, req, &request_id()).await,
         )
     }
     async fn get_object(
@@ -160,7 +163,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         map(
             "GetObject",
-            object::get_object(&self.state, req, &request_id()).await,
+            get::get_object(&self.state, req, &request_id()).await,
         )
     }
     async fn head_object(
@@ -169,7 +172,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         map(
             "HeadObject",
-            object::head_object(&self.state, req, &request_id()).await,
+            get::head_object(&self.state, req, &request_id()).await,
         )
     }
     async fn delete_object(
@@ -178,7 +181,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         map(
             "DeleteObject",
-            object::delete_object(&self.state, req).await,
+            delete::delete_object(&self.state, req).await,
         )
     }
     async fn delete_objects(
@@ -187,7 +190,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         map(
             "DeleteObjects",
-            object::delete_objects(&self.state, req).await,
+            delete::delete_objects(&self.state, req).await,
         )
     }
     async fn copy_object(
@@ -205,7 +208,7 @@ impl S3 for CofferS3 {
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         map(
             "GetObjectAttributes",
-            object::get_object_attributes(&self.state, req, &request_id()).await,
+            get::get_object_attributes(&self.state, req, &request_id()).await,
         )
     }
     async fn create_multipart_upload(

@@ -1,0 +1,71 @@
+//! DeleteObject and DeleteObjects: retire the visible version in one transaction, then remove
+//! its blob files. Deleting a missing key succeeds (204, or reported deleted in a batch).
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+
+use super::errors::ApiResult;
+use super::object::bucket_or_404;
+use crate::state::NodeState;
+
+pub(crate) async fn delete_object(
+    state: &NodeState,
+    req: S3Request<DeleteObjectInput>,
+) -> ApiResult<S3Response<DeleteObjectOutput>> {
+    let input = req.input;
+    bucket_or_404(state, &input.bucket).await?;
+    for f in state.meta.delete_object(&input.bucket, &input.key).await? {
+        state.blobs.remove(&f).await;
+    }
+    let mut resp = S3Response::new(DeleteObjectOutput::default());
+    resp.status = Some(http::StatusCode::NO_CONTENT);
+    Ok(resp)
+}
+
+pub(crate) async fn delete_objects(
+    state: &NodeState,
+    req: S3Request<DeleteObjectsInput>,
+) -> ApiResult<S3Response<DeleteObjectsOutput>> {
+    let input = req.input;
+    bucket_or_404(state, &input.bucket).await?;
+    let quiet = input.delete.quiet.unwrap_or(false);
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for o in input.delete.objects {
+        match state.meta.delete_object(&input.bucket, &o.key).await {
+            Ok(files) => {
+                for f in files {
+                    state.blobs.remove(&f).await;
+                }
+                if !quiet {
+                    deleted.push(DeletedObject {
+                        key: Some(o.key),
+                        ..Default::default()
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delete failed");
+                errors.push(Error {
+                    key: Some(o.key),
+                    code: Some("InternalError".into()),
+                    message: Some("We encountered an internal error.".into()),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(S3Response::new(DeleteObjectsOutput {
+        deleted: if deleted.is_empty() {
+            None
+        } else {
+            Some(deleted)
+        },
+        errors: if errors.is_empty() {
+            None
+        } else {
+            Some(errors)
+        },
+        ..Default::default()
+    }))
+}

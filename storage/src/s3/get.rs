@@ -1,0 +1,224 @@
+//! GetObject, HeadObject and GetObjectAttributes: resolve the visible version, evaluate the
+//! conditional headers, then stream the requested plaintext range (or part) from its blobs.
+//! Secret: the opened object key lives for the request only. Read-only.
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+
+use super::common;
+use super::errors::{ApiError, ApiResult};
+use super::object::{ContentHeaders, metadata_from_json, part_range, resolve};
+use crate::state::NodeState;
+use crate::store::meta::Object;
+
+fn check_conditions(
+    obj: &Object,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    ims: Option<&Timestamp>,
+    ius: Option<&Timestamp>,
+) -> ApiResult<()> {
+    let matches = |c: &ETagCondition| {
+        c.is_any()
+            || c.as_etag()
+                .is_some_and(|e| e.value().trim_matches('"') == obj.etag)
+    };
+    let lm = time::OffsetDateTime::from(common::ts(obj.last_modified_ms));
+    let secs = |t: &Timestamp| time::OffsetDateTime::from(t.clone()).unix_timestamp();
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(ApiError::PreconditionFailed);
+        }
+    } else if let Some(t) = ius
+        && lm.unix_timestamp() > secs(t)
+    {
+        return Err(ApiError::PreconditionFailed);
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            return Err(ApiError::NotModified);
+        }
+    } else if let Some(t) = ims
+        && lm.unix_timestamp() <= secs(t)
+    {
+        return Err(ApiError::NotModified);
+    }
+    Ok(())
+}
+
+pub(crate) async fn get_object(
+    state: &NodeState,
+    req: S3Request<GetObjectInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<GetObjectOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    let r = resolve(
+        state,
+        &input.bucket,
+        &input.key,
+        customer,
+        input.part_number,
+        request_id,
+    )
+    .await?;
+    check_conditions(
+        &r.obj,
+        input.if_match.as_ref(),
+        input.if_none_match.as_ref(),
+        input.if_modified_since.as_ref(),
+        input.if_unmodified_since.as_ref(),
+    )?;
+    let size = r.obj.size;
+    let range = match (input.part_number, input.range.as_ref()) {
+        (Some(n), _) if r.obj.multipart || n != 1 => {
+            let (s, e, len) = part_range(&r.parts, n).ok_or(ApiError::InvalidPart)?;
+            if len == 0 { None } else { Some((s, e)) }
+        }
+        (_, Some(rg)) => Some(common::resolve_range(rg, size)?),
+        _ => None,
+    };
+    let body = common::object_stream(state, &r.parts, r.key.as_ref(), range).await?;
+    let content_length = range.map_or(size, |(s, e)| e - s + 1);
+    let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
+    let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
+    let out = GetObjectOutput {
+        body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(body))),
+        content_length: Some(content_length as i64),
+        content_range: range.map(|(s, e)| format!("bytes {s}-{e}/{size}")),
+        accept_ranges: Some("bytes".into()),
+        e_tag: Some(ETag::Strong(r.obj.etag.clone())),
+        last_modified: Some(common::ts(r.obj.last_modified_ms)),
+        content_type: input
+            .response_content_type
+            .clone()
+            .or_else(|| r.obj.content_type.as_ref().and_then(|c| c.parse().ok())),
+        cache_control: input
+            .response_cache_control
+            .clone()
+            .or(headers.cache_control),
+        content_disposition: input
+            .response_content_disposition
+            .clone()
+            .or(headers.content_disposition),
+        content_encoding: input
+            .response_content_encoding
+            .clone()
+            .or(headers.content_encoding),
+        content_language: input
+            .response_content_language
+            .clone()
+            .or(headers.content_language),
+        expires: input.response_expires.clone(),
+        metadata: metadata_from_json(&r.obj.metadata),
+        parts_count: if r.obj.multipart && input.part_number.is_some() {
+            Some(r.obj.part_count as i32)
+        } else {
+            None
+        },
+        server_side_encryption: sse,
+        sse_customer_algorithm: alg,
+        sse_customer_key_md5: kmd5,
+        ..Default::default()
+    };
+    let mut resp = S3Response::new(out);
+    if range.is_some() {
+        resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn head_object(
+    state: &NodeState,
+    req: S3Request<HeadObjectInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<HeadObjectOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    let r = resolve(
+        state,
+        &input.bucket,
+        &input.key,
+        customer,
+        input.part_number,
+        request_id,
+    )
+    .await?;
+    check_conditions(
+        &r.obj,
+        input.if_match.as_ref(),
+        input.if_none_match.as_ref(),
+        input.if_modified_since.as_ref(),
+        input.if_unmodified_since.as_ref(),
+    )?;
+    let mut len = r.obj.size;
+    let mut content_range = None;
+    if let Some(n) = input.part_number.filter(|_| r.obj.multipart) {
+        let (s, e, l) = part_range(&r.parts, n).ok_or(ApiError::InvalidPart)?;
+        len = l;
+        content_range = Some(format!("bytes {s}-{e}/{}", r.obj.size));
+    } else if let Some(rg) = input.range.as_ref() {
+        let (s, e) = common::resolve_range(rg, r.obj.size)?;
+        len = e - s + 1;
+        content_range = Some(format!("bytes {s}-{e}/{}", r.obj.size));
+    }
+    let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
+    let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
+    Ok(S3Response::new(HeadObjectOutput {
+        content_length: Some(len as i64),
+        content_range,
+        accept_ranges: Some("bytes".into()),
+        e_tag: Some(ETag::Strong(r.obj.etag.clone())),
+        last_modified: Some(common::ts(r.obj.last_modified_ms)),
+        content_type: r.obj.content_type.as_ref().and_then(|c| c.parse().ok()),
+        cache_control: headers.cache_control,
+        content_disposition: headers.content_disposition,
+        content_encoding: headers.content_encoding,
+        content_language: headers.content_language,
+        metadata: metadata_from_json(&r.obj.metadata),
+        parts_count: if r.obj.multipart {
+            Some(r.obj.part_count as i32)
+        } else {
+            None
+        },
+        server_side_encryption: sse,
+        sse_customer_algorithm: alg,
+        sse_customer_key_md5: kmd5,
+        ..Default::default()
+    }))
+}
+
+pub(crate) async fn get_object_attributes(
+    state: &NodeState,
+    req: S3Request<GetObjectAttributesInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<GetObjectAttributesOutput>> {
+    let customer = common::read_key(state, &req.headers)?;
+    let input = req.input;
+    let r = resolve(state, &input.bucket, &input.key, customer, None, request_id).await?;
+    // The header may arrive as one comma-separated value or as several values.
+    let want = |a: &str| {
+        input
+            .object_attributes
+            .iter()
+            .flat_map(|x| x.as_str().split(','))
+            .any(|x| x.trim() == a)
+    };
+    let parts = if want(ObjectAttributes::OBJECT_PARTS) && r.obj.multipart {
+        Some(GetObjectAttributesParts {
+            total_parts_count: Some(r.obj.part_count as i32),
+            ..Default::default()
+        })
+    } else {
+        None
+    };
+    Ok(S3Response::new(GetObjectAttributesOutput {
+        e_tag: want(ObjectAttributes::ETAG).then(|| ETag::Strong(r.obj.etag.clone())),
+        object_size: want(ObjectAttributes::OBJECT_SIZE).then_some(r.obj.size as i64),
+        storage_class: want(ObjectAttributes::STORAGE_CLASS)
+            .then(|| StorageClass::from_static(StorageClass::STANDARD)),
+        object_parts: parts,
+        last_modified: Some(common::ts(r.obj.last_modified_ms)),
+        ..Default::default()
+    }))
+}

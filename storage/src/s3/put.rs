@@ -1,0 +1,88 @@
+//! PutObject: the request body streams through the blob store (encrypted per the write plan,
+//! checksums verified) into a durable blob; the version is `writing` until the metadata commit
+//! publishes it. Secret: the object key lives for the request only.
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+
+use super::common;
+use super::errors::ApiResult;
+use super::object::{ContentHeaders, bucket_or_404, metadata_json};
+use crate::crypto::keys::Binding;
+use crate::state::NodeState;
+use crate::store::meta::{self, BlobRow, Object};
+
+pub(crate) async fn put_object(
+    state: &NodeState,
+    req: S3Request<PutObjectInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<PutObjectOutput>> {
+    let input = req.input;
+    let bucket = bucket_or_404(state, &input.bucket).await?;
+    let plan = common::plan_write(state, &bucket, &req.headers)?;
+    let writing = state.meta.begin_version(&bucket.name, &input.key).await?;
+    let version_id = writing.version_id().to_string();
+    let binding = Binding {
+        bucket_id: &bucket.id,
+        object_key: &input.key,
+        version_id: &version_id,
+    };
+    let (ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
+    let cipher = ok
+        .as_ref()
+        .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
+    let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
+    let blob = common::write_request_body(
+        state,
+        input.body,
+        cipher,
+        expected,
+        input.content_md5.as_deref(),
+        &req.headers,
+        req.trailing_headers.as_ref(),
+    )
+    .await?;
+    let etag = common::new_etag(&stored, &blob.md5);
+    let headers = ContentHeaders::of(
+        &input.cache_control,
+        &input.content_disposition,
+        &input.content_encoding,
+        &input.content_language,
+    );
+    let now = meta::now_ms();
+    let obj = Object {
+        bucket: bucket.name.clone(),
+        key: input.key.clone(),
+        version_id: version_id.clone(),
+        size: blob.size,
+        etag: etag.clone(),
+        content_type: input.content_type.as_ref().map(|c| c.to_string()),
+        headers: headers.to_json(),
+        metadata: metadata_json(input.metadata.as_ref()),
+        last_modified_ms: now,
+        sse: stored,
+        part_count: 1,
+        multipart: false,
+    };
+    let row = BlobRow {
+        part_number: 1,
+        size: blob.size,
+        etag: etag.clone(),
+        file: blob.file.clone(),
+        created_ms: now,
+    };
+    common::publish_single_part(state, &obj, &row).await?;
+    writing.published();
+    let md5 = match &plan {
+        common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
+        _ => None,
+    };
+    let (sse, alg, kmd5) = common::sse_out(&obj.sse, md5);
+    Ok(S3Response::new(PutObjectOutput {
+        e_tag: Some(ETag::Strong(etag)),
+        server_side_encryption: sse,
+        sse_customer_algorithm: alg,
+        sse_customer_key_md5: kmd5,
+        ..Default::default()
+    }))
+}
