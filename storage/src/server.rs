@@ -1,6 +1,7 @@
 //! Assembling and serving the node: open the store, sweep, build the s3s service (SigV4 with the
 //! configured key pair) inside an axum router with health and metrics routes and tower-http
-//! layers, and serve it on an already-bound listener (plain or TLS).
+//! layers (request ids, tracing; body size cap and idle timeout), and serve it on an
+//! already-bound listener (plain or TLS).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,52 @@ fn metrics(state: &NodeState) -> String {
     )
 }
 
+/// A declared body size above the node's limit.
+struct TooLarge;
+
+fn entity_too_large() -> axum::response::Response {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>EntityTooLarge</Code><Message>Your proposed upload exceeds the maximum allowed object size.</Message></Error>";
+    (
+        http::StatusCode::BAD_REQUEST,
+        [(http::header::CONTENT_TYPE, "application/xml")],
+        body,
+    )
+        .into_response()
+}
+
+/// Longest pause allowed between two pieces of a request body before the request fails.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Refuse a body whose declared size exceeds `max` (400 EntityTooLarge, as AWS does above
+/// 5 GiB), cap what is read on the wire, and fail a body that stalls for [`BODY_IDLE_TIMEOUT`].
+fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Request, TooLarge> {
+    let declared = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let decoded = declared("x-amz-decoded-content-length");
+    let wire = declared(http::header::CONTENT_LENGTH.as_str());
+    if decoded.or(wire).is_some_and(|n| n > max) {
+        return Err(TooLarge);
+    }
+    // An empty body stays as it is: s3s reads the length of a body without Content-Length
+    // (GET, HEAD, DELETE) from its size hint, which the wrappers below do not carry.
+    if http_body::Body::size_hint(req.body()).exact() == Some(0) {
+        return Ok(req);
+    }
+    // aws-chunked framing adds well under 1/64 to the payload.
+    let cap =
+        usize::try_from(max.saturating_add(max / 64).saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    Ok(req.map(|b| {
+        axum::body::Body::new(http_body_util::Limited::new(
+            tower_http::timeout::TimeoutBody::new(BODY_IDLE_TIMEOUT, b),
+            cap,
+        ))
+    }))
+}
+
 /// The HTTP application: `/health`, `/metrics`, and S3 for everything else.
 pub fn router(state: Arc<NodeState>) -> Router {
     let mut builder = S3ServiceBuilder::new(CofferS3::new(state.clone()));
@@ -141,6 +188,13 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 .unwrap_or_default()
                 .to_string();
             let path = req.uri().path().to_string();
+            let req = match limit_body(req, state.cfg.max_body_bytes) {
+                Ok(req) => req,
+                Err(TooLarge) => {
+                    let resp = entity_too_large();
+                    return Ok(crate::error_body::complete(resp, &path, &request_id).await);
+                }
+            };
             match s3.oneshot(req).await {
                 Ok(resp) => Ok::<_, std::convert::Infallible>(
                     crate::error_body::complete(resp.into_response(), &path, &request_id).await,

@@ -66,7 +66,8 @@ class Node:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **cfg))
 
     def stderr(self, tail: int = 200) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         try:
             lines = self.stderr_path.read_text(errors="replace").splitlines()
         except OSError:

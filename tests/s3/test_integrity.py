@@ -71,3 +71,19 @@ def test_not_implemented(s3, bucket):
                  VersioningConfiguration={"Status": "Enabled"})
     expect_error(501, "NotImplemented", s3.get_bucket_tagging, Bucket=bucket)
     expect_error(501, "NotImplemented", s3.put_object_acl, Bucket=bucket, Key="k", ACL="private")
+
+
+def test_declared_body_above_5_gib_is_entity_too_large(node, bucket):
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(node.endpoint)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        sock.sendall(f"PUT /{bucket}/huge HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Length: {6 * 1024 ** 3}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"<Code>EntityTooLarge</Code>" in body and b"<RequestId>" in body
