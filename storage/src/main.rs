@@ -41,6 +41,9 @@ struct ServeArgs {
     listen: String,
     #[arg(long, env = "COFFER_S3_REGION", default_value = "us-east-1")]
     region: String,
+    /// Base domain(s) for virtual-hosted-style requests (`bucket.DOMAIN`), comma-separated.
+    #[arg(long, env = "COFFER_S3_DOMAIN", value_delimiter = ',')]
+    domain: Vec<String>,
     /// KMS base URL (https://... in production). Without it, SSE-S3 answers 501.
     #[arg(long, env = "COFFER_KMS_URL")]
     kms_url: Option<String>,
@@ -166,6 +169,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         key_cache_ttl: Duration::from_secs(a.key_cache_ttl),
         key_cache_capacity: a.key_cache_capacity,
         max_body_bytes: 5 * 1024 * 1024 * 1024,
+        virtual_host_domains: a.domain.clone(),
     };
     let state = coffer_storage::server::open_state(cfg, kms).await?;
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -205,6 +209,7 @@ async fn dev(a: DevArgs) -> Result<()> {
         key_cache_ttl: Duration::from_secs(300),
         key_cache_capacity: 10_000,
         max_body_bytes: 5 * 1024 * 1024 * 1024,
+        virtual_host_domains: Vec::new(),
     };
     let state = coffer_storage::server::open_state(cfg, Some(kms)).await?;
     let listener = tokio::net::TcpListener::bind(&a.s3_listen)

@@ -26,6 +26,16 @@ pub enum StartError {
     DataDir(#[from] std::io::Error),
     #[error("metadata database: {0}")]
     Meta(#[from] sqlx::Error),
+    #[error("virtual-host domains {0:?} are not valid, distinct domain names")]
+    Domains(Vec<String>),
+}
+
+/// The s3s host parser for virtual-hosted-style requests, when domains are configured.
+fn virtual_hosts(domains: &[String]) -> Option<Result<s3s::host::MultiDomain, StartError>> {
+    if domains.is_empty() {
+        return None;
+    }
+    Some(s3s::host::MultiDomain::new(domains).map_err(|_| StartError::Domains(domains.to_vec())))
 }
 
 /// The node's one access key pair; an unknown access key is 403 InvalidAccessKeyId (as AWS),
@@ -55,6 +65,9 @@ pub async fn open_state(
     cfg: NodeConfig,
     kms: Option<KmsClient>,
 ) -> Result<Arc<NodeState>, StartError> {
+    if let Some(Err(e)) = virtual_hosts(&cfg.virtual_host_domains) {
+        return Err(e);
+    }
     std::fs::create_dir_all(&cfg.data_dir)?;
     let meta = Meta::open(&cfg.data_dir).await?;
     let blobs = BlobStore::open(&cfg.data_dir)?;
@@ -162,6 +175,9 @@ pub fn router(state: Arc<NodeState>) -> Router {
         access_key: state.cfg.access_key.clone(),
         secret_key: SecretKey::from(state.cfg.secret_key.as_str()),
     });
+    if let Some(Ok(hosts)) = virtual_hosts(&state.cfg.virtual_host_domains) {
+        builder.set_host(hosts);
+    }
     let s3 = builder.build();
     // `/health` and `/metrics` are answered here only for unauthenticated GETs, so that
     // path-style requests to buckets with those names still reach S3.

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub key_cache_ttl: Duration,
     pub key_cache_capacity: usize,
     pub max_body_bytes: u64,
+    /// Base domains for virtual-hosted-style addressing (`bucket.DOMAIN`); path style always works.
+    pub virtual_host_domains: Vec<String>,
 }
 
 /// What the handlers share.

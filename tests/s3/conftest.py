@@ -26,7 +26,7 @@ READY_TIMEOUT = float(os.environ.get("COFFER_READY_TIMEOUT", "60"))
 class Node:
     """A running storage node; ready once it printed ``listening on http://ADDR``."""
 
-    def __init__(self, data_dir: Path, log_dir: Path):
+    def __init__(self, data_dir: Path, log_dir: Path, extra_args: list[str] | None = None):
         self.data_dir = data_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = log_dir / f"storage-{uuid.uuid4().hex[:6]}.stderr.log"
@@ -35,7 +35,7 @@ class Node:
                    RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
         self.proc = subprocess.Popen(
             [str(BIN_DIR / "coffer-storage"), "serve", "--data-dir", str(data_dir),
-             "--listen", "127.0.0.1:0", "--default-encryption", "none"],
+             "--listen", "127.0.0.1:0", "--default-encryption", "none", *(extra_args or [])],
             stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.endpoint = self._wait_ready()
 
@@ -106,8 +106,8 @@ def start_node(tmp_path):
     """Start extra nodes (for restart and crash tests); all are stopped at the end of the test."""
     started: list[Node] = []
 
-    def start(data_dir: Path) -> Node:
-        n = Node(data_dir, tmp_path / "logs")
+    def start(data_dir: Path, extra_args: list[str] | None = None) -> Node:
+        n = Node(data_dir, tmp_path / "logs", extra_args)
         started.append(n)
         _NODES.append(n)
         return n

@@ -81,6 +81,7 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
         key_cache_ttl: Duration::from_secs(1),
         key_cache_capacity: 1,
         max_body_bytes: 1 << 30,
+        virtual_host_domains: Vec::new(),
     };
     let state = NodeState {
         meta,
