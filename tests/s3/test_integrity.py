@@ -87,3 +87,43 @@ def test_declared_body_above_5_gib_is_entity_too_large(node, bucket):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"<Code>EntityTooLarge</Code>" in body and b"<RequestId>" in body
+
+
+def _chunked_put(node, bucket, key, data: bytes, trailer_name: str, trailer_value: str):
+    """PUT with `STREAMING-UNSIGNED-PAYLOAD-TRAILER` (aws-chunked body, checksum in a trailer),
+    the way the AWS SDKs send uploads over HTTPS."""
+    import requests
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from .conftest import SECRET_KEY
+
+    body = b""
+    for i in range(0, len(data), 8192):
+        piece = data[i:i + 8192]
+        body += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    body += f"0\r\n{trailer_name}:{trailer_value}\r\n\r\n".encode()
+    url = f"{node.endpoint}/{bucket}/{key}"
+    req = AWSRequest(method="PUT", url=url, data=body, headers={
+        "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
+        "x-amz-trailer": trailer_name, "Content-Length": str(len(body))})
+    req.context["checksum"] = {"request_algorithm": {"in": "trailer", "algorithm": "crc32"}}
+    S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(req)
+    return requests.put(url, data=body, headers=dict(req.headers), timeout=10)
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("x-amz-checksum-crc32", lambda d: zlib.crc32(d).to_bytes(4, "big")),
+    ("x-amz-checksum-crc32c", crc32c),
+    ("x-amz-checksum-sha256", lambda d: hashlib.sha256(d).digest()),
+    ("x-amz-checksum-crc64nvme", crc64nvme),
+])
+def test_aws_chunked_trailer_checksums(node, s3, bucket, name, fn):
+    data = os.urandom(50_000)
+    r = _chunked_put(node, bucket, "chunked", data, name, b64(fn(data)))
+    assert r.status_code == 200, r.text
+    assert s3.get_object(Bucket=bucket, Key="chunked")["Body"].read() == data
+    r = _chunked_put(node, bucket, "chunked-bad", data, name, b64(fn(b"not the data")))
+    assert r.status_code == 400 and b"<Code>BadDigest</Code>" in r.content, r.text
+    expect_error(404, None, s3.head_object, Bucket=bucket, Key="chunked-bad")
