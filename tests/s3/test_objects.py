@@ -19,7 +19,7 @@ def test_put_get_head_delete_round_trip(s3, bucket):
     put = s3.put_object(Bucket=bucket, Key="dir/obj", Body=body, ContentType="text/x-coffer",
                         Metadata={"Colour": "blue", "n": "1"}, CacheControl="no-cache",
                         ContentDisposition="attachment; filename=x", ContentEncoding="identity",
-                        ContentLanguage="fr")
+                        ContentLanguage="fr", Expires=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
     assert put["ETag"] == '"%s"' % hashlib.md5(body).hexdigest()
     g = s3.get_object(Bucket=bucket, Key="dir/obj")
     assert g["Body"].read() == body
@@ -28,6 +28,7 @@ def test_put_get_head_delete_round_trip(s3, bucket):
         assert r["ContentType"] == "text/x-coffer" and r["Metadata"] == {"colour": "blue", "n": "1"}
         assert r["CacheControl"] == "no-cache" and r["ContentLanguage"] == "fr"
         assert r["ContentDisposition"] == "attachment; filename=x" and r["ContentEncoding"] == "identity"
+        assert r["Expires"] == dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     o = s3.get_object(Bucket=bucket, Key="dir/obj", ResponseCacheControl="max-age=9",
                       ResponseContentDisposition="inline", ResponseContentLanguage="de",
                       ResponseContentType="image/png", ResponseContentEncoding="gzip")

@@ -64,6 +64,7 @@ pub(crate) async fn copy_object(
             &input.content_disposition,
             &input.content_encoding,
             &input.content_language,
+            &input.expires,
         );
         (
             input.content_type.as_ref().map(|c| c.to_string()),

@@ -81,6 +81,7 @@ pub(crate) async fn get_object(
     let body = common::object_stream(state, &r.parts, r.key.as_ref(), range).await?;
     let content_length = range.map_or(size, |(s, e)| e - s + 1);
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
+    let stored_expires = headers.expires();
     let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
     let out = GetObjectOutput {
         body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(body))),
@@ -109,7 +110,7 @@ pub(crate) async fn get_object(
             .response_content_language
             .clone()
             .or(headers.content_language),
-        expires: input.response_expires.clone(),
+        expires: input.response_expires.clone().or(stored_expires),
         metadata: metadata_from_json(&r.obj.metadata),
         parts_count: if r.obj.multipart && input.part_number.is_some() {
             Some(r.obj.part_count as i32)
@@ -163,6 +164,7 @@ pub(crate) async fn head_object(
         content_range = Some(format!("bytes {s}-{e}/{}", r.obj.size));
     }
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
+    let stored_expires = headers.expires();
     let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
     Ok(S3Response::new(HeadObjectOutput {
         content_length: Some(len as i64),
@@ -174,6 +176,7 @@ pub(crate) async fn head_object(
         cache_control: headers.cache_control,
         content_disposition: headers.content_disposition,
         content_encoding: headers.content_encoding,
+        expires: stored_expires,
         content_language: headers.content_language,
         metadata: metadata_from_json(&r.obj.metadata),
         parts_count: if r.obj.multipart {

@@ -39,6 +39,7 @@ pub(crate) async fn create(
         &input.content_disposition,
         &input.content_encoding,
         &input.content_language,
+        &input.expires,
     );
     let up = Upload {
         upload_id: upload_id.clone(),

@@ -27,6 +27,9 @@ pub(crate) struct ContentHeaders {
     pub content_encoding: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_language: Option<String>,
+    /// `Expires`, as Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
 }
 
 impl ContentHeaders {
@@ -36,13 +39,23 @@ impl ContentHeaders {
         content_disposition: &Option<String>,
         content_encoding: &Option<String>,
         content_language: &Option<String>,
+        expires: &Option<Timestamp>,
     ) -> Self {
         Self {
             cache_control: cache_control.clone(),
             content_disposition: content_disposition.clone(),
             content_encoding: content_encoding.clone(),
             content_language: content_language.clone(),
+            expires_ms: expires.as_ref().map(|t| {
+                let t = time::OffsetDateTime::from(t.clone());
+                (t.unix_timestamp_nanos() / 1_000_000) as i64
+            }),
         }
+    }
+
+    /// The stored `Expires` header.
+    pub(crate) fn expires(&self) -> Option<Timestamp> {
+        self.expires_ms.map(super::common::ts)
     }
 
     /// The JSON stored in the `headers` column.

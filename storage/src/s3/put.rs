@@ -48,6 +48,7 @@ pub(crate) async fn put_object(
         &input.content_disposition,
         &input.content_encoding,
         &input.content_language,
+        &input.expires,
     );
     let now = meta::now_ms();
     let obj = Object {
