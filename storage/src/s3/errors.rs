@@ -163,3 +163,67 @@ impl From<ApiError> for S3Error {
 
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's S3 code and HTTP status, pinned (AWS values).
+    #[test]
+    fn each_error_maps_to_its_s3_code_and_status() {
+        let cases: Vec<(ApiError, &str, u16)> = vec![
+            (ApiError::NoSuchBucket, "NoSuchBucket", 404),
+            (ApiError::NoSuchKey, "NoSuchKey", 404),
+            (ApiError::NoSuchUpload, "NoSuchUpload", 404),
+            (ApiError::BucketNotEmpty, "BucketNotEmpty", 409),
+            (ApiError::InvalidBucketName, "InvalidBucketName", 400),
+            (
+                ApiError::Sse(SseError::InsecureTransport),
+                "InvalidRequest",
+                400,
+            ),
+            (ApiError::SseCKeyRequired, "InvalidRequest", 400),
+            (ApiError::SseCNotApplicable, "InvalidRequest", 400),
+            (ApiError::AccessDenied, "AccessDenied", 403),
+            (ApiError::PartEncryptionRequired, "InvalidRequest", 400),
+            (ApiError::KmsNotImplemented, "NotImplemented", 501),
+            (ApiError::NoKms, "NotImplemented", 501),
+            (
+                ApiError::KmsUnavailable("down".into()),
+                "ServiceUnavailable",
+                503,
+            ),
+            (ApiError::InvalidRequest("x"), "InvalidRequest", 400),
+            (
+                ApiError::InvalidArgument("x".into()),
+                "InvalidArgument",
+                400,
+            ),
+            (ApiError::BadDigest, "BadDigest", 400),
+            (ApiError::InvalidRange, "InvalidRange", 416),
+            (ApiError::InvalidPart, "InvalidPart", 400),
+            (ApiError::InvalidPartOrder, "InvalidPartOrder", 400),
+            (ApiError::EntityTooSmall, "EntityTooSmall", 400),
+            (ApiError::MalformedXml, "MalformedXML", 400),
+            (ApiError::PreconditionFailed, "PreconditionFailed", 412),
+            (ApiError::NotModified, "NotModified", 304),
+            (
+                ApiError::NoEncryptionConfig,
+                "ServerSideEncryptionConfigurationNotFoundError",
+                404,
+            ),
+            (ApiError::IncompleteBody, "IncompleteBody", 400),
+            (ApiError::Internal("cause".into()), "InternalError", 500),
+        ];
+        for (e, code, status) in cases {
+            let what = format!("{e:?}");
+            let s3 = S3Error::from(e);
+            assert_eq!(s3.code().as_str(), code, "{what}");
+            assert_eq!(s3.status_code().map(|s| s.as_u16()), Some(status), "{what}");
+            assert!(
+                !s3.message().unwrap_or_default().contains("cause"),
+                "internal causes are not answered: {what}"
+            );
+        }
+    }
+}
