@@ -1,24 +1,23 @@
 //! Helpers shared by the S3 operation files: reading SSE headers, deciding how a write is
-//! encrypted, opening an object's key for a read, streaming an object's plaintext across parts,
-//! and the SSE response headers. Secret: object keys and customer keys pass through here and are
+//! encrypted, opening an object's key for a read, verifying a request body into a blob (through
+//! `store::objects`), ranges, ETags, and the SSE response headers. Secret: object keys and customer keys pass through here and are
 //! dropped (zeroized) at the end of each request.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use coffer_common::secret::SecretKey32;
-use futures::{Stream, StreamExt};
 use http::HeaderMap;
 use md5::{Digest, Md5};
 use s3s::dto::{ServerSideEncryption, Timestamp};
 
 use super::errors::{ApiError, ApiResult};
 use crate::crypto::envelope::{self, BucketKeyRef, StoredSse};
-use crate::crypto::format::PartCipher;
 use crate::crypto::keys::{Binding, SealMode};
 use crate::crypto::sse::{self, CustomerKey, SseHeaders, WriteSse};
 use crate::state::NodeState;
-use crate::store::meta::{BlobRow, Bucket};
+use crate::store::meta::Bucket;
+use crate::store::objects::{self, Encryption};
 
 pub(crate) fn hdr<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
@@ -225,55 +224,6 @@ pub(crate) fn ts(ms: i64) -> Timestamp {
     )
 }
 
-pub(crate) type ByteStream =
-    std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
-
-/// Plaintext of bytes `range` (inclusive; whole object when `None`) of an object made of
-/// `parts`, decrypting with `object_key` when given. Part headers are read and checked before
-/// the stream starts, so a bad header fails before the first byte.
-pub(crate) async fn object_stream(
-    state: &NodeState,
-    parts: &[BlobRow],
-    object_key: Option<&SecretKey32>,
-    range: Option<(u64, u64)>,
-) -> ApiResult<ByteStream> {
-    let mut streams: Vec<ByteStream> = Vec::new();
-    let mut offset = 0u64;
-    for p in parts {
-        let (pstart, pend) = (offset, offset + p.size);
-        offset = pend;
-        let local = match range {
-            None => None,
-            Some((s, e)) => {
-                if e < pstart || s >= pend || p.size == 0 {
-                    continue;
-                }
-                Some((s.max(pstart) - pstart, e.min(pend - 1) - pstart))
-            }
-        };
-        let cipher = match object_key {
-            Some(ok) => {
-                let header = state.blobs.read_header(&p.file).await?;
-                Some(
-                    PartCipher::for_read(ok, p.part_number, &header)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?,
-                )
-            }
-            None => None,
-        };
-        if p.size == 0 && local.is_none() && cipher.is_none() {
-            continue;
-        }
-        streams.push(Box::pin(
-            state
-                .blobs
-                .open_read(&p.file, p.size, local, cipher)
-                .await?,
-        ));
-    }
-    Ok(Box::pin(futures::stream::iter(streams).flatten()))
-}
-
 /// Resolve an HTTP range against an object size (inclusive bounds); `InvalidRange` if
 /// unsatisfiable.
 pub(crate) fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u64)> {
@@ -297,13 +247,15 @@ pub(crate) fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u
     }
 }
 
-/// Stream a request body into a new blob and verify `Content-MD5` and `x-amz-checksum-*`
-/// (headers or trailers) before anything is committed; on a mismatch the blob is removed and
-/// the answer is 400 BadDigest.
+/// Stream a request body into a new blob for part `part_number` and verify `Content-MD5` and
+/// `x-amz-checksum-*` (headers or trailers) before anything is committed; on a mismatch the
+/// blob is removed and the answer is 400 BadDigest.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_request_body(
     state: &NodeState,
     body: Option<s3s::dto::StreamingBlob>,
-    cipher: Option<PartCipher>,
+    part_number: u32,
+    enc: Encryption<'_>,
     expected_len: Option<u64>,
     content_md5: Option<&str>,
     headers: &HeaderMap,
@@ -313,17 +265,27 @@ pub(crate) async fn write_request_body(
     let mut observe = |b: &[u8]| sums.update(b);
     let blob = match body {
         Some(body) => {
-            state
-                .blobs
-                .write(body, cipher, expected_len, &mut observe)
-                .await?
+            objects::write_part(
+                &state.blobs,
+                body,
+                part_number,
+                enc,
+                expected_len,
+                &mut observe,
+            )
+            .await?
         }
         None => {
             let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
-            state
-                .blobs
-                .write(empty, cipher, expected_len, &mut observe)
-                .await?
+            objects::write_part(
+                &state.blobs,
+                empty,
+                part_number,
+                enc,
+                expected_len,
+                &mut observe,
+            )
+            .await?
         }
     };
     let md5_ok = content_md5.is_none_or(|g| {
@@ -335,31 +297,11 @@ pub(crate) async fn write_request_body(
     let trailer_map = trailers.and_then(|t| t.take());
     let sums_ok = sums.verify(headers, trailer_map.as_ref());
     if !md5_ok || sums_ok.is_err() {
-        state.blobs.remove(&blob.file).await;
+        objects::discard(&state.blobs, &blob.file).await;
         if let Err(name) = sums_ok {
             tracing::debug!(checksum = name, "checksum mismatch");
         }
         return Err(ApiError::BadDigest);
     }
     Ok(blob)
-}
-
-/// Commit a single-part object whose blob is durable, then delete the blobs of the version it
-/// replaced. If the commit fails, the new blob is removed and nothing changes.
-pub(crate) async fn publish_single_part(
-    state: &NodeState,
-    obj: &crate::store::meta::Object,
-    row: &BlobRow,
-) -> ApiResult<()> {
-    let old = match state.meta.put_object(obj, row).await {
-        Ok(old) => old,
-        Err(e) => {
-            state.blobs.remove(&row.file).await;
-            return Err(e.into());
-        }
-    };
-    for f in old {
-        state.blobs.remove(&f).await;
-    }
-    Ok(())
 }

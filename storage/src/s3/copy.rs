@@ -13,6 +13,7 @@ use crate::crypto::envelope::{self, StoredSse};
 use crate::crypto::keys::{Binding, SealMode};
 use crate::state::NodeState;
 use crate::store::meta::{self, BlobRow, Object};
+use crate::store::objects;
 
 /// Parse `CopySource` into (bucket, key).
 pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String)> {
@@ -140,14 +141,17 @@ pub(crate) async fn copy_object(
         version_id: &version_id,
     };
     let (ok, stored) = common::seal_for(state, &dst_bucket, &plan, &binding, request_id).await?;
-    let stream = common::object_stream(state, &src.parts, src.key.as_ref(), None).await?;
-    let cipher = ok
-        .as_ref()
-        .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
-    let blob = state
-        .blobs
-        .write(stream, cipher, Some(src.obj.size), &mut |_| {})
-        .await?;
+    let stream =
+        objects::read_range(&state.blobs, &src.parts, src.key.as_ref().into(), None).await?;
+    let blob = objects::write_part(
+        &state.blobs,
+        stream,
+        1,
+        ok.as_ref().into(),
+        Some(src.obj.size),
+        &mut |_| {},
+    )
+    .await?;
     let etag = common::new_etag(&stored, &blob.md5);
     let obj = Object {
         bucket: dst_bucket.name.clone(),
@@ -170,7 +174,7 @@ pub(crate) async fn copy_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    common::publish_single_part(state, &obj, &row).await?;
+    objects::publish_single_part(&state.meta, &state.blobs, &obj, &row).await?;
     writing.published();
     let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
     Ok(S3Response::new(CopyObjectOutput {

@@ -7,6 +7,7 @@ use s3s::{S3Request, S3Response};
 use super::errors::ApiResult;
 use super::object::bucket_or_404;
 use crate::state::NodeState;
+use crate::store::objects;
 
 pub(crate) async fn delete_object(
     state: &NodeState,
@@ -14,9 +15,7 @@ pub(crate) async fn delete_object(
 ) -> ApiResult<S3Response<DeleteObjectOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
-    for f in state.meta.delete_object(&input.bucket, &input.key).await? {
-        state.blobs.remove(&f).await;
-    }
+    objects::delete_object(&state.meta, &state.blobs, &input.bucket, &input.key).await?;
     let mut resp = S3Response::new(DeleteObjectOutput::default());
     resp.status = Some(http::StatusCode::NO_CONTENT);
     Ok(resp)
@@ -32,11 +31,8 @@ pub(crate) async fn delete_objects(
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     for o in input.delete.objects {
-        match state.meta.delete_object(&input.bucket, &o.key).await {
-            Ok(files) => {
-                for f in files {
-                    state.blobs.remove(&f).await;
-                }
+        match objects::delete_object(&state.meta, &state.blobs, &input.bucket, &o.key).await {
+            Ok(()) => {
                 if !quiet {
                     deleted.push(DeletedObject {
                         key: Some(o.key),

@@ -8,6 +8,7 @@ use crate::crypto::envelope::EnvelopeError;
 use crate::crypto::kms_client::KmsError;
 use crate::crypto::sse::SseError;
 use crate::store::blobs::BlobError;
+use crate::store::objects::ReadError;
 
 /// Everything an S3 handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,15 @@ impl From<BlobError> for ApiError {
             BlobError::LengthMismatch { .. } | BlobError::Body(_) => ApiError::IncompleteBody,
             BlobError::Io(e) => ApiError::Internal(format!("blob: {e}")),
             BlobError::Format(e) => ApiError::Internal(format!("blob format: {e}")),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Blob(b) => b.into(),
+            ReadError::Header(f) => ApiError::Internal(format!("part header: {f}")),
         }
     }
 }

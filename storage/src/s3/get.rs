@@ -10,6 +10,7 @@ use super::errors::{ApiError, ApiResult};
 use super::object::{ContentHeaders, metadata_from_json, part_range, resolve};
 use crate::state::NodeState;
 use crate::store::meta::Object;
+use crate::store::objects;
 
 fn check_conditions(
     obj: &Object,
@@ -78,7 +79,7 @@ pub(crate) async fn get_object(
         (_, Some(rg)) => Some(common::resolve_range(rg, size)?),
         _ => None,
     };
-    let body = common::object_stream(state, &r.parts, r.key.as_ref(), range).await?;
+    let body = objects::read_range(&state.blobs, &r.parts, r.key.as_ref().into(), range).await?;
     let content_length = range.map_or(size, |(s, e)| e - s + 1);
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
     let stored_expires = headers.expires();

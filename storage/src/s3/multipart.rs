@@ -10,11 +10,11 @@ use super::common::{self, WritePlan};
 use super::copy::copy_source;
 use super::errors::{ApiError, ApiResult};
 use super::object::{self, ContentHeaders, bucket_or_404};
-use crate::crypto::format::PartCipher;
 use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
 use crate::state::NodeState;
 use crate::store::meta::{self, BlobRow, Bucket, Object, Upload};
+use crate::store::objects;
 
 const MIN_PART: u64 = 5 * 1024 * 1024;
 
@@ -111,21 +111,10 @@ async fn store_part(
         file: blob.file.clone(),
         created_ms: meta::now_ms(),
     };
-    match state.meta.put_part(&up.upload_id, &row).await {
-        Ok(Some(old)) => {
-            for f in old {
-                state.blobs.remove(&f).await;
-            }
-            Ok(etag)
-        }
-        Ok(None) => {
-            state.blobs.remove(&blob.file).await;
-            Err(ApiError::NoSuchUpload)
-        }
-        Err(e) => {
-            state.blobs.remove(&blob.file).await;
-            Err(e.into())
-        }
+    if objects::publish_part(&state.meta, &state.blobs, &up.upload_id, &row).await? {
+        Ok(etag)
+    } else {
+        Err(ApiError::NoSuchUpload)
     }
 }
 
@@ -154,14 +143,12 @@ pub(crate) async fn upload_part(
         request_id,
     )
     .await?;
-    let cipher = key
-        .as_ref()
-        .map(|k| PartCipher::for_write(k, input.part_number as u32));
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
     let blob = common::write_request_body(
         state,
         input.body,
-        cipher,
+        input.part_number as u32,
+        key.as_ref().into(),
         expected,
         input.content_md5.as_deref(),
         &req.headers,
@@ -222,14 +209,17 @@ pub(crate) async fn upload_part_copy(
         None => None,
     };
     let len = range.map_or(src.obj.size, |(a, b)| b - a + 1);
-    let stream = common::object_stream(state, &src.parts, src.key.as_ref(), range).await?;
-    let cipher = key
-        .as_ref()
-        .map(|k| PartCipher::for_write(k, input.part_number as u32));
-    let blob = state
-        .blobs
-        .write(stream, cipher, Some(len), &mut |_| {})
-        .await?;
+    let stream =
+        objects::read_range(&state.blobs, &src.parts, src.key.as_ref().into(), range).await?;
+    let blob = objects::write_part(
+        &state.blobs,
+        stream,
+        input.part_number as u32,
+        key.as_ref().into(),
+        Some(len),
+        &mut |_| {},
+    )
+    .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
     let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartCopyOutput {
@@ -349,9 +339,7 @@ pub(crate) async fn complete(
         multipart: true,
     };
     let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
-    for f in state.meta.complete_upload(&up, &obj, &numbers).await? {
-        state.blobs.remove(&f).await;
-    }
+    objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers).await?;
     Ok(respond(etag))
 }
 
@@ -367,13 +355,8 @@ pub(crate) async fn abort(
         .await?
         .filter(|u| u.bucket == input.bucket)
         .ok_or(ApiError::NoSuchUpload)?;
-    let files = state
-        .meta
-        .abort_upload(&up.upload_id)
-        .await?
-        .ok_or(ApiError::NoSuchUpload)?;
-    for f in files {
-        state.blobs.remove(&f).await;
+    if !objects::abort_upload(&state.meta, &state.blobs, &up.upload_id).await? {
+        return Err(ApiError::NoSuchUpload);
     }
     let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
     resp.status = Some(http::StatusCode::NO_CONTENT);

@@ -11,6 +11,7 @@ use super::object::{ContentHeaders, bucket_or_404, metadata_json};
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
 use crate::store::meta::{self, BlobRow, Object};
+use crate::store::objects;
 
 pub(crate) async fn put_object(
     state: &NodeState,
@@ -28,14 +29,12 @@ pub(crate) async fn put_object(
         version_id: &version_id,
     };
     let (ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
-    let cipher = ok
-        .as_ref()
-        .map(|k| crate::crypto::format::PartCipher::for_write(k, 1));
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
     let blob = common::write_request_body(
         state,
         input.body,
-        cipher,
+        1,
+        ok.as_ref().into(),
         expected,
         input.content_md5.as_deref(),
         &req.headers,
@@ -72,7 +71,7 @@ pub(crate) async fn put_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    common::publish_single_part(state, &obj, &row).await?;
+    objects::publish_single_part(&state.meta, &state.blobs, &obj, &row).await?;
     writing.published();
     let md5 = match &plan {
         common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),

@@ -1,9 +1,12 @@
-//! The storage node's durable state: SQLite metadata ([`meta`]) and blob files ([`blobs`]), plus
-//! the start-up sweep ([`recovery`]). Only `blobs` touches object files. Nothing here holds keys:
-//! it stores sealed object keys and ciphertext, and takes a `PartCipher` from the caller.
+//! The storage node's durable state: SQLite metadata ([`meta`]), version states ([`versions`]),
+//! blob files ([`blobs`]), the start-up sweep ([`recovery`]), and the data path the S3 edge
+//! calls ([`objects`]: write/read/publish/retire, taking an `Encryption`). Only `blobs` touches
+//! object files. Nothing here stores keys: it keeps sealed object keys and ciphertext; an object
+//! key is only borrowed for one request through `objects::Encryption::Keyed`.
 
 pub mod blobs;
 pub mod meta;
+pub mod objects;
 pub mod recovery;
 pub mod versions;
 

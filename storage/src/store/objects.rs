@@ -1,0 +1,210 @@
+//! The object data path: every byte an S3 request writes or reads, and every state change that
+//! publishes or retires blobs, goes through these functions. They take an [`Encryption`]
+//! argument and our own types only (no s3s types), so the S3 edge stays thin and the encryption
+//! layer plugs in by choosing the argument.
+//!
+//! Secret: the object key borrowed in `Encryption::Keyed`; part keys derived from it live inside
+//! the `PartCipher` of one blob writer/reader and are zeroized with it. Atomic: a blob is durable
+//! before the transaction that references it; blob files are deleted only after the rows that
+//! referenced them are gone (a crash in between leaves orphans the start-up sweep removes).
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use coffer_common::secret::SecretKey32;
+use futures::{Stream, StreamExt};
+
+use super::blobs::{BlobError, BlobStore, WrittenBlob};
+use super::meta::{BlobRow, DbError, Meta, Object, Upload};
+use crate::crypto::format::{FormatError, PartCipher};
+
+/// How the bytes of an object version (or multipart upload) are stored.
+#[derive(Clone, Copy)]
+pub enum Encryption<'a> {
+    /// Plaintext blobs.
+    None,
+    /// Segmented AES-256-GCM-SIV blobs under part keys derived from this object key.
+    Keyed(&'a SecretKey32),
+}
+
+impl<'a> From<Option<&'a SecretKey32>> for Encryption<'a> {
+    fn from(k: Option<&'a SecretKey32>) -> Self {
+        match k {
+            Some(k) => Encryption::Keyed(k),
+            None => Encryption::None,
+        }
+    }
+}
+
+/// Why an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A part's header does not authenticate under its key (tampered or foreign blob).
+    #[error("part header: {0}")]
+    Header(FormatError),
+}
+
+/// Plaintext bytes streamed to the client.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Stream `body` into a new durable blob for part `part_number`, encrypted when keyed; `observe`
+/// sees every plaintext chunk (checksums). Nothing references the blob yet: the caller
+/// publishes it, or calls [`discard`].
+pub async fn write_part<S, E>(
+    blobs: &BlobStore,
+    body: S,
+    part_number: u32,
+    enc: Encryption<'_>,
+    expected_len: Option<u64>,
+    observe: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<WrittenBlob, BlobError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let cipher = match enc {
+        Encryption::Keyed(k) => Some(PartCipher::for_write(k, part_number)),
+        Encryption::None => None,
+    };
+    blobs.write(body, cipher, expected_len, observe).await
+}
+
+/// Remove a blob that will not be published (checksum mismatch, failed commit).
+pub async fn discard(blobs: &BlobStore, file: &str) {
+    blobs.remove(file).await;
+}
+
+/// Plaintext of bytes `range` (inclusive; whole object when `None`) of an object made of
+/// `parts`. Every covered part is opened, and its header authenticated, before this returns:
+/// a bad header fails before the first byte, and an overwrite or delete that commits while the
+/// stream runs does not cut it short.
+pub async fn read_range(
+    blobs: &BlobStore,
+    parts: &[BlobRow],
+    enc: Encryption<'_>,
+    range: Option<(u64, u64)>,
+) -> Result<ByteStream, ReadError> {
+    let mut streams: Vec<ByteStream> = Vec::new();
+    let mut offset = 0u64;
+    for p in parts {
+        let (pstart, pend) = (offset, offset + p.size);
+        offset = pend;
+        let local = match range {
+            None => None,
+            Some((s, e)) => {
+                if e < pstart || s >= pend || p.size == 0 {
+                    continue;
+                }
+                Some((s.max(pstart) - pstart, e.min(pend - 1) - pstart))
+            }
+        };
+        let cipher = match enc {
+            Encryption::Keyed(k) => {
+                let header = blobs.read_header(&p.file).await?;
+                Some(PartCipher::for_read(k, p.part_number, &header).map_err(ReadError::Header)?)
+            }
+            Encryption::None => None,
+        };
+        if p.size == 0 && local.is_none() && cipher.is_none() {
+            continue;
+        }
+        streams.push(Box::pin(
+            blobs.open_read(&p.file, p.size, local, cipher).await?,
+        ));
+    }
+    Ok(Box::pin(futures::stream::iter(streams).flatten()))
+}
+
+async fn remove_all(blobs: &BlobStore, files: Vec<String>) {
+    for f in files {
+        blobs.remove(&f).await;
+    }
+}
+
+/// Publish a single-part object whose blob is durable (its version `writing` → `complete`),
+/// then delete the blobs of the version it replaced. If the commit fails, the new blob is
+/// removed and nothing changed.
+pub async fn publish_single_part(
+    meta: &Meta,
+    blobs: &BlobStore,
+    obj: &Object,
+    row: &BlobRow,
+) -> Result<(), DbError> {
+    match meta.put_object(obj, row).await {
+        Ok(old) => {
+            remove_all(blobs, old).await;
+            Ok(())
+        }
+        Err(e) => {
+            discard(blobs, &row.file).await;
+            Err(e)
+        }
+    }
+}
+
+/// Record an uploaded part (replacing an earlier one with the same number). `Ok(false)`: the
+/// upload is gone (aborted or completed); the new blob is removed.
+pub async fn publish_part(
+    meta: &Meta,
+    blobs: &BlobStore,
+    upload_id: &str,
+    row: &BlobRow,
+) -> Result<bool, DbError> {
+    match meta.put_part(upload_id, row).await {
+        Ok(Some(old)) => {
+            remove_all(blobs, old).await;
+            Ok(true)
+        }
+        Ok(None) => {
+            discard(blobs, &row.file).await;
+            Ok(false)
+        }
+        Err(e) => {
+            discard(blobs, &row.file).await;
+            Err(e)
+        }
+    }
+}
+
+/// Publish a completed upload as the object made of `parts`; unused parts and the replaced
+/// version's blobs are deleted.
+pub async fn complete_upload(
+    meta: &Meta,
+    blobs: &BlobStore,
+    upload: &Upload,
+    obj: &Object,
+    parts: &[u32],
+) -> Result<(), DbError> {
+    let dead = meta.complete_upload(upload, obj, parts).await?;
+    remove_all(blobs, dead).await;
+    Ok(())
+}
+
+/// Abort a live upload and delete its parts. `Ok(false)`: no such live upload.
+pub async fn abort_upload(
+    meta: &Meta,
+    blobs: &BlobStore,
+    upload_id: &str,
+) -> Result<bool, DbError> {
+    match meta.abort_upload(upload_id).await? {
+        Some(files) => {
+            remove_all(blobs, files).await;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Delete the visible version of a key and its blobs (a missing key is fine).
+pub async fn delete_object(
+    meta: &Meta,
+    blobs: &BlobStore,
+    bucket: &str,
+    key: &str,
+) -> Result<(), DbError> {
+    let files = meta.delete_object(bucket, key).await?;
+    remove_all(blobs, files).await;
+    Ok(())
+}
