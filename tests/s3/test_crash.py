@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -83,7 +84,10 @@ def test_kill_9_during_writes(start_node, tmp_path):
             if len(acked) >= 25 and any(live.values()):
                 break
         time.sleep(0.05)
-    time.sleep(0.2)
+    # Kill while a body is being written (a file in tmp/), so the kill interrupts real writes.
+    deadline = time.monotonic() + 5
+    while not any((data / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.001)
     node.kill9()
     stop.set()
     for t in threads:
@@ -111,6 +115,9 @@ def test_kill_9_during_writes(start_node, tmp_path):
         s3.abort_multipart_upload(Bucket="crash", Key=key, UploadId=up)
 
     node.stop()
+    # The kill really interrupted writes: the restart aborted their versions.
+    swept = re.search(r"start-up sweep .*interrupted_versions=(\d+) tmp=(\d+)", node.stderr(400))
+    assert swept and int(swept.group(1)) + int(swept.group(2)) >= 1, node.stderr(50)
     assert list((data / "tmp").iterdir()) == []
     db = sqlite3.connect(data / "meta.db")
     referenced = {r[0] for r in db.execute("SELECT file FROM blobs")}
