@@ -111,3 +111,35 @@ def test_part_overwrite_uses_latest(s3, bucket):
     s3.complete_multipart_upload(Bucket=bucket, Key="ow", UploadId=up,
                                  MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
     assert s3.get_object(Bucket=bucket, Key="ow")["Body"].read() == b"second"
+
+
+def test_list_multipart_uploads_pagination_and_prefixes(s3, bucket):
+    made = []
+    for key in ["a/1", "a/2", "b", "b", "c"]:
+        made.append((key, s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]))
+    done = s3.create_multipart_upload(Bucket=bucket, Key="done")["UploadId"]
+    e = s3.upload_part(Bucket=bucket, Key="done", UploadId=done, PartNumber=1, Body=b"x")["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key="done", UploadId=done,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+    r = s3.list_multipart_uploads(Bucket=bucket)
+    full = [(u["Key"], u["UploadId"]) for u in r["Uploads"]]
+    assert sorted(full) == sorted(made) and [k for k, _ in full] == sorted(k for k, _ in made)
+    assert not r["IsTruncated"]
+    seen, kw = [], {}
+    while True:
+        r = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=2, **kw)
+        seen += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+        if not r["IsTruncated"]:
+            break
+        kw = {"KeyMarker": r["NextKeyMarker"], "UploadIdMarker": r["NextUploadIdMarker"]}
+    assert seen == full
+    r = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/")
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["a/"]
+    assert [u["Key"] for u in r["Uploads"]] == ["b", "b", "c"]
+    r = s3.list_multipart_uploads(Bucket=bucket, Prefix="a/")
+    assert [u["Key"] for u in r["Uploads"]] == ["a/1", "a/2"]
+    r = s3.list_multipart_uploads(Bucket=bucket, KeyMarker="b")
+    assert [u["Key"] for u in r["Uploads"]] == ["c"]
+    for key, up in made:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

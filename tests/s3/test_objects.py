@@ -97,6 +97,7 @@ def test_part_number_on_single_part_object(s3, bucket):
     r = s3.get_object(Bucket=bucket, Key="p", PartNumber=1)
     assert r["Body"].read() == b"abc"
     expect_error(400, "InvalidPart", s3.get_object, Bucket=bucket, Key="p", PartNumber=2)
+    expect_error(400, "InvalidRequest", s3.get_object, Bucket=bucket, Key="p", PartNumber=1, Range="bytes=0-1")
 
 
 def test_copy_object(s3, bucket):

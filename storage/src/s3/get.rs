@@ -54,6 +54,11 @@ pub(crate) async fn get_object(
 ) -> ApiResult<S3Response<GetObjectOutput>> {
     let customer = common::read_key(state, &req.headers)?;
     let input = req.input;
+    if input.part_number.is_some() && input.range.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "Cannot specify both Range header and partNumber query parameter.",
+        ));
+    }
     let r = resolve(
         state,
         &input.bucket,
@@ -137,6 +142,11 @@ pub(crate) async fn head_object(
 ) -> ApiResult<S3Response<HeadObjectOutput>> {
     let customer = common::read_key(state, &req.headers)?;
     let input = req.input;
+    if input.part_number.is_some() && input.range.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "Cannot specify both Range header and partNumber query parameter.",
+        ));
+    }
     let r = resolve(
         state,
         &input.bucket,

@@ -9,6 +9,7 @@ use s3s::{S3Request, S3Response};
 use super::common::{self, WritePlan};
 use super::copy::copy_source;
 use super::errors::{ApiError, ApiResult};
+use super::list::Names;
 use super::object::{self, ContentHeaders, bucket_or_404};
 use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
@@ -420,6 +421,8 @@ pub(crate) async fn list_parts(
     }))
 }
 
+/// ListMultipartUploads: uploads in progress ordered by key then initiation, with prefix,
+/// delimiter/CommonPrefixes, max-uploads, key-marker/upload-id-marker and `encoding-type=url`.
 pub(crate) async fn list_uploads(
     state: &NodeState,
     req: S3Request<ListMultipartUploadsInput>,
@@ -427,23 +430,94 @@ pub(crate) async fn list_uploads(
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
     let prefix = input.prefix.clone().unwrap_or_default();
-    let ups = state.meta.list_uploads(&input.bucket).await?;
-    let uploads = ups
-        .into_iter()
-        .filter(|u| u.key.starts_with(&prefix))
-        .map(|u| MultipartUpload {
-            key: Some(u.key),
-            upload_id: Some(u.upload_id),
-            initiated: Some(common::ts(u.created_ms)),
-            ..Default::default()
-        })
-        .collect();
+    let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+    let delimiter = input.delimiter.as_deref().filter(|d| !d.is_empty());
+    let names = Names::new(input.encoding_type.as_ref());
+    let all = state.meta.list_uploads(&input.bucket).await?;
+    let after_marker = |u: &Upload| match (
+        input.key_marker.as_deref(),
+        input.upload_id_marker.as_deref(),
+    ) {
+        (None, _) => true,
+        (Some(k), None) => u.key.as_str() > k,
+        (Some(k), Some(_)) => u.key.as_str() >= k,
+    };
+    // With both markers, skip the marker key's uploads up to and including that upload id.
+    let mut skipping_marker_key = input.key_marker.is_some() && input.upload_id_marker.is_some();
+    let mut uploads = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    let mut truncated = false;
+    let mut next: Option<(String, Option<String>)> = None;
+    for u in all
+        .iter()
+        .filter(|u| u.key.starts_with(&prefix) && after_marker(u))
+    {
+        if skipping_marker_key && Some(u.key.as_str()) == input.key_marker.as_deref() {
+            if Some(u.upload_id.as_str()) == input.upload_id_marker.as_deref() {
+                skipping_marker_key = false;
+            }
+            continue;
+        }
+        skipping_marker_key = false;
+        let rest = u.key.get(prefix.len()..).unwrap_or_default();
+        let cp = delimiter.and_then(|d| {
+            rest.find(d)
+                .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
+        });
+        if let Some(cp) = &cp
+            && prefixes.last() == Some(cp)
+        {
+            continue;
+        }
+        if uploads.len() + prefixes.len() >= max {
+            truncated = true;
+            break;
+        }
+        match cp {
+            Some(cp) => {
+                next = Some((cp.clone(), None));
+                prefixes.push(cp);
+            }
+            None => {
+                next = Some((u.key.clone(), Some(u.upload_id.clone())));
+                uploads.push(MultipartUpload {
+                    key: Some(names.one(&u.key)),
+                    upload_id: Some(u.upload_id.clone()),
+                    initiated: Some(common::ts(u.created_ms)),
+                    storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let (next_key, next_id) = match (truncated, next) {
+        (true, Some((k, id))) => (Some(names.one(&k)), id),
+        _ => (None, None),
+    };
     Ok(S3Response::new(ListMultipartUploadsOutput {
         bucket: Some(input.bucket),
-        prefix: input.prefix,
+        prefix: names.opt(input.prefix.as_deref()),
+        delimiter: names.opt(input.delimiter.as_deref()),
+        key_marker: names.opt(input.key_marker.as_deref()),
+        upload_id_marker: input.upload_id_marker,
+        next_key_marker: next_key,
+        next_upload_id_marker: next_id,
+        common_prefixes: if prefixes.is_empty() {
+            None
+        } else {
+            Some(
+                prefixes
+                    .iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(names.one(p)),
+                    })
+                    .collect(),
+            )
+        },
         uploads: Some(uploads),
-        is_truncated: Some(false),
-        max_uploads: Some(1000),
+        is_truncated: Some(truncated),
+        max_uploads: Some(max as i32),
+        encoding_type: input.encoding_type,
         ..Default::default()
     }))
 }

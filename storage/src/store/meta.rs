@@ -445,7 +445,7 @@ impl Meta {
     }
 
     pub async fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>, DbError> {
-        let rows = sqlx::query("SELECT * FROM uploads WHERE bucket = ? AND completed_etag IS NULL ORDER BY key, created_ms").bind(bucket).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM uploads WHERE bucket = ? AND completed_etag IS NULL ORDER BY key, created_ms, upload_id").bind(bucket).fetch_all(&self.pool).await?;
         rows.iter().map(upload_from_row).collect()
     }
 
