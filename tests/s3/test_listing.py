@@ -65,6 +65,8 @@ def test_list_v2(s3, bucket):
     assert sorted(seen) == ["a/", "b", "c/", "d", "e+f g", "é/"]
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": 4})
     assert [o["Key"] for p in pages for o in p.get("Contents", [])] == sorted(KEYS)
+    r = s3.list_objects_v2(Bucket=bucket, MaxKeys=0)
+    assert r["KeyCount"] == 0 and not r["IsTruncated"] and not r.get("Contents")
     expect_error(400, "InvalidArgument", s3.list_objects_v2, Bucket=bucket, ContinuationToken="not-a-token")
     expect_error(404, "NoSuchBucket", s3.list_objects_v2, Bucket="no-such-bucket-y")
 

@@ -35,7 +35,8 @@ def test_put_get_head_delete_round_trip(s3, bucket):
     assert (o["CacheControl"], o["ContentDisposition"], o["ContentLanguage"], o["ContentType"],
             o["ContentEncoding"]) == ("max-age=9", "inline", "de", "image/png", "gzip")
     s3.put_object(Bucket=bucket, Key="empty", Body=b"")
-    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+    e = s3.get_object(Bucket=bucket, Key="empty")
+    assert e["Body"].read() == b"" and e["ContentType"] == "binary/octet-stream"
     assert s3.delete_object(Bucket=bucket, Key="dir/obj")["ResponseMetadata"]["HTTPStatusCode"] == 204
     assert s3.delete_object(Bucket=bucket, Key="dir/obj")["ResponseMetadata"]["HTTPStatusCode"] == 204
     expect_error(404, "NoSuchKey", s3.get_object, Bucket=bucket, Key="dir/obj")

@@ -12,6 +12,15 @@ use crate::state::NodeState;
 use crate::store::meta::Object;
 use crate::store::objects;
 
+/// The stored Content-Type, or S3's default for objects written without one.
+fn stored_content_type(obj: &Object) -> Option<ContentType> {
+    obj.content_type
+        .as_deref()
+        .unwrap_or("binary/octet-stream")
+        .parse()
+        .ok()
+}
+
 fn check_conditions(
     obj: &Object,
     if_match: Option<&ETagCondition>,
@@ -99,7 +108,7 @@ pub(crate) async fn get_object(
         content_type: input
             .response_content_type
             .clone()
-            .or_else(|| r.obj.content_type.as_ref().and_then(|c| c.parse().ok())),
+            .or_else(|| stored_content_type(&r.obj)),
         cache_control: input
             .response_cache_control
             .clone()
@@ -183,7 +192,7 @@ pub(crate) async fn head_object(
         accept_ranges: Some("bytes".into()),
         e_tag: Some(ETag::Strong(r.obj.etag.clone())),
         last_modified: Some(common::ts(r.obj.last_modified_ms)),
-        content_type: r.obj.content_type.as_ref().and_then(|c| c.parse().ok()),
+        content_type: stored_content_type(&r.obj),
         cache_control: headers.cache_control,
         content_disposition: headers.content_disposition,
         content_encoding: headers.content_encoding,

@@ -71,6 +71,9 @@ pub(crate) async fn list_page(
         truncated: false,
         last: None,
     };
+    if max == 0 {
+        return Ok(page); // as S3: nothing listed, not truncated
+    }
     let mut cursor = after.to_string();
     loop {
         let batch = state

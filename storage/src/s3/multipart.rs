@@ -470,7 +470,7 @@ pub(crate) async fn list_uploads(
             continue;
         }
         if uploads.len() + prefixes.len() >= max {
-            truncated = true;
+            truncated = max > 0; // max-uploads=0 lists nothing and is not truncated, as S3
             break;
         }
         match cp {

@@ -130,4 +130,7 @@ async fn list_pages_fold_prefixes_and_resume() {
     let p = list_page(&st, "b", "a/", None, "", 3).await.unwrap();
     assert_eq!(keys_of(&p), ["a/1", "a/2", "a/3"]);
     assert!(!p.truncated);
+    // max-keys 0: nothing, not truncated (as S3).
+    let p = list_page(&st, "b", "", None, "", 0).await.unwrap();
+    assert!(p.objects.is_empty() && p.prefixes.is_empty() && !p.truncated);
 }
