@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_storage::state::{DefaultEncryption, NodeConfig};
@@ -80,18 +79,12 @@ impl Node {
             max_body_bytes: 5 * 1024 * 1024 * 1024,
             virtual_host_domains: Vec::new(),
         };
-        let state = coffer_storage::server::open_state(cfg, None).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(coffer_storage::server::serve(
-            listener,
-            Arc::clone(&state),
-            None,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        tokio::spawn(coffer_storage::serve(listener, cfg, async {
+            let _ = rx.await;
+        }));
         Node {
             http: reqwest::Client::new(),
             host,
@@ -251,7 +244,10 @@ async fn object_round_trip_ranges_and_errors() {
         (wrong_md5.status, wrong_md5.one("Code").as_str()),
         (400, "BadDigest")
     );
-    assert_eq!(n.call("HEAD", "/rbkt/x", &[], &[], vec![]).await.status, 404);
+    assert_eq!(
+        n.call("HEAD", "/rbkt/x", &[], &[], vec![]).await.status,
+        404
+    );
     let self_copy = n
         .call(
             "PUT",
@@ -282,14 +278,20 @@ async fn object_round_trip_ranges_and_errors() {
         (409, "BucketNotEmpty")
     );
     assert_eq!(
-        n.call("DELETE", "/rbkt/copy", &[], &[], vec![]).await.status,
+        n.call("DELETE", "/rbkt/copy", &[], &[], vec![])
+            .await
+            .status,
         204
     );
     assert_eq!(
-        n.call("DELETE", "/rbkt/copy", &[], &[], vec![]).await.status,
+        n.call("DELETE", "/rbkt/copy", &[], &[], vec![])
+            .await
+            .status,
         204
     );
-    let unknown = n.call("GET", "/rbkt", &[("tagging", "")], &[], vec![]).await;
+    let unknown = n
+        .call("GET", "/rbkt", &[("tagging", "")], &[], vec![])
+        .await;
     assert_eq!(
         (unknown.status, unknown.one("Code").as_str()),
         (501, "NotImplemented")
