@@ -3,9 +3,11 @@
 //!
 //! Nothing here does I/O on a request path except reading credential files at start-up.
 
+pub mod config;
 pub mod credential;
 pub mod jwt;
 pub mod kms_api;
+pub mod metrics;
 pub mod secret;
 pub mod secret_file;
 pub mod server;
