@@ -221,6 +221,8 @@ class Node:
         args = [_bin("coffer-storage"), "serve", "--data-dir", str(self.data_dir),
                 "--listen", "127.0.0.1:0", "--kms-url", self.kms_url,
                 "--kms-credential", str(kms.credential)]
+        if self.kms_url.startswith("http://"):
+            args.append("--kms-insecure-http")
         if tls:
             args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         if allow_ssec_over_http:

@@ -44,6 +44,18 @@ impl KmsError {
     }
 }
 
+/// Why the start-up probe of the KMS failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The TLS handshake failed: the KMS certificate is not one our CA issued, or it is not for
+    /// this host, or the KMS refused our client certificate.
+    #[error("KMS TLS verification failed: {0}")]
+    Untrusted(String),
+    /// Not reachable or not healthy right now.
+    #[error("KMS unreachable: {0}")]
+    Unreachable(String),
+}
+
 /// Settings for the KMS client.
 pub struct KmsClientConfig {
     /// Base URL, e.g. `https://127.0.0.1:7443`.
@@ -151,6 +163,23 @@ impl KmsClient {
         serde_json::from_slice(&bytes).map_err(|_| KmsError::Malformed)
     }
 
+    /// Connect to the KMS and ask `/health`, telling a certificate the node must not trust
+    /// apart from a KMS that is merely down.
+    pub async fn probe(&self) -> Result<(), ProbeError> {
+        let url = format!("{}{}", self.base, coffer_common::kms_api::PATH_HEALTH);
+        match self.http.get(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(ProbeError::Unreachable(format!(
+                "health answered {}",
+                r.status()
+            ))),
+            Err(e) => match tls_failure(&e) {
+                Some(why) => Err(ProbeError::Untrusted(why)),
+                None => Err(ProbeError::Unreachable(classify(&e))),
+            },
+        }
+    }
+
     /// Ask the KMS for a new bucket data key.
     pub async fn generate(
         &self,
@@ -188,6 +217,25 @@ impl KmsClient {
         let resp: UnwrapDataKeyResponse = self.call(PATH_UNWRAP, &req, request_id).await?;
         SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)
     }
+}
+
+/// The TLS error inside a transport error, if the failure was the handshake.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(t) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(t.to_string());
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// A short, secret-free description of a transport error.

@@ -1,0 +1,241 @@
+//! `coffer-storage serve`: every setting of the production node. Each one is a flag, an
+//! environment variable (`COFFER_…`) and a key of the TOML `--config` file, in that order of
+//! precedence. Secrets (the S3 secret key, KMS credential, TLS keys) are only ever paths to
+//! files that others cannot read, or for the S3 secret the `COFFER_S3_SECRET_KEY` variable;
+//! never flag values.
+//!
+//! Start-up refuses rather than degrades: an https KMS URL without a CA bundle, an http KMS URL
+//! without `--kms-insecure-http`, or a KMS whose certificate does not verify stops the node
+//! before it listens. A KMS that is merely down is reported and answered with 503 per request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::crypto::kms_client::{KmsClient, KmsClientConfig, ProbeError};
+use crate::state::{DefaultEncryption, NodeConfig};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+/// Default encryption of new buckets.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DefaultEnc {
+    SseS3,
+    None,
+}
+
+/// Settings of `coffer-storage serve` (see `deploy/storage.example.toml`).
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys are the flag names with `_`).
+    #[arg(long, env = "COFFER_STORAGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (files, certificates, KMS trust) and exit without serving.
+    #[arg(long)]
+    pub check: bool,
+    #[arg(
+        long,
+        env = "COFFER_STORAGE_DATA_DIR",
+        default_value = "./coffer-storage-data"
+    )]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "COFFER_S3_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    #[arg(long, env = "COFFER_S3_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// Base domain(s) for virtual-hosted-style requests (`bucket.DOMAIN`), comma-separated.
+    #[arg(long, env = "COFFER_S3_DOMAIN", value_delimiter = ',')]
+    pub domain: Vec<String>,
+    /// The S3 access key id clients sign with.
+    #[arg(long, env = "COFFER_S3_ACCESS_KEY")]
+    pub access_key: Option<String>,
+    /// File holding the S3 secret key (mode 0600); else $COFFER_S3_SECRET_KEY.
+    #[arg(long, env = "COFFER_S3_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// Largest request body (object or part) in bytes; AWS's limit is 5 GiB.
+    #[arg(long, env = "COFFER_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// KMS base URL (https://...). Without it, SSE-S3 answers 501.
+    #[arg(long, env = "COFFER_KMS_URL")]
+    pub kms_url: Option<String>,
+    /// Service credential file from `coffer-kms admin client create` (mode 0600).
+    #[arg(long, env = "COFFER_KMS_CREDENTIAL")]
+    pub kms_credential: Option<PathBuf>,
+    /// CA bundle that issued the KMS certificate (required for https KMS URLs).
+    #[arg(long, env = "COFFER_KMS_CA")]
+    pub kms_ca: Option<PathBuf>,
+    /// Allow an http:// KMS URL (loopback benchmarks only: bucket keys cross the wire in clear).
+    #[arg(long, env = "COFFER_KMS_INSECURE_HTTP")]
+    pub kms_insecure_http: bool,
+    /// Timeout of one KMS call in milliseconds.
+    #[arg(long, env = "COFFER_KMS_TIMEOUT_MS", default_value_t = 2000)]
+    pub kms_timeout_ms: u64,
+    /// Seconds a plaintext bucket key stays cached.
+    #[arg(long, env = "COFFER_KEY_CACHE_TTL", default_value_t = 300)]
+    pub key_cache_ttl: u64,
+    /// Most bucket keys cached at once.
+    #[arg(long, env = "COFFER_KEY_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub key_cache_capacity: usize,
+    /// Serve HTTPS with this certificate chain (PEM) ...
+    #[arg(long, env = "COFFER_S3_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and this private key (PEM, mode 0600).
+    #[arg(long, env = "COFFER_S3_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept SSE-C over plain HTTP (development / loopback only).
+    #[arg(long, env = "COFFER_ALLOW_SSEC_OVER_HTTP")]
+    pub allow_ssec_over_http: bool,
+    /// Default encryption of new buckets.
+    #[arg(
+        long,
+        env = "COFFER_DEFAULT_ENCRYPTION",
+        value_enum,
+        default_value = "sse-s3"
+    )]
+    pub default_encryption: DefaultEnc,
+}
+
+/// The S3 key pair: access key from settings, secret from a 0600 file or the environment.
+fn s3_keys(a: &ServeArgs) -> Result<(String, String)> {
+    let access = a
+        .access_key
+        .clone()
+        .context("no S3 access key: set access_key (--access-key, COFFER_S3_ACCESS_KEY)")?;
+    let secret = match &a.secret_key_file {
+        Some(f) => {
+            let raw = coffer_common::secret_file::read_secret_file(f)?;
+            String::from_utf8(raw)
+                .with_context(|| format!("{} is not UTF-8", f.display()))?
+                .trim()
+                .to_string()
+        }
+        None => std::env::var("COFFER_S3_SECRET_KEY").context(
+            "no S3 secret key: set secret_key_file (--secret-key-file, COFFER_S3_SECRET_KEY_FILE) or COFFER_S3_SECRET_KEY",
+        )?,
+    };
+    if secret.is_empty() {
+        bail!("the S3 secret key is empty");
+    }
+    Ok((access, secret))
+}
+
+/// A KMS client from its settings; used by `serve` and `dev`.
+pub fn kms_client(
+    url: &str,
+    credential: &Path,
+    ca: Option<&Path>,
+    timeout_ms: u64,
+) -> Result<KmsClient> {
+    let credential = coffer_common::credential::Credential::load(credential)?;
+    let ca_pem = match ca {
+        Some(p) => {
+            Some(std::fs::read(p).with_context(|| format!("reading KMS CA {}", p.display()))?)
+        }
+        None => None,
+    };
+    Ok(KmsClient::new(KmsClientConfig {
+        url: url.to_string(),
+        credential,
+        ca_pem,
+        client_identity_pem: None,
+        timeout: Duration::from_millis(timeout_ms),
+    })?)
+}
+
+/// Check that the KMS presents a certificate we trust. A KMS that cannot be reached is only a
+/// warning (the node answers 503 until it is back); one we cannot trust stops the start.
+pub async fn probe_kms(kms: &KmsClient, url: &str) -> Result<()> {
+    match kms.probe().await {
+        Ok(()) => {
+            tracing::info!(url, "KMS reachable and trusted");
+            Ok(())
+        }
+        Err(ProbeError::Untrusted(why)) => {
+            bail!("the KMS at {url} failed TLS verification ({why}); refusing to start")
+        }
+        Err(ProbeError::Unreachable(why)) => {
+            tracing::warn!(
+                url,
+                why,
+                "KMS not reachable at start-up: SSE-S3 requests answer 503 until it is"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
+    match (&a.kms_url, &a.kms_credential) {
+        (Some(url), Some(cred)) => {
+            if url.starts_with("http://") && !a.kms_insecure_http {
+                bail!(
+                    "KMS URL {url} is plain http: bucket keys would cross the network in clear. Use https with kms_ca, or set kms_insecure_http for a loopback benchmark"
+                );
+            }
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("KMS URL {url} must start with https://");
+            }
+            Ok(Some(kms_client(
+                url,
+                cred,
+                a.kms_ca.as_deref(),
+                a.kms_timeout_ms,
+            )?))
+        }
+        (None, None) => {
+            tracing::warn!("no KMS configured: SSE-S3 requests will answer 501 NotImplemented");
+            Ok(None)
+        }
+        _ => bail!("kms_url and kms_credential go together"),
+    }
+}
+
+/// Run `serve`.
+pub async fn run(a: ServeArgs) -> Result<()> {
+    let (access_key, secret_key) = s3_keys(&a)?;
+    let kms = build_kms(&a)?;
+    if let (Some(k), Some(url)) = (&kms, &a.kms_url) {
+        probe_kms(k, url).await?;
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(coffer_common::tls::load_server_config(c, k, None)?),
+        (None, None) => None,
+        _ => bail!("tls_cert and tls_key go together"),
+    };
+    if a.check {
+        println!("configuration OK");
+        return Ok(());
+    }
+    let default_encryption = match (a.default_encryption, kms.is_some()) {
+        (DefaultEnc::SseS3, true) => DefaultEncryption::SseS3,
+        (DefaultEnc::SseS3, false) | (DefaultEnc::None, _) => DefaultEncryption::None,
+    };
+    let cfg = NodeConfig {
+        data_dir: a.data_dir.clone(),
+        region: a.region.clone(),
+        access_key,
+        secret_key,
+        tls: tls.is_some(),
+        allow_ssec_over_http: a.allow_ssec_over_http,
+        default_encryption,
+        key_cache_ttl: Duration::from_secs(a.key_cache_ttl),
+        key_cache_capacity: a.key_cache_capacity,
+        max_body_bytes: a.max_body_bytes,
+        virtual_host_domains: a.domain.clone(),
+    };
+    let state = crate::server::open_state(cfg, kms).await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    crate::server::serve(
+        listener,
+        state,
+        tls,
+        coffer_common::server::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
