@@ -6,6 +6,7 @@ pub mod cli;
 pub mod crypto;
 pub mod dev;
 mod error_body;
+pub mod metrics;
 pub mod s3;
 pub mod server;
 pub mod state;

@@ -101,6 +101,7 @@ pub async fn open_state(
         blobs,
         keys,
         cfg,
+        metrics: crate::metrics::NodeMetrics::new(),
     }))
 }
 
@@ -108,18 +109,32 @@ async fn health() -> &'static str {
     "ok"
 }
 
-fn metrics(state: &NodeState) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &state.keys.stats;
-    format!(
-        "# TYPE coffer_key_cache_hits_total counter\ncoffer_key_cache_hits_total {}\n# TYPE coffer_key_cache_misses_total counter\ncoffer_key_cache_misses_total {}\n# TYPE coffer_key_cache_evictions_total counter\ncoffer_key_cache_evictions_total {}\n# TYPE coffer_kms_calls_total counter\ncoffer_kms_calls_total {}\n# TYPE coffer_kms_failures_total counter\ncoffer_kms_failures_total {}\n# TYPE coffer_key_cache_entries gauge\ncoffer_key_cache_entries {}\n",
-        s.hits.load(Relaxed),
-        s.misses.load(Relaxed),
-        s.evictions.load(Relaxed),
-        s.kms_calls.load(Relaxed),
-        s.kms_failures.load(Relaxed),
-        state.keys.len()
+fn metrics(state: &NodeState) -> axum::response::Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            coffer_common::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(&state.keys),
     )
+        .into_response()
+}
+
+/// Ready when the metadata database answers and, with a KMS configured, the KMS child has not
+/// been lost and the KMS answers its health check.
+async fn ready(state: &NodeState) -> axum::response::Response {
+    let problem = if let Err(e) = state.meta.ping().await {
+        tracing::warn!(error = %e, "readiness: metadata database");
+        Some("metadata database unavailable")
+    } else if !state.keys.kms_usable().await {
+        Some("KMS unavailable")
+    } else {
+        None
+    };
+    match problem {
+        None => (http::StatusCode::OK, "ready").into_response(),
+        Some(p) => (http::StatusCode::SERVICE_UNAVAILABLE, p).into_response(),
+    }
 }
 
 /// A declared body size above the node's limit.
@@ -193,7 +208,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
             if req.method() == http::Method::GET && !signed {
                 match req.uri().path() {
                     "/health" => return Ok(health().await.into_response()),
-                    "/metrics" => return Ok(metrics(&state).into_response()),
+                    "/metrics" => return Ok(metrics(&state)),
+                    "/ready" => return Ok(ready(&state).await),
                     _ => {}
                 }
             }
@@ -204,22 +220,46 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 .unwrap_or_default()
                 .to_string();
             let path = req.uri().path().to_string();
+            let started = std::time::Instant::now();
+            let operation = crate::metrics::operation(
+                req.method(),
+                &path,
+                req.uri().query(),
+                req.headers().contains_key("x-amz-copy-source"),
+                state.bucket_in_host(
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok()),
+                ),
+            );
             let req = match limit_body(req, state.cfg.max_body_bytes) {
                 Ok(req) => req,
                 Err(TooLarge) => {
                     let resp = entity_too_large();
-                    return Ok(crate::error_body::complete(resp, &path, &request_id).await);
+                    let resp = crate::error_body::complete(resp, &path, &request_id).await;
+                    state.metrics.observe(
+                        operation,
+                        resp.status().as_u16(),
+                        started.elapsed().as_secs_f64(),
+                    );
+                    return Ok(resp);
                 }
             };
-            match s3.oneshot(req).await {
-                Ok(resp) => Ok::<_, std::convert::Infallible>(
-                    crate::error_body::complete(resp.into_response(), &path, &request_id).await,
-                ),
+            let resp = match s3.oneshot(req).await {
+                Ok(resp) => {
+                    crate::error_body::complete(resp.into_response(), &path, &request_id).await
+                }
                 Err(e) => {
                     tracing::error!(error = ?e, "s3 service error");
-                    Ok(http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
+                    http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
                 }
-            }
+            };
+            state.metrics.observe(
+                operation,
+                resp.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     Router::new()

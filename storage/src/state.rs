@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::key_cache::BucketKeys;
+use crate::metrics::NodeMetrics;
 use crate::store::blobs::BlobStore;
 use crate::store::meta::Meta;
 
@@ -41,11 +42,24 @@ pub struct NodeState {
     pub blobs: BlobStore,
     pub keys: Arc<BucketKeys>,
     pub cfg: NodeConfig,
+    pub metrics: NodeMetrics,
 }
 
 impl NodeState {
     /// True when SSE-C may be used on this listener.
     pub fn ssec_allowed(&self) -> bool {
         self.cfg.tls || self.cfg.allow_ssec_over_http
+    }
+
+    /// True when `host` (a Host header, port allowed) addresses a bucket by name
+    /// (`bucket.DOMAIN`, virtual-hosted style).
+    pub fn bucket_in_host(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else { return false };
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        self.cfg.virtual_host_domains.iter().any(|d| {
+            name.len() > d.len() + 1
+                && name.ends_with(d.as_str())
+                && name[..name.len() - d.len()].ends_with('.')
+        })
     }
 }

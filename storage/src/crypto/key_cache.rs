@@ -69,6 +69,18 @@ impl BucketKeys {
         Ok(())
     }
 
+    /// For readiness: false when the KMS was lost for good or does not answer its health
+    /// check now; true without a KMS (nothing to wait for: SSE-S3 answers 501).
+    pub async fn kms_usable(&self) -> bool {
+        if self.check_enabled().is_err() {
+            return false;
+        }
+        match &self.kms {
+            Some(k) => k.probe().await.is_ok(),
+            None => true,
+        }
+    }
+
     /// True when a KMS is configured.
     pub fn has_kms(&self) -> bool {
         self.kms.is_some()

@@ -88,6 +88,7 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
         blobs,
         keys: Arc::new(BucketKeys::new(None, Duration::from_secs(1), 1)),
         cfg,
+        metrics: crate::metrics::NodeMetrics::new(),
     };
     (dir, Arc::new(state))
 }

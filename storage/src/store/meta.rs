@@ -168,6 +168,12 @@ impl Meta {
         Ok(Self { pool, writer })
     }
 
+    /// One trivial query through the reader pool (readiness).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- buckets
 
     pub async fn create_bucket(
