@@ -111,6 +111,60 @@ pub fn issue_server_cert(ca_key_pem: &str, names: &[String]) -> Result<CertAndKe
 /// A client certificate (for mutual TLS) with common name `name`, signed by the CA.
 pub fn issue_client_cert(ca_key_pem: &str, name: &str) -> Result<CertAndKey, TlsError> {
     let (ca, ca_key) = issuer(ca_key_pem)?;
+    let key = KeyPair::generate().map_err(rcgen_err)?;
+    let cert = client_params(name)?
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(rcgen_err)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// A P-256 public key given as its uncompressed point (the only key type client certificates
+/// are issued for).
+struct P256PublicKey<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for P256PublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A client key pair for mutual TLS: the private key (PEM) and the public key as the
+/// uncompressed P-256 point that [`issue_client_cert_for_key`] takes.
+pub fn generate_client_key() -> Result<(Zeroizing<String>, Vec<u8>), TlsError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err)?;
+    Ok((
+        Zeroizing::new(key.serialize_pem()),
+        key.public_key_raw().to_vec(),
+    ))
+}
+
+/// A client certificate (PEM) with common name `name` for a P-256 public key (uncompressed
+/// point, 65 bytes) whose private key the caller keeps; signed by the CA.
+pub fn issue_client_cert_for_key(
+    ca_key_pem: &str,
+    name: &str,
+    public_key: &[u8],
+) -> Result<String, TlsError> {
+    if public_key.len() != 65 || public_key.first() != Some(&4) {
+        return Err(TlsError::Generate(
+            "public key must be an uncompressed P-256 point (65 bytes)".into(),
+        ));
+    }
+    let (ca, ca_key) = issuer(ca_key_pem)?;
+    let cert = client_params(name)?
+        .signed_by(&P256PublicKey(public_key), &ca, &ca_key)
+        .map_err(rcgen_err)?;
+    Ok(cert.pem())
+}
+
+fn client_params(name: &str) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -118,12 +172,7 @@ pub fn issue_client_cert(ca_key_pem: &str, name: &str) -> Result<CertAndKey, Tls
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(825);
-    let key = KeyPair::generate().map_err(rcgen_err)?;
-    let cert = p.signed_by(&key, &ca, &ca_key).map_err(rcgen_err)?;
-    Ok(CertAndKey {
-        cert_pem: cert.pem(),
-        key_pem: Zeroizing::new(key.serialize_pem()),
-    })
+    Ok(p)
 }
 
 fn read_public(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -229,6 +278,9 @@ mod tests {
             .unwrap();
         assert!(load_server_config(&dir.join("server.pem"), &dir.join("open.key"), None).is_err());
         assert!(issue_client_cert(&ca.key_pem, "storage").is_ok());
+        let (_key, public) = generate_client_key().unwrap();
+        assert!(issue_client_cert_for_key(&ca.key_pem, "storage", &public).is_ok());
+        assert!(issue_client_cert_for_key(&ca.key_pem, "storage", &public[1..]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

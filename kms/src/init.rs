@@ -1,5 +1,6 @@
-//! `coffer-kms init`: create the database, root key version 1, the audit signing key and the
-//! admin credential, all at once or not at all.
+//! `coffer-kms init`: create the database, root key version 1, the audit signing key, the
+//! admin credential and (by default) the local CA and KMS server certificate, all at once or not
+//! at all.
 //!
 //! Secret: the root key and the audit key (sealed under the passphrase key before they touch
 //! disk) and the admin private key (written once to a new 0600 file; the KMS keeps the public
@@ -53,6 +54,8 @@ pub enum InitError {
 pub struct Initialized {
     pub admin_credential: PathBuf,
     pub audit_public_key: PathBuf,
+    /// The TLS files, unless init was told not to make them.
+    pub tls: Option<crate::certs::TlsPaths>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -62,11 +65,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
     }
 }
 
-/// Initialize `data_dir`.
+/// Initialize `data_dir`; with `tls`, also write the local CA and server certificate.
 pub async fn init(
     data_dir: &Path,
     passphrase: &Passphrase,
     params: KdfParams,
+    tls: Option<&crate::certs::Generated>,
 ) -> Result<Initialized, InitError> {
     if passphrase.is_empty() {
         return Err(InitError::EmptyPassphrase);
@@ -105,6 +109,10 @@ pub async fn init(
     }
     let pub_b64 = STANDARD.encode(audit_key.verifying_key().to_bytes()) + "\n";
     std::fs::write(&pub_path, pub_b64).map_err(io(&pub_path))?;
+    let tls = match tls {
+        Some(g) => Some(crate::certs::write(data_dir, g).map_err(io(data_dir))?),
+        None => None,
+    };
     let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
     std::fs::rename(&tmp, &db).map_err(io(&db))?;
     if let Ok(d) = std::fs::File::open(data_dir) {
@@ -113,6 +121,7 @@ pub async fn init(
     Ok(Initialized {
         admin_credential: cred_path,
         audit_public_key: pub_path,
+        tls,
     })
 }
 

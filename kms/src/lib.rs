@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod hardening;
 pub mod init;
@@ -105,22 +106,6 @@ fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
             .collect::<HashSet<_>>(),
         revoked: r.revoked_ms.is_some(),
     })
-}
-
-/// Writer settings from the environment: `COFFER_KMS_CHECKPOINT_EVERY` (records, default 1000)
-/// and `COFFER_KMS_CHECKPOINT_SECS` (default 10).
-pub fn writer_config_from_env() -> WriterConfig {
-    let num = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|v| *v > 0)
-            .unwrap_or(d)
-    };
-    WriterConfig {
-        checkpoint_every: num("COFFER_KMS_CHECKPOINT_EVERY", 1000),
-        checkpoint_interval: Duration::from_secs(num("COFFER_KMS_CHECKPOINT_SECS", 10)),
-    }
 }
 
 /// Open an initialized data dir: unseal every root key and the audit key with the passphrase,

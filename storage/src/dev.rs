@@ -151,6 +151,8 @@ pub async fn init_kms_if_needed(p: &DevPaths, kms: &Path) -> Result<()> {
         .arg(&p.kms_dir)
         .arg("--passphrase-file")
         .arg(&p.passphrase)
+        // dev has its own CA and KMS certificate under DIR/tls (passed to serve).
+        .arg("--no-tls-certs")
         .stdout(Stdio::null())
         .status()
         .await

@@ -1,8 +1,8 @@
 //! Process harness for `coffer-kms`: builds the binary once (`cargo build -p coffer-kms`, or uses
 //! `COFFER_BIN_DIR`), initializes a data dir in a temp dir with a random passphrase and the dev
-//! Argon2 profile, runs `serve` on 127.0.0.1:0 and learns the port from its `listening on` line
-//! (no sleeps), and keeps every byte the processes print. When a test panics, the logs are
-//! dumped to stderr on drop.
+//! Argon2 profile, runs `serve` on 127.0.0.1:0 over HTTPS with the certificates init generated
+//! (the production default) and learns the port from its `listening on` line (no sleeps), and
+//! keeps every byte the processes print. When a test panics, the logs are dumped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -82,6 +82,8 @@ pub struct Kms {
     pub passphrase_file: PathBuf,
     /// Extra environment for `serve`.
     pub env: Vec<(String, String)>,
+    /// Extra arguments for `serve` (e.g. `--require-client-cert`).
+    pub serve_args: Vec<String>,
     pub url: String,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<u8>>>,
@@ -102,6 +104,7 @@ impl Kms {
             passphrase,
             passphrase_file,
             env: Vec::new(),
+            serve_args: Vec::new(),
             url: String::new(),
             child: None,
             logs: Arc::default(),
@@ -135,6 +138,7 @@ impl Kms {
             self.passphrase_file.to_str().unwrap(),
             "--no-mlock",
         ])
+        .args(&self.serve_args)
         .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -236,6 +240,11 @@ impl Kms {
         self.data_dir.join("admin.credential")
     }
 
+    /// The local CA certificate written by init (trust anchor of the KMS certificate).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
     /// Path of the audit public key written by init.
     pub fn audit_pub(&self) -> PathBuf {
         self.data_dir.join("audit.pub")
@@ -244,12 +253,15 @@ impl Kms {
     /// `coffer-kms admin --url URL --credential ADMIN args…`.
     pub async fn admin(&self, args: &[&str]) -> Output {
         let cred = self.admin_credential();
+        let ca = self.ca_cert();
         let mut full = vec![
             "admin",
             "--url",
             self.url.as_str(),
             "--credential",
             cred.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
         ];
         full.extend_from_slice(args);
         self.cli(&full).await
@@ -302,12 +314,34 @@ impl Kms {
         )
     }
 
-    /// An HTTP client for the service API.
+    /// An HTTP client for the service API (trusting the KMS's local CA).
     pub fn client(&self) -> KmsClient {
+        self.client_with(None)
+    }
+
+    /// A service API client presenting `identity` (PEM certificate + key) for mutual TLS.
+    pub fn client_with(&self, identity: Option<&[u8]>) -> KmsClient {
         KmsClient {
-            http: reqwest::Client::new(),
+            http: self.http_builder(identity).build().unwrap(),
             base: self.url.clone(),
         }
+    }
+
+    /// A reqwest builder trusting only the KMS's local CA, with an optional client identity.
+    pub fn http_builder(&self, identity: Option<&[u8]>) -> reqwest::ClientBuilder {
+        coffer_common::tls::install_crypto_provider();
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false);
+        if let Ok(pem) = std::fs::read(self.ca_cert()) {
+            for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some(id) = identity {
+            b = b.identity(reqwest::Identity::from_pem(id).unwrap());
+        }
+        b
     }
 }
 

@@ -3,7 +3,8 @@ temp dirs, gives boto3 clients for them, and dumps both processes' stderr when a
 
 Process contract (see the report in the commit / issue 4):
 - ``coffer-kms init --data-dir D --passphrase-file P --argon2 dev`` writes ``D/admin.credential``;
-- ``coffer-kms serve ... --listen 127.0.0.1:0`` prints ``listening on http://127.0.0.1:PORT``;
+- ``coffer-kms serve ... --listen 127.0.0.1:0 --insecure-http`` prints ``listening on http://127.0.0.1:PORT``
+  (HTTPS is the KMS default; this suite keeps loopback HTTP so the fault proxy can sit in between);
 - ``coffer-kms admin --url U --credential C client create NAME --buckets '*' --ops generate,unwrap
   --out CRED`` writes the storage node's service credential;
 - ``coffer-storage serve --data-dir S --listen 127.0.0.1:0 --kms-url U --kms-credential CRED [...]``
@@ -188,7 +189,7 @@ class Kms:
         self.proc = Proc(
             "coffer-kms",
             [_bin("coffer-kms"), "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-             "--passphrase-file", str(self.passphrase_file), "--no-mlock"],
+             "--passphrase-file", str(self.passphrase_file), "--no-mlock", "--insecure-http"],
             root / "logs",
         )
         self.url = self.proc.url

@@ -378,9 +378,13 @@ async fn secrets_never_leak() {
         ("process output".into(), kms.logs().into_bytes()),
         ("audit export".into(), std::fs::read(&export).unwrap()),
     ];
-    for entry in std::fs::read_dir(&kms.data_dir).unwrap() {
-        let p = entry.unwrap().path();
-        haystacks.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+    for dir in [kms.data_dir.clone(), kms.data_dir.join("tls")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                haystacks.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
     }
     for (hname, hay) in &haystacks {
         for (nname, needle) in &needles {

@@ -1,21 +1,26 @@
 //! Command line of `coffer-kms`: `init`, `serve`, `admin …` (HTTP client of the admin API) and
 //! `audit verify` (offline). This is the binary's edge, so errors are `anyhow` here and printed
-//! once; exit code 0 on success, 1 on failure (2 for usage errors, from clap).
+//! once; exit code 0 on success, 1 on failure, 2 for usage and configuration-file errors.
+//!
+//! `serve` reads its settings from flags, `COFFER_KMS_*` environment variables and an optional
+//! TOML file (`--config`), in that order of precedence (`coffer_common::config`).
 //!
 //! Secret: the passphrase, read from `--passphrase-file` (0600 required), the environment
 //! variable `COFFER_KMS_PASSPHRASE`, or a terminal prompt with echo off; never from argv.
 
 mod admin;
+mod init;
+mod serve;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use coffer_common::config::ConfigError;
 use coffer_common::secret::Passphrase;
 
-use crate::seal::KdfParams;
+pub use serve::ServeArgs;
 
 /// Environment variable holding the passphrase (alternative to `--passphrase-file`).
 pub const PASSPHRASE_ENV: &str = "COFFER_KMS_PASSPHRASE";
@@ -27,52 +32,12 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Argon2Profile {
-    /// m = 256 MiB, t = 3, p = 4.
-    Default,
-    /// m = 8 MiB, t = 1, p = 1: tests and development only.
-    Dev,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the database, root key v1, audit key and admin credential in DIR.
-    Init {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// File holding the passphrase (mode 0600). Else $COFFER_KMS_PASSPHRASE, else a prompt.
-        #[arg(long)]
-        passphrase_file: Option<PathBuf>,
-        /// Argon2id cost profile (`dev` is for tests only).
-        #[arg(long, env = "COFFER_KMS_ARGON2", value_enum, default_value = "default")]
-        argon2: Argon2Profile,
-    },
-    /// Unseal and serve the KMS API.
-    Serve {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Address to listen on, e.g. 127.0.0.1:8200 (port 0: any free port).
-        #[arg(long)]
-        listen: String,
-        #[arg(long)]
-        passphrase_file: Option<PathBuf>,
-        /// TLS certificate chain (PEM); serves HTTPS with --tls-key.
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// TLS private key (PEM, mode 0600).
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Require client certificates issued by this CA (mutual TLS).
-        #[arg(long, requires = "tls_cert")]
-        client_ca: Option<PathBuf>,
-        /// Log JSON lines (also COFFER_LOG_FORMAT=json).
-        #[arg(long)]
-        log_json: bool,
-        /// Do not lock memory with mlockall.
-        #[arg(long)]
-        no_mlock: bool,
-    },
+    /// Create the database, root key v1, audit key, admin credential and TLS files in DIR.
+    Init(init::InitArgs),
+    /// Unseal and serve the KMS API (HTTPS by default).
+    Serve(Box<serve::ServeArgs>),
     /// Admin API client.
     Admin(admin::AdminArgs),
     /// Offline audit tools.
@@ -87,16 +52,34 @@ enum AuditCmd {
     /// Verify an exported audit log against the KMS audit public key.
     Verify {
         /// The export (JSON lines from `admin audit export`).
-        file: PathBuf,
+        file: std::path::PathBuf,
         /// The audit public key (`DATA_DIR/audit.pub` or `admin audit public-key`).
         #[arg(long)]
-        public_key: PathBuf,
+        public_key: std::path::PathBuf,
     },
+}
+
+/// Parse argv with the `--config` file of the chosen subcommand layered under flags and env.
+fn parse() -> Result<Cli, ExitCode> {
+    let matches =
+        coffer_common::config::matches_with_config(Cli::command(), std::env::args_os().collect());
+    let matches = match matches {
+        Ok(m) => m,
+        Err(ConfigError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,36 +92,8 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Init {
-                data_dir,
-                passphrase_file,
-                argon2,
-            } => run_init(&data_dir, passphrase_file.as_deref(), argon2).await,
-            Cmd::Serve {
-                data_dir,
-                listen,
-                passphrase_file,
-                tls_cert,
-                tls_key,
-                client_ca,
-                log_json,
-                no_mlock,
-            } => {
-                coffer_common::telemetry::init_logging(log_json);
-                crate::hardening::disable_core_dumps();
-                if !no_mlock {
-                    crate::hardening::lock_memory();
-                }
-                let tls = match (tls_cert, tls_key) {
-                    (Some(c), Some(k)) => Some(
-                        coffer_common::tls::load_server_config(&c, &k, client_ca.as_deref())
-                            .context("loading TLS material")?,
-                    ),
-                    _ => None,
-                };
-                let pass = read_passphrase(passphrase_file.as_deref(), false)?;
-                run_serve(&data_dir, &listen, pass, tls).await
-            }
+            Cmd::Init(a) => init::run(a).await,
+            Cmd::Serve(a) => serve::run(*a).await,
             Cmd::Admin(a) => admin::run(a).await,
             Cmd::Audit {
                 cmd: AuditCmd::Verify { file, public_key },
@@ -178,66 +133,6 @@ fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase> {
         }
     }
     Ok(first)
-}
-
-async fn run_init(
-    data_dir: &Path,
-    passphrase_file: Option<&Path>,
-    profile: Argon2Profile,
-) -> Result<ExitCode> {
-    coffer_common::telemetry::init_logging(false);
-    crate::hardening::disable_core_dumps();
-    let params = match profile {
-        Argon2Profile::Default => KdfParams::DEFAULT,
-        Argon2Profile::Dev => KdfParams::DEV,
-    };
-    if data_dir.join(crate::store::DB_FILE).exists()
-        || data_dir.join(crate::init::ADMIN_CREDENTIAL_FILE).exists()
-    {
-        bail!(
-            "{} is already initialized; refusing to change anything",
-            data_dir.display()
-        );
-    }
-    let pass = read_passphrase(passphrase_file, true)?;
-    let done = crate::init::init(data_dir, &pass, params).await?;
-    println!("initialized {}", data_dir.display());
-    println!("admin credential: {}", done.admin_credential.display());
-    println!("audit public key: {}", done.audit_public_key.display());
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn run_serve(
-    data_dir: &Path,
-    listen: &str,
-    pass: Passphrase,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-) -> Result<ExitCode> {
-    let (state, tasks) = crate::open(data_dir, &pass, crate::writer_config_from_env())
-        .await
-        .with_context(|| format!("cannot unseal {}", data_dir.display()))?;
-    drop(pass);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, "coffer-kms ready");
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {scheme}://{addr}")?;
-        out.flush()?;
-    }
-    crate::serve(
-        listener,
-        tls,
-        state,
-        tasks,
-        coffer_common::server::shutdown_signal(),
-    )
-    .await?;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 fn run_verify(file: &Path, public_key: &Path) -> Result<ExitCode> {

@@ -1,0 +1,163 @@
+//! `coffer-kms serve`: arguments (every one also an environment variable `COFFER_KMS_*` and a key
+//! of the `--config` TOML file, precedence flag > env > file > default) and start-up: TLS
+//! selection, unsealing, binding and the `listening on` line.
+//!
+//! TLS is the default: the certificate and key written by init under `DATA_DIR/tls/`, or
+//! `--tls-cert/--tls-key`. Plain HTTP only with `--insecure-http`, loudly warned. Mutual TLS with
+//! `--client-ca FILE` or `--require-client-cert` (trusts the local CA of `DATA_DIR/tls/ca.pem`).
+//!
+//! Secret: the passphrase (file, `COFFER_KMS_PASSPHRASE` or prompt; never argv or the config
+//! file) and the TLS private key (0600 required).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use coffer_common::secret::Passphrase;
+
+use crate::audit::writer::WriterConfig;
+use crate::certs::TlsPaths;
+
+/// `coffer-kms serve` arguments.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys are the flag names with `_`, e.g. `data_dir`).
+    #[arg(long, env = "COFFER_KMS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory made by `coffer-kms init`.
+    #[arg(long, env = "COFFER_KMS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0: any free port; the stdout line names it).
+    #[arg(long, env = "COFFER_KMS_LISTEN", default_value = "127.0.0.1:8200")]
+    pub listen: String,
+    /// File holding the passphrase (mode 0600). Else $COFFER_KMS_PASSPHRASE, else a prompt.
+    #[arg(long, env = "COFFER_KMS_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) [default: DATA_DIR/tls/kms.pem].
+    #[arg(long, env = "COFFER_KMS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, mode 0600) [default: DATA_DIR/tls/kms.key].
+    #[arg(long, env = "COFFER_KMS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (mutual TLS).
+    #[arg(long, env = "COFFER_KMS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Require client certificates issued by the local CA (DATA_DIR/tls/ca.pem), e.g. those of
+    /// `admin client create --client-cert-out`.
+    #[arg(long, env = "COFFER_KMS_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
+    /// Serve plain HTTP (no TLS): tokens and data keys cross the network in clear. Loopback
+    /// testing only.
+    #[arg(
+        long,
+        env = "COFFER_KMS_INSECURE_HTTP",
+        conflicts_with_all = ["tls_cert", "tls_key", "client_ca", "require_client_cert"]
+    )]
+    pub insecure_http: bool,
+    /// Log JSON lines (also COFFER_LOG_FORMAT=json).
+    #[arg(long, env = "COFFER_KMS_LOG_JSON")]
+    pub log_json: bool,
+    /// Do not lock memory with mlockall (when LimitMEMLOCK cannot be raised).
+    #[arg(long, env = "COFFER_KMS_NO_MLOCK")]
+    pub no_mlock: bool,
+    /// Audit records between signed checkpoints.
+    #[arg(long, env = "COFFER_KMS_CHECKPOINT_EVERY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    /// Seconds between signed checkpoints (when records were added).
+    #[arg(long, env = "COFFER_KMS_CHECKPOINT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_secs: u64,
+}
+
+/// The TLS configuration `serve` uses, or `None` for `--insecure-http`.
+pub fn tls_config(a: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    if a.insecure_http {
+        eprintln!(
+            "WARNING: --insecure-http: coffer-kms serves PLAIN HTTP. Bearer tokens and plaintext data keys cross the network unencrypted. Use it only on loopback for tests."
+        );
+        tracing::warn!("serving plain HTTP (--insecure-http): not for production");
+        return Ok(None);
+    }
+    let local = TlsPaths::new(&a.data_dir);
+    let (cert, key) = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (local.server_cert.clone(), local.server_key.clone()),
+    };
+    if !cert.exists() {
+        bail!(
+            "no TLS certificate: {} does not exist. coffer-kms serves HTTPS by default: initialize without --no-tls-certs, pass --tls-cert/--tls-key, or (loopback tests only) --insecure-http",
+            cert.display()
+        );
+    }
+    let client_ca = match (&a.client_ca, a.require_client_cert) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => {
+            if !local.ca_cert.exists() {
+                bail!(
+                    "--require-client-cert trusts the local CA {}, which does not exist (use --client-ca FILE)",
+                    local.ca_cert.display()
+                );
+            }
+            Some(local.ca_cert.clone())
+        }
+        (None, false) => None,
+    };
+    let cfg = coffer_common::tls::load_server_config(&cert, &key, client_ca.as_deref())
+        .context("loading TLS material")?;
+    Ok(Some(cfg))
+}
+
+/// Run `serve`.
+pub async fn run(a: ServeArgs) -> Result<ExitCode> {
+    coffer_common::telemetry::init_logging(a.log_json);
+    crate::hardening::disable_core_dumps();
+    if !a.no_mlock {
+        crate::hardening::lock_memory();
+    }
+    let tls = tls_config(&a)?;
+    let pass = super::read_passphrase(a.passphrase_file.as_deref(), false)?;
+    let cfg = WriterConfig {
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: Duration::from_secs(a.checkpoint_secs),
+    };
+    serve(&a.data_dir, &a.listen, pass, tls, cfg).await
+}
+
+async fn serve(
+    data_dir: &Path,
+    listen: &str,
+    pass: Passphrase,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cfg: WriterConfig,
+) -> Result<ExitCode> {
+    let (state, tasks) = crate::open(data_dir, &pass, cfg)
+        .await
+        .with_context(|| format!("cannot unseal {}", data_dir.display()))?;
+    drop(pass);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "coffer-kms ready");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {scheme}://{addr}")?;
+        out.flush()?;
+    }
+    crate::serve(
+        listener,
+        tls,
+        state,
+        tasks,
+        coffer_common::server::shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
