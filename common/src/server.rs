@@ -76,25 +76,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM: the graceful-shutdown trigger of both daemons.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the graceful-shutdown trigger of both daemons.
+///
+/// The handlers are installed when this is called, not when the future is first polled, so call
+/// it before announcing readiness: a SIGTERM sent right after "listening on" is then a clean
+/// shutdown, not the default signal death. Must be called inside the Tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    }
 }

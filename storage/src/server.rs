@@ -30,12 +30,32 @@ pub enum StartError {
     Domains(Vec<String>),
 }
 
-/// The s3s host parser for virtual-hosted-style requests, when domains are configured.
-fn virtual_hosts(domains: &[String]) -> Option<Result<s3s::host::MultiDomain, StartError>> {
+/// Virtual-hosted-style addressing for the configured domains only. Any other Host (an IP,
+/// `localhost`, another name for the node) is path style, where s3s alone would read an unknown
+/// host name as a bucket (CNAME style) and refuse path-style requests sent to it.
+struct Domains(Vec<String>);
+
+impl s3s::host::S3Host for Domains {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        let name = crate::state::host_name(host);
+        Ok(match crate::state::vhost_bucket(&self.0, host) {
+            Some((domain, bucket)) => s3s::host::VirtualHost::new(domain).with_bucket(bucket),
+            None => s3s::host::VirtualHost::new(name),
+        })
+    }
+}
+
+/// The host parser for virtual-hosted-style requests, when domains are configured (checked with
+/// s3s's rules: valid names, none a suffix of another).
+fn virtual_hosts(domains: &[String]) -> Option<Result<Domains, StartError>> {
     if domains.is_empty() {
         return None;
     }
-    Some(s3s::host::MultiDomain::new(domains).map_err(|_| StartError::Domains(domains.to_vec())))
+    Some(
+        s3s::host::MultiDomain::new(domains)
+            .map(|_| Domains(domains.to_vec()))
+            .map_err(|_| StartError::Domains(domains.to_vec())),
+    )
 }
 
 /// The node's one access key pair; an unknown access key is 403 InvalidAccessKeyId (as AWS),

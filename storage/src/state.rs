@@ -54,12 +54,47 @@ impl NodeState {
     /// True when `host` (a Host header, port allowed) addresses a bucket by name
     /// (`bucket.DOMAIN`, virtual-hosted style).
     pub fn bucket_in_host(&self, host: Option<&str>) -> bool {
-        let Some(host) = host else { return false };
-        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        self.cfg.virtual_host_domains.iter().any(|d| {
-            name.len() > d.len() + 1
-                && name.ends_with(d.as_str())
-                && name[..name.len() - d.len()].ends_with('.')
-        })
+        host.and_then(|h| vhost_bucket(&self.cfg.virtual_host_domains, h))
+            .is_some()
+    }
+}
+
+/// The host name of a Host header (without `:port`).
+pub fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The configured domain and bucket of a virtual-hosted-style Host header (`bucket.DOMAIN[:port]`).
+pub fn vhost_bucket<'a, 'd>(domains: &'d [String], host: &'a str) -> Option<(&'d str, &'a str)> {
+    let name = host_name(host);
+    domains.iter().find_map(|d| {
+        let bucket = name.strip_suffix(d.as_str())?.strip_suffix('.')?;
+        (!bucket.is_empty()).then_some((d.as_str(), bucket))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_hosts_match_configured_domains_only() {
+        let d = vec!["s3.example.internal".to_string(), "files.test".to_string()];
+        assert_eq!(
+            vhost_bucket(&d, "photos.s3.example.internal:9000"),
+            Some(("s3.example.internal", "photos"))
+        );
+        assert_eq!(
+            vhost_bucket(&d, "a.b.files.test"),
+            Some(("files.test", "a.b"))
+        );
+        assert_eq!(vhost_bucket(&d, "s3.example.internal"), None);
+        assert_eq!(vhost_bucket(&d, "localhost:9000"), None);
+        assert_eq!(vhost_bucket(&d, "xfiles.test"), None);
+        assert_eq!(host_name("[::1]:9000"), "[::1]");
+        assert_eq!(host_name("localhost"), "localhost");
     }
 }

@@ -61,6 +61,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
         }
     );
     dev::write_env(&p, &endpoint, &creds, &kms_url)?;
+    let shutdown = coffer_common::server::shutdown_signal();
     println!("Coffer dev deployment (DEVELOPMENT ONLY)");
     println!("  S3 endpoint : {endpoint}");
     println!("  access key  : {}", creds.access_key);
@@ -87,13 +88,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
         keys.disable();
         child
     });
-    crate::server::serve(
-        listener,
-        state,
-        Some(tls),
-        coffer_common::server::shutdown_signal(),
-    )
-    .await?;
+    crate::server::serve(listener, state, Some(tls), shutdown).await?;
     // Ask the KMS child to stop cleanly (it signs a last audit checkpoint), then wait for it;
     // kill_on_drop is the fallback if it does not exit in time.
     if let Some(pid) = kms_pid.and_then(|p| i32::try_from(p).ok()) {

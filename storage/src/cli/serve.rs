@@ -64,6 +64,13 @@ pub struct ServeArgs {
     /// CA bundle that issued the KMS certificate (required for https KMS URLs).
     #[arg(long, env = "COFFER_KMS_CA")]
     pub kms_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to a KMS that requires mutual TLS
+    /// (`coffer-kms admin client create … --client-cert-out PREFIX` writes PREFIX.crt).
+    #[arg(long, env = "COFFER_KMS_CLIENT_CERT", requires = "kms_client_key")]
+    pub kms_client_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, env = "COFFER_KMS_CLIENT_KEY", requires = "kms_client_cert")]
+    pub kms_client_key: Option<PathBuf>,
     /// Allow an http:// KMS URL (loopback benchmarks only: bucket keys cross the wire in clear).
     #[arg(long, env = "COFFER_KMS_INSECURE_HTTP")]
     pub kms_insecure_http: bool,
@@ -126,6 +133,31 @@ pub fn kms_client(
     ca: Option<&Path>,
     timeout_ms: u64,
 ) -> Result<KmsClient> {
+    kms_client_with_identity(url, credential, ca, timeout_ms, None)
+}
+
+/// The client certificate and key (0600) for mutual TLS with the KMS, as one PEM buffer.
+fn kms_client_identity(a: &ServeArgs) -> Result<Option<Vec<u8>>> {
+    let (Some(cert), Some(key)) = (&a.kms_client_cert, &a.kms_client_key) else {
+        return Ok(None);
+    };
+    let mut pem = std::fs::read(cert)
+        .with_context(|| format!("reading KMS client certificate {}", cert.display()))?;
+    pem.push(b'\n');
+    pem.extend_from_slice(&zeroize::Zeroizing::new(
+        coffer_common::secret_file::read_secret_file(key)?,
+    ));
+    Ok(Some(pem))
+}
+
+/// A KMS client that presents `identity` (PEM certificate + key) when given.
+pub fn kms_client_with_identity(
+    url: &str,
+    credential: &Path,
+    ca: Option<&Path>,
+    timeout_ms: u64,
+    identity: Option<Vec<u8>>,
+) -> Result<KmsClient> {
     let credential = coffer_common::credential::Credential::load(credential)?;
     let ca_pem = match ca {
         Some(p) => {
@@ -137,7 +169,7 @@ pub fn kms_client(
         url: url.to_string(),
         credential,
         ca_pem,
-        client_identity_pem: None,
+        client_identity_pem: identity,
         timeout: Duration::from_millis(timeout_ms),
     })?)
 }
@@ -175,11 +207,12 @@ fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 bail!("KMS URL {url} must start with https://");
             }
-            Ok(Some(kms_client(
+            Ok(Some(kms_client_with_identity(
                 url,
                 cred,
                 a.kms_ca.as_deref(),
                 a.kms_timeout_ms,
+                kms_client_identity(a)?,
             )?))
         }
         (None, None) => {
@@ -229,13 +262,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", a.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let shutdown = coffer_common::server::shutdown_signal();
     println!("listening on {scheme}://{addr}");
-    crate::server::serve(
-        listener,
-        state,
-        tls,
-        coffer_common::server::shutdown_signal(),
-    )
-    .await?;
+    crate::server::serve(listener, state, tls, shutdown).await?;
     Ok(())
 }

@@ -221,21 +221,23 @@ impl KmsClient {
 
 /// The TLS error inside a transport error, if the failure was the handshake.
 fn tls_failure(e: &reqwest::Error) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t.to_string());
-        }
-        if let Some(t) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(t.to_string());
-        }
-        cur = err.source();
+    find_rustls(e).map(|t| t.to_string())
+}
+
+/// Depth-first search of an error chain for a rustls error. `io::Error` hides the error it wraps
+/// from `source()` (it returns the wrapped error's source), so wrapped errors are searched too.
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
     }
-    None
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(t) = find_rustls(inner)
+    {
+        return Some(t);
+    }
+    e.source().and_then(find_rustls)
 }
 
 /// A short, secret-free description of a transport error.
