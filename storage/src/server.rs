@@ -203,6 +203,15 @@ fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Re
     }))
 }
 
+/// A HEAD answer carries headers only. HTTP/1.1 drops a body by itself, but over HTTP/2 a
+/// body becomes DATA frames, which clients (Go's, so rclone) reject as a protocol error; error
+/// answers to HEAD (404, 403...) would otherwise carry their XML. Content-Length stays: for
+/// HEAD it describes the object that a GET would return.
+fn without_body(resp: axum::response::Response) -> axum::response::Response {
+    let (parts, _) = resp.into_parts();
+    axum::response::Response::from_parts(parts, axum::body::Body::empty())
+}
+
 /// The HTTP application: `/health`, `/metrics`, and S3 for everything else.
 pub fn router(state: Arc<NodeState>) -> Router {
     let mut builder = S3ServiceBuilder::new(CofferS3::new(state.clone()));
@@ -241,6 +250,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 .to_string();
             let path = req.uri().path().to_string();
             let started = std::time::Instant::now();
+            let head = req.method() == http::Method::HEAD;
             let operation = crate::metrics::operation(
                 req.method(),
                 &path,
@@ -279,7 +289,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 resp.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );
-            Ok::<_, std::convert::Infallible>(resp)
+            Ok::<_, std::convert::Infallible>(if head { without_body(resp) } else { resp })
         }
     });
     Router::new()

@@ -157,6 +157,14 @@ def test_example_config_serves_https_with_the_kms_and_metrics(dev, tmp_path):
         assert re.search(r'^coffer_s3_request_duration_seconds_count\{operation="CreateBucket"\} 1$', text, re.M)
         assert re.search(r"^coffer_kms_calls_total [1-9]", text, re.M), text
         assert "cfg" not in re.sub(r"^#.*$", "", text, flags=re.M).replace("coffer", "")
+
+        # HEAD answers carry no body, also over HTTP/2 (Go clients such as rclone reject DATA
+        # frames on HEAD as a protocol error).
+        for path in ("/cfg/missing", "/cfg/k"):
+            out = subprocess.run(["curl", "-s", "--http2", "-I", "--cacert", ca, "-o", "/dev/null",
+                                  "-w", "%{http_version} %{http_code}", node.url + path],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0 and out.stdout == "2 403", (out.returncode, out.stdout)
     finally:
         node.stop()
 
