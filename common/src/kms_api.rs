@@ -106,6 +106,26 @@ pub const PATH_ADMIN_AUDIT_EXPORT: &str = "/v1/admin/audit/export";
 /// Admin route: the audit public key (GET).
 pub const PATH_ADMIN_AUDIT_KEY: &str = "/v1/admin/audit/public-key";
 
+/// Admin route: issue a TLS client certificate for a service identity (POST), as
+/// `/v1/admin/clients/{name}/certificate`.
+pub const PATH_ADMIN_CLIENT_CERT_SUFFIX: &str = "/certificate";
+
+/// `POST /v1/admin/clients/{name}/certificate`: the caller generates a P-256 key pair and sends
+/// only the public key; the KMS signs a client certificate (common name = the identity name)
+/// with its local CA. The private key never leaves the caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueClientCertRequest {
+    /// Base64 of the uncompressed P-256 public key point (65 bytes).
+    pub public_key: String,
+}
+
+/// The issued client certificate and the CA that signed it (both PEM).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueClientCertResponse {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
 /// `POST /v1/admin/clients`. The caller generates the key pair; only the public key is sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateClientRequest {

@@ -27,6 +27,10 @@ pub struct TlsPaths {
     pub server_cert: PathBuf,
     /// KMS server private key (0600).
     pub server_key: PathBuf,
+    /// Client certificate for the admin CLI (`admin --client-cert`) when mutual TLS is required.
+    pub admin_cert: PathBuf,
+    /// Its private key (0600).
+    pub admin_key: PathBuf,
 }
 
 impl TlsPaths {
@@ -38,33 +42,52 @@ impl TlsPaths {
             ca_key: d.join("ca.key"),
             server_cert: d.join("kms.pem"),
             server_key: d.join("kms.key"),
+            admin_cert: d.join("admin-client.crt"),
+            admin_key: d.join("admin-client.key"),
         }
     }
 }
 
-/// The server certificate's names: loopback plus the operator's `--tls-san` names.
-pub fn server_names(extra: &[String]) -> Vec<String> {
+/// The server certificate's names: loopback plus the operator's `--tls-san` names, each an IP
+/// address or a DNS name (letters, digits, `-`, `.`, a leading `*.` wildcard).
+pub fn server_names(extra: &[String]) -> Result<Vec<String>, TlsError> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     for n in extra {
         let n = n.trim();
-        if !n.is_empty() && !names.iter().any(|x| x == n) {
-            names.push(n.to_string());
+        if n.is_empty() || names.iter().any(|x| x == n) {
+            continue;
         }
+        let dns = n.strip_prefix("*.").unwrap_or(n);
+        let valid_dns = dns.len() <= 253
+            && dns.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if n.parse::<std::net::IpAddr>().is_err() && !valid_dns {
+            return Err(TlsError::Generate(format!(
+                "--tls-san {n:?} is neither an IP address nor a DNS name"
+            )));
+        }
+        names.push(n.to_string());
     }
-    names
+    Ok(names)
 }
 
-/// A CA and a server certificate, in memory.
+/// A CA, a server certificate and the admin's client certificate, in memory.
 pub struct Generated {
     ca: CertAndKey,
     server: CertAndKey,
+    admin: CertAndKey,
 }
 
-/// Generate a local CA and a server certificate for `names` (not yet written).
+/// Generate a local CA, a server certificate for `names` and a client certificate for the
+/// admin CLI (not yet written).
 pub fn generate(names: &[String]) -> Result<Generated, TlsError> {
     let ca = coffer_common::tls::generate_ca()?;
     let server = coffer_common::tls::issue_server_cert(&ca.key_pem, names)?;
-    Ok(Generated { ca, server })
+    let admin = coffer_common::tls::issue_client_cert(&ca.key_pem, crate::init::ADMIN_IDENTITY)?;
+    Ok(Generated { ca, server, admin })
 }
 
 /// Write the generated files (keys 0600, certificates 0644) under `DATA_DIR/tls/`.
@@ -79,6 +102,7 @@ pub fn write(data_dir: &Path, g: &Generated) -> std::io::Result<TlsPaths> {
     for (key, pem) in [
         (&p.ca_key, &g.ca.key_pem),
         (&p.server_key, &g.server.key_pem),
+        (&p.admin_key, &g.admin.key_pem),
     ] {
         // Leftovers of an interrupted init (init refuses on an initialized dir).
         let _ = std::fs::remove_file(key);
@@ -86,6 +110,7 @@ pub fn write(data_dir: &Path, g: &Generated) -> std::io::Result<TlsPaths> {
     }
     std::fs::write(&p.ca_cert, &g.ca.cert_pem)?;
     std::fs::write(&p.server_cert, &g.server.cert_pem)?;
+    std::fs::write(&p.admin_cert, &g.admin.cert_pem)?;
     Ok(p)
 }
 

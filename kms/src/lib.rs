@@ -51,6 +51,8 @@ pub struct KmsState {
     pub started_unix: i64,
     /// Wakes the re-wrap worker.
     pub rewrap_notify: Notify,
+    /// The local CA (`DATA_DIR/tls/`) that signs client certificates; `None` without one.
+    pub local_ca: Option<certs::LocalCa>,
 }
 
 impl KmsState {
@@ -75,6 +77,8 @@ pub enum StartError {
     Db(#[from] sqlx::Error),
     #[error("database contents are invalid: {0}")]
     Corrupt(String),
+    #[error("local CA: {0}")]
+    Tls(#[from] coffer_common::tls::TlsError),
 }
 
 /// Background tasks to await at shutdown.
@@ -160,6 +164,7 @@ pub async fn open(
         hash,
         last_checkpoint_seq: cp,
     };
+    let local_ca = certs::LocalCa::load(data_dir)?;
     let (audit, writer_task) = AuditLog::start(writer, head, signing, cfg);
     let state = Arc::new(KmsState {
         keyring: RwLock::new(Some(ring)),
@@ -170,6 +175,7 @@ pub async fn open(
         pool,
         started_unix: coffer_common::jwt::now_unix(),
         rewrap_notify: Notify::new(),
+        local_ca,
     });
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
     state.rewrap_notify.notify_one();

@@ -254,6 +254,8 @@ impl Kms {
     pub async fn admin(&self, args: &[&str]) -> Output {
         let cred = self.admin_credential();
         let ca = self.ca_cert();
+        let tls = self.data_dir.join("tls");
+        let (crt, key) = (tls.join("admin-client.crt"), tls.join("admin-client.key"));
         let mut full = vec![
             "admin",
             "--url",
@@ -263,6 +265,15 @@ impl Kms {
             "--ca-file",
             ca.to_str().unwrap(),
         ];
+        if crt.exists() {
+            // Presented only when the KMS asks (mutual TLS); harmless otherwise.
+            full.extend_from_slice(&[
+                "--client-cert",
+                crt.to_str().unwrap(),
+                "--client-key",
+                key.to_str().unwrap(),
+            ]);
+        }
         full.extend_from_slice(args);
         self.cli(&full).await
     }

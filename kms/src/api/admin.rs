@@ -44,7 +44,7 @@ pub fn routes() -> Router<Arc<KmsState>> {
 }
 
 /// Authenticate an admin call; refusals are audited.
-async fn admin(st: &KmsState, ctx: &Ctx, op: &str) -> Result<AuditEvent, Failure> {
+pub(super) async fn admin(st: &KmsState, ctx: &Ctx, op: &str) -> Result<AuditEvent, Failure> {
     let mut ev = ctx.event(op);
     match st
         .auth()
@@ -81,7 +81,7 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn valid_name(n: &str) -> bool {
+pub(super) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()

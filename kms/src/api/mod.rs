@@ -5,6 +5,7 @@
 //! logged. Error messages never contain key material or tokens.
 
 pub mod admin;
+pub mod client_cert;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -50,6 +51,11 @@ pub enum ApiError {
     /// 409 `conflict`.
     #[error("{0} already exists")]
     Conflict(String),
+    /// 409 `no_local_ca`: this KMS has no local CA to sign client certificates with.
+    #[error(
+        "this KMS has no local CA (initialized with --no-tls-certs); issue client certificates with your own PKI"
+    )]
+    NoLocalCa,
     /// 503 `sealed`: the root keys are not in memory.
     #[error("the KMS is sealed")]
     Sealed,
@@ -81,6 +87,7 @@ impl ApiError {
             ApiError::UnknownKeyVersion => (StatusCode::NOT_FOUND, "unknown_key_version"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NoLocalCa => (StatusCode::CONFLICT, "no_local_ca"),
             ApiError::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
             ApiError::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -255,6 +262,7 @@ pub fn router(state: Arc<KmsState>) -> Router {
         .route(kms_api::PATH_GENERATE, post(service::generate_data_key))
         .route(kms_api::PATH_UNWRAP, post(service::unwrap_data_key))
         .merge(admin::routes())
+        .merge(client_cert::routes())
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn(request_id_layer))
         .with_state(state)
@@ -295,6 +303,7 @@ mod tests {
             (ApiError::UnknownKeyVersion, 404, "unknown_key_version"),
             (ApiError::NotFound("x".into()), 404, "not_found"),
             (ApiError::Conflict("x".into()), 409, "conflict"),
+            (ApiError::NoLocalCa, 409, "no_local_ca"),
             (ApiError::Sealed, 503, "sealed"),
             (ApiError::AuditUnavailable, 503, "audit_unavailable"),
             (ApiError::Internal("x".into()), 500, "internal"),

@@ -3,12 +3,15 @@
 //!
 //! Secret: the admin private key (read from its 0600 credential file) and, for `client create`,
 //! the new service identity's private key, generated here and written once to a new 0600 file;
-//! only its public key is sent to the KMS.
+//! only its public key is sent to the KMS. Likewise the TLS client key of `--client-cert-out`
+//! (P-256, written 0600); the KMS's local CA signs a certificate for its public key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
 use coffer_common::credential::Credential;
 use coffer_common::jwt::AUD_SERVICE;
@@ -24,9 +27,15 @@ pub struct AdminArgs {
     /// Admin credential file (written by init to DATA_DIR/admin.credential).
     #[arg(long, env = "COFFER_KMS_CREDENTIAL")]
     credential: PathBuf,
-    /// CA certificate (PEM) to trust for an HTTPS URL.
+    /// CA certificate (PEM) to trust for an HTTPS URL (the KMS's own: DATA_DIR/tls/ca.pem).
     #[arg(long, env = "COFFER_KMS_CA")]
     ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a KMS that requires mutual TLS (DATA_DIR/tls/admin-client.crt).
+    #[arg(long, env = "COFFER_KMS_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, env = "COFFER_KMS_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: AdminCmd,
 }
@@ -72,6 +81,17 @@ enum ClientCmd {
         ops: Vec<String>,
         /// Where to write the credential (new file, mode 0600).
         #[arg(long)]
+        out: PathBuf,
+        /// Also issue a TLS client certificate for mutual TLS: writes PREFIX.crt and
+        /// PREFIX.key (0600), signed by the KMS's local CA.
+        #[arg(long, value_name = "PREFIX")]
+        client_cert_out: Option<PathBuf>,
+    },
+    /// Issue a (new) TLS client certificate for an existing service identity.
+    Certificate {
+        name: String,
+        /// Writes PREFIX.crt and PREFIX.key (0600).
+        #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
     /// List identities.
@@ -171,23 +191,46 @@ fn print(v: &serde_json::Value) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
+fn http_client(a: &AdminArgs) -> Result<reqwest::Client> {
     coffer_common::tls::install_crypto_provider();
-    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
-    if let Some(ca) = ca {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = &a.ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
             b = b.add_root_certificate(cert);
         }
     }
+    if let (Some(cert), Some(key)) = (&a.client_cert, &a.client_key) {
+        b = b.identity(client_identity(cert, key)?);
+    }
     Ok(b.build()?)
+}
+
+/// A reqwest identity from a certificate file and a 0600 key file.
+fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
+    let mut pem = zeroize::Zeroizing::new(
+        std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+    );
+    pem.push(b'\n');
+    pem.extend_from_slice(&zeroize::Zeroizing::new(
+        coffer_common::secret_file::read_secret_file(key)?,
+    ));
+    reqwest::Identity::from_pem(&pem).with_context(|| {
+        format!(
+            "{} / {} is not a PEM certificate and key",
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 /// Run an admin command.
 pub async fn run(a: AdminArgs) -> Result<ExitCode> {
     let cred = Credential::load(&a.credential)?;
     let c = Client {
-        http: http_client(a.ca_file.as_deref())?,
+        http: http_client(&a)?,
         base: a.url.trim_end_matches('/').to_string(),
         cred,
     };
@@ -199,6 +242,7 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                 buckets,
                 ops,
                 out,
+                client_cert_out,
             } => {
                 if out.exists() {
                     bail!(
@@ -206,7 +250,11 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                         out.display()
                     );
                 }
+                if let Some(prefix) = &client_cert_out {
+                    cert_files_free(prefix)?;
+                }
                 let new = Credential::generate(&name, AUD_SERVICE);
+                let cert_name = name.clone();
                 let req = CreateClientRequest {
                     name,
                     buckets,
@@ -218,7 +266,15 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                     .await?;
                 new.write_new(&out)?;
                 eprintln!("service credential written to {}", out.display());
+                if let Some(prefix) = &client_cert_out {
+                    issue_certificate(&c, &cert_name, prefix).await?;
+                }
                 print(&v)
+            }
+            ClientCmd::Certificate { name, out } => {
+                cert_files_free(&out)?;
+                issue_certificate(&c, &name, &out).await?;
+                Ok(ExitCode::SUCCESS)
             }
             ClientCmd::List => print(
                 &c.json(c.request(Method::GET, api::PATH_ADMIN_CLIENTS))
@@ -252,6 +308,54 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
         ),
         AdminCmd::Audit { cmd } => audit(&c, cmd).await,
     }
+}
+
+/// `PREFIX.crt` and `PREFIX.key`.
+fn cert_files(prefix: &Path) -> (PathBuf, PathBuf) {
+    let with = |ext: &str| {
+        let mut s = prefix.as_os_str().to_owned();
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    (with(".crt"), with(".key"))
+}
+
+fn cert_files_free(prefix: &Path) -> Result<()> {
+    let (crt, key) = cert_files(prefix);
+    for f in [crt, key] {
+        if f.exists() {
+            bail!("{} already exists; refusing to overwrite it", f.display());
+        }
+    }
+    Ok(())
+}
+
+/// Generate a P-256 key here, have the KMS's CA sign a client certificate for it, write both.
+async fn issue_certificate(c: &Client, name: &str, prefix: &Path) -> Result<()> {
+    let (key_pem, public) = coffer_common::tls::generate_client_key()?;
+    let path = format!(
+        "{}{name}{}",
+        api::PATH_ADMIN_CLIENT_PREFIX,
+        api::PATH_ADMIN_CLIENT_CERT_SUFFIX
+    );
+    let req = api::IssueClientCertRequest {
+        public_key: STANDARD.encode(&public),
+    };
+    let resp: api::IssueClientCertResponse = c
+        .send(c.request(reqwest::Method::POST, &path).json(&req))
+        .await?
+        .json()
+        .await?;
+    let (crt, key) = cert_files(prefix);
+    coffer_common::secret_file::write_new_secret_file(&key, key_pem.as_bytes())?;
+    std::fs::write(&crt, &resp.certificate_pem)
+        .with_context(|| format!("writing {}", crt.display()))?;
+    eprintln!(
+        "TLS client certificate written to {} and {} (signed by the KMS CA)",
+        crt.display(),
+        key.display()
+    );
+    Ok(())
 }
 
 async fn audit(c: &Client, cmd: AuditCmd) -> Result<ExitCode> {

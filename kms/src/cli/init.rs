@@ -68,7 +68,7 @@ pub async fn run(a: InitArgs) -> Result<ExitCode> {
     let tls = if a.no_tls_certs {
         None
     } else {
-        let names = crate::certs::server_names(&a.tls_san);
+        let names = crate::certs::server_names(&a.tls_san)?;
         Some((
             crate::certs::generate(&names).context("generating the KMS TLS certificates")?,
             names,
@@ -86,6 +86,10 @@ pub async fn run(a: InitArgs) -> Result<ExitCode> {
                 p.ca_cert.display(),
                 p.server_cert.display(),
                 names.join(", ")
+            );
+            println!(
+                "TLS: admin client certificate {} (for admin --client-cert when mutual TLS is required)",
+                p.admin_cert.display()
             );
         }
         _ => println!(
