@@ -294,11 +294,35 @@ pub fn router(state: Arc<NodeState>) -> Router {
     });
     Router::new()
         .fallback_service(service)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
+        )
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
             tower_http::request_id::MakeRequestUuid,
         ))
+}
+
+/// The span of one request, logged with its answer (status, latency): method, path (no query:
+/// presigned URLs carry signatures there) and the request id clients see as `x-amz-request-id`.
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "s3",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = id
+    )
 }
 
 /// Serve until `shutdown` resolves.

@@ -84,7 +84,8 @@ class Node:
             [os.path.join(BIN, "coffer-storage"), "serve", "--config", config, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
         self.err = []
-        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
         line = self.proc.stdout.readline()
         self.url = None
         if line.startswith("listening on "):
@@ -94,7 +95,10 @@ class Node:
 
     @property
     def stderr(self):
-        self.proc.wait(timeout=30) if self.url is None else None
+        """Everything the node wrote to stderr once it has exited; so far while it runs."""
+        if self.url is None or self.proc.poll() is not None:
+            self.proc.wait(timeout=30)
+            self.reader.join(timeout=30)
         return "".join(self.err)
 
     def client(self, ca):
@@ -133,7 +137,7 @@ def test_example_config_serves_https_with_the_kms_and_metrics(dev, tmp_path):
     s["max_body_bytes"] = 1 * MiB
     cfg = str(tmp_path / "storage.toml")
     write_config(cfg, s)
-    node = Node(cfg)
+    node = Node(cfg, env={"COFFER_LOG_FORMAT": "json"})
     try:
         assert node.url and node.url.startswith("https://"), node.stderr
         s3 = node.client(dev.env["CA_BUNDLE"])
@@ -141,6 +145,7 @@ def test_example_config_serves_https_with_the_kms_and_metrics(dev, tmp_path):
         data = os.urandom(200_000)
         r = s3.put_object(Bucket="cfg", Key="k", Body=data)
         assert r["ServerSideEncryption"] == "AES256"  # default_encryption = "sse-s3" via the KMS
+        put_id = r["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
         assert s3.get_object(Bucket="cfg", Key="k")["Body"].read() == data
         with pytest.raises(botocore.exceptions.ClientError) as e:
             s3.put_object(Bucket="cfg", Key="big", Body=os.urandom(2 * MiB))
@@ -167,6 +172,12 @@ def test_example_config_serves_https_with_the_kms_and_metrics(dev, tmp_path):
             assert out.returncode == 0 and out.stdout == "2 403", (out.returncode, out.stdout)
     finally:
         node.stop()
+    # JSON log lines; the PUT's line carries the request id the client saw, and its status.
+    lines = [json.loads(l) for l in node.stderr.splitlines() if l.strip()]
+    put = [l for l in lines if l.get("span", {}).get("request_id") == put_id
+           and l.get("fields", {}).get("status") == 200]
+    assert put and put[0]["span"]["method"] == "PUT" and put[0]["span"]["path"] == "/cfg/k", lines[-5:]
+    assert SECRET not in node.stderr
 
 
 def test_flags_beat_environment_beats_file(dev, tmp_path):
