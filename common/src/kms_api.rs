@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 pub const PATH_GENERATE: &str = "/v1/keys/generate";
 /// Service route: unwrap a wrapped data key for a bucket.
 pub const PATH_UNWRAP: &str = "/v1/keys/unwrap";
-/// Health route (no authentication).
+/// Liveness (no authentication): 200 `{"status":"ok"}` while the process serves.
 pub const PATH_HEALTH: &str = "/health";
+/// Readiness: 200 when unsealed and the audit log is writable, else 503 with the error code
+/// (`sealed`, `audit_unavailable`). Load balancers and storage nodes use this one.
+pub const PATH_READY: &str = "/ready";
 
 /// HTTP header carrying the request id, echoed in responses and audit records.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

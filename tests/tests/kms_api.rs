@@ -6,7 +6,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use coffer_common::jwt::{self, AUD_ADMIN, AUD_SERVICE, Claims};
-use coffer_common::kms_api::{PATH_ADMIN_CLIENTS, PATH_GENERATE, PATH_HEALTH, PATH_UNWRAP};
+use coffer_common::kms_api::{
+    PATH_ADMIN_CLIENTS, PATH_GENERATE, PATH_HEALTH, PATH_READY, PATH_UNWRAP,
+};
 use coffer_tests::kms::Kms;
 
 #[tokio::test]
@@ -318,18 +320,25 @@ async fn audit_sink_unwritable_refuses_key_operations() {
         !text.contains(&g.plaintext_key) && !text.contains("plaintext_key"),
         "{text}"
     );
-    let h = c
-        .http
-        .get(format!("{}{PATH_HEALTH}", c.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(h.status(), 503);
+    // Alive, but not ready: every key operation would fail.
+    let get = |path: &'static str| {
+        let (http, base) = (c.http.clone(), c.base.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get(PATH_HEALTH).await.0, 200);
+    let (status, body) = get(PATH_READY).await;
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "audit_unavailable", "{body}");
 
     // Sink back: operations resume, and the chain has no hole.
     std::fs::remove_dir(&journal).unwrap();
     let u = c.unwrap(&node, "b1", &g.wrapped_key, 1).await.unwrap();
     assert_eq!(u.plaintext_key, g.plaintext_key);
+    assert_eq!(get(PATH_READY).await, (200, r#"{"status":"ready"}"#.into()));
     let file = kms.export_audit("audit.jsonl").await;
     let (ok, out) = kms.verify_audit(&file).await;
     assert!(ok, "{out}");

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod client_cert;
+pub mod probes;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -255,10 +256,11 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// The KMS router (service, admin and health routes).
+/// The KMS router (service, admin, health and readiness routes).
 pub fn router(state: Arc<KmsState>) -> Router {
     Router::new()
-        .route(kms_api::PATH_HEALTH, get(service::health))
+        .route(kms_api::PATH_HEALTH, get(probes::health))
+        .route(kms_api::PATH_READY, get(probes::ready))
         .route(kms_api::PATH_GENERATE, post(service::generate_data_key))
         .route(kms_api::PATH_UNWRAP, post(service::unwrap_data_key))
         .merge(admin::routes())

@@ -1,4 +1,4 @@
-//! Service routes, called by storage nodes: `generate_data_key`, `unwrap_data_key`, and `health`.
+//! Service routes, called by storage nodes: `generate_data_key` and `unwrap_data_key`.
 //!
 //! Secret: the plaintext data keys, which exist only in the response body (base64) and in
 //! zeroizing buffers. Every call, refused or not, gets exactly one audit record, written durably
@@ -9,8 +9,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use coffer_common::kms_api::{
@@ -191,21 +189,4 @@ pub async fn unwrap_data_key(
         current_wrapped_key: current.as_ref().map(|(_, w)| STANDARD.encode(w)),
         current_key_version: current.map(|(v, _)| v),
     }))
-}
-
-/// `GET /health`: 200 when unsealed and the audit log is writable, else 503.
-pub async fn health(State(st): State<Arc<KmsState>>) -> impl IntoResponse {
-    let sealed = st.keyring.read().map(|r| r.is_none()).unwrap_or(true);
-    let audit_ok = st.audit.healthy();
-    let status = if !sealed && audit_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
-        "sealed": sealed,
-        "audit": if audit_ok { "ok" } else { "failing" },
-    });
-    (status, Json(body))
 }

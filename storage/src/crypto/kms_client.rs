@@ -163,10 +163,10 @@ impl KmsClient {
         serde_json::from_slice(&bytes).map_err(|_| KmsError::Malformed)
     }
 
-    /// Connect to the KMS and ask `/health`, telling a certificate the node must not trust
-    /// apart from a KMS that is merely down.
+    /// Connect to the KMS and ask `/ready` (unsealed, audit writable), telling a certificate
+    /// the node must not trust apart from a KMS that is merely down or sealed.
     pub async fn probe(&self) -> Result<(), ProbeError> {
-        let url = format!("{}{}", self.base, coffer_common::kms_api::PATH_HEALTH);
+        let url = format!("{}{}", self.base, coffer_common::kms_api::PATH_READY);
         match self.http.get(url).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(ProbeError::Unreachable(format!(
