@@ -14,6 +14,8 @@ pub const PATH_HEALTH: &str = "/health";
 /// Readiness: 200 when unsealed and the audit log is writable, else 503 with the error code
 /// (`sealed`, `audit_unavailable`). Load balancers and storage nodes use this one.
 pub const PATH_READY: &str = "/ready";
+/// Prometheus metrics (text format, no authentication, no secrets).
+pub const PATH_METRICS: &str = "/metrics";
 
 /// HTTP header carrying the request id, echoed in responses and audit records.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

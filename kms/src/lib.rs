@@ -15,6 +15,7 @@ pub mod cli;
 pub mod hardening;
 pub mod init;
 pub mod keyring;
+pub mod metrics;
 pub mod rotation;
 pub mod seal;
 pub mod store;
@@ -53,6 +54,8 @@ pub struct KmsState {
     pub rewrap_notify: Notify,
     /// The local CA (`DATA_DIR/tls/`) that signs client certificates; `None` without one.
     pub local_ca: Option<certs::LocalCa>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<metrics::KmsMetrics>,
 }
 
 impl KmsState {
@@ -165,7 +168,9 @@ pub async fn open(
         last_checkpoint_seq: cp,
     };
     let local_ca = certs::LocalCa::load(data_dir)?;
+    let metrics = Arc::new(metrics::KmsMetrics::new());
     let (audit, writer_task) = AuditLog::start(writer, head, signing, cfg);
+    let audit = audit.with_observer(metrics.audit_observer());
     let state = Arc::new(KmsState {
         keyring: RwLock::new(Some(ring)),
         passphrase_key: Mutex::new(Some(pk)),
@@ -176,6 +181,7 @@ pub async fn open(
         started_unix: coffer_common::jwt::now_unix(),
         rewrap_notify: Notify::new(),
         local_ca,
+        metrics,
     });
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
     state.rewrap_notify.notify_one();

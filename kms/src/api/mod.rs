@@ -137,9 +137,15 @@ impl IntoResponse for Failure {
             message: self.error.to_string(),
             request_id: Some(self.request_id),
         };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorCode(code));
+        resp
     }
 }
+
+/// The stable code of a failed request, left in the response's extensions for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 /// The request id of the current request (from `x-request-id` or generated).
 #[derive(Debug, Clone)]
@@ -229,7 +235,11 @@ fn valid_request_id(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-async fn request_id_layer(mut req: Request, next: Next) -> Response {
+async fn request_id_layer(
+    axum::extract::State(st): axum::extract::State<Arc<KmsState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -240,8 +250,20 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
     let started = Instant::now();
     let mut resp = next.run(req).await;
+    st.metrics.observe_request(
+        &route,
+        method.as_str(),
+        resp.status().as_u16(),
+        resp.extensions().get::<ErrorCode>().map(|c| c.0),
+        started.elapsed(),
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -261,12 +283,16 @@ pub fn router(state: Arc<KmsState>) -> Router {
     Router::new()
         .route(kms_api::PATH_HEALTH, get(probes::health))
         .route(kms_api::PATH_READY, get(probes::ready))
+        .route(kms_api::PATH_METRICS, get(probes::metrics))
         .route(kms_api::PATH_GENERATE, post(service::generate_data_key))
         .route(kms_api::PATH_UNWRAP, post(service::unwrap_data_key))
         .merge(admin::routes())
         .merge(client_cert::routes())
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .layer(middleware::from_fn(request_id_layer))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_id_layer,
+        ))
         .with_state(state)
 }
 

@@ -1,8 +1,10 @@
-//! Unauthenticated operational routes: `GET /health` (liveness: the process serves requests)
-//! and `GET /ready` (readiness: unsealed and the audit log writable, else 503 with the stable
-//! error code `sealed` or `audit_unavailable`, since every key operation would fail).
+//! Unauthenticated operational routes: `GET /health` (liveness: the process serves requests),
+//! `GET /ready` (readiness: unsealed and the audit log writable, else 503 with the stable error
+//! code `sealed` or `audit_unavailable`, since every key operation would fail) and
+//! `GET /metrics` (Prometheus text), also served alone by [`metrics_router`] on
+//! `--metrics-listen`.
 //!
-//! Nothing secret: the answers carry only states.
+//! Nothing secret: the answers carry only states and counters (see `crate::metrics`).
 
 use std::sync::Arc;
 
@@ -28,6 +30,34 @@ pub fn not_ready(st: &KmsState) -> Option<ApiError> {
     } else {
         None
     }
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn metrics(State(st): State<Arc<KmsState>>) -> Response {
+    let sealed = st.keyring.read().map(|r| r.is_none()).unwrap_or(true);
+    let body = st.metrics.render(sealed, st.audit.healthy());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            coffer_common::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Only `GET /metrics` (and `/health`), for a separate plain-HTTP listener on a private port.
+pub fn metrics_router(state: Arc<KmsState>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            coffer_common::kms_api::PATH_METRICS,
+            axum::routing::get(metrics),
+        )
+        .route(
+            coffer_common::kms_api::PATH_HEALTH,
+            axum::routing::get(health),
+        )
+        .with_state(state)
 }
 
 /// `GET /ready`: 200 `{"status":"ready"}`, or 503 with the JSON error body of the reason.

@@ -54,6 +54,7 @@ pub struct AuditLog {
     head: Arc<Mutex<Head>>,
     key: Arc<SigningKey>,
     healthy: Arc<AtomicBool>,
+    observer: Option<crate::metrics::AuditObserver>,
 }
 
 /// Writer settings.
@@ -91,13 +92,32 @@ impl AuditLog {
                 head,
                 key,
                 healthy,
+                observer: None,
             },
             task,
         )
     }
 
+    /// Report each write's latency and failure to `observer` (metrics).
+    pub fn with_observer(mut self, observer: crate::metrics::AuditObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Append one record (with its state change) durably; returns its sequence number.
     pub async fn write(&self, event: AuditEvent, change: StateChange) -> Result<u64, WriteError> {
+        let started = std::time::Instant::now();
+        let result = self.write_inner(event, change).await;
+        if let Some(o) = &self.observer {
+            o.observe(
+                started.elapsed(),
+                !matches!(result, Err(WriteError::Unavailable)),
+            );
+        }
+        result
+    }
+
+    async fn write_inner(&self, event: AuditEvent, change: StateChange) -> Result<u64, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {

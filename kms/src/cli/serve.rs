@@ -58,6 +58,10 @@ pub struct ServeArgs {
         conflicts_with_all = ["tls_cert", "tls_key", "client_ca", "require_client_cert"]
     )]
     pub insecure_http: bool,
+    /// Also serve `GET /metrics` (and `/health`) on this address, plain HTTP without
+    /// authentication: a private port for Prometheus. `/metrics` stays on the main listener too.
+    #[arg(long, env = "COFFER_KMS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Log JSON lines (also COFFER_LOG_FORMAT=json).
     #[arg(long, env = "COFFER_KMS_LOG_JSON")]
     pub log_json: bool,
@@ -125,12 +129,21 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         checkpoint_every: a.checkpoint_every,
         checkpoint_interval: Duration::from_secs(a.checkpoint_secs),
     };
-    serve(&a.data_dir, &a.listen, pass, tls, cfg).await
+    serve(
+        &a.data_dir,
+        &a.listen,
+        a.metrics_listen.as_deref(),
+        pass,
+        tls,
+        cfg,
+    )
+    .await
 }
 
 async fn serve(
     data_dir: &Path,
     listen: &str,
+    metrics_listen: Option<&str>,
     pass: Passphrase,
     tls: Option<Arc<rustls::ServerConfig>>,
     cfg: WriterConfig,
@@ -142,22 +155,49 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics_listener = match metrics_listen {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("cannot listen on {m} (metrics)"))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, "coffer-kms ready");
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {scheme}://{addr}")?;
+        if let Some(m) = &metrics_listener {
+            writeln!(out, "metrics on http://{}/metrics", m.local_addr()?)?;
+        }
         out.flush()?;
     }
-    crate::serve(
-        listener,
-        tls,
-        state,
-        tasks,
-        coffer_common::server::shutdown_signal(),
-    )
-    .await?;
+    // One signal stops both listeners; the metrics one must let go of the state before the
+    // audit writer can drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| {
+        let app = crate::api::probes::metrics_router(state.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            coffer_common::server::serve(l, None, app, stop).await
+        })
+    });
+    let shutdown = async move {
+        coffer_common::server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let main = crate::serve(listener, tls, state, tasks, shutdown);
+    let (result, _) = tokio::join!(main, async {
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+    });
+    result?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
