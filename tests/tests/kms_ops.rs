@@ -100,3 +100,72 @@ async fn health_ready_and_metrics() {
     let status = kms.stop().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn config_file_layers_under_env_and_flags() {
+    let mut kms = Kms::init().await;
+    let cfg = kms.tmp.path().join("kms.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"not-an-address\"\ninsecure_http = true\nmetrics_listen = \"127.0.0.1:0\"\ncheckpoint_every = 7\n",
+    )
+    .unwrap();
+    kms.serve_args = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    // env beats file (insecure_http off again), flag beats env and file (--listen 127.0.0.1:0
+    // from the harness), file beats default (metrics_listen).
+    kms.env
+        .push(("COFFER_KMS_INSECURE_HTTP".into(), "false".into()));
+    kms.env
+        .push(("COFFER_KMS_LISTEN".into(), "also-not-an-address".into()));
+    kms.start().await;
+    assert!(kms.url.starts_with("https://"), "{}", kms.url);
+    metrics_url(&kms).await;
+    let _ = kms.stop().await;
+
+    // Without the env override the file's insecure_http applies (and is warned about).
+    kms.env.clear();
+    kms.start().await;
+    assert!(kms.url.starts_with("http://"), "{}", kms.url);
+    assert!(kms.logs().contains("WARNING: --insecure-http"));
+    let _ = kms.stop().await;
+
+    // Unknown keys (a passphrase above all) are refused with exit code 2, naming the key.
+    std::fs::write(&cfg, "passphrase = \"hunter2\"\n").unwrap();
+    let out = kms
+        .cli(&[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            kms.data_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting `passphrase`"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn example_config_is_accepted() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kms.example.toml");
+    let mut kms = Kms::init().await;
+    let tls = kms.data_dir.join("tls");
+    // The example's paths point at /var/lib and /etc; flags point them at this test's files.
+    kms.serve_args = vec![
+        "--config".into(),
+        example.to_str().unwrap().into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        tls.join("kms.pem").to_str().unwrap().into(),
+        "--tls-key".into(),
+        tls.join("kms.key").to_str().unwrap().into(),
+    ];
+    kms.start().await;
+    assert!(kms.url.starts_with("https://"), "{}", kms.url);
+    let c = kms.client();
+    assert_eq!(get(&c.http, format!("{}{PATH_READY}", c.base)).await.0, 200);
+    assert!(kms.stop().await.success());
+}
