@@ -195,6 +195,9 @@ pub struct StatusResponse {
     pub audit_healthy: bool,
     pub audit_head_seq: u64,
     pub audit_last_checkpoint_seq: u64,
+    /// True when the KMS holds a local CA key and can issue client certificates.
+    #[serde(default)]
+    pub issues_client_certificates: bool,
 }
 
 /// `GET /v1/admin/audit/public-key`.

@@ -212,3 +212,36 @@ async fn init_without_certs_needs_explicit_tls_or_insecure_http() {
     assert!(!o.status.success());
     assert!(!data2.join("kms.db").exists());
 }
+
+#[tokio::test]
+async fn offline_ca_key_keeps_mtls_and_refuses_issuing_before_creating() {
+    let mut kms = Kms::init().await;
+    // The operator moved the CA key off the KMS host; tls/ca.pem stays.
+    std::fs::remove_file(kms.data_dir.join("tls").join("ca.key")).unwrap();
+    kms.serve_args.push("--require-client-cert".into());
+    kms.start().await;
+    let prefix = kms.tmp.path().join("s1");
+    let cred = kms.tmp.path().join("s1.credential");
+    let out = kms
+        .admin(&[
+            "client",
+            "create",
+            "s1",
+            "--buckets",
+            "*",
+            "--ops",
+            "generate",
+            "--out",
+            cred.to_str().unwrap(),
+            "--client-cert-out",
+            prefix.to_str().unwrap(),
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was created"), "{err}");
+    assert!(!cred.exists());
+    let list = kms.admin(&["client", "list"]).await;
+    assert!(list.status.success(), "{}", kms.logs());
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("\"s1\""));
+}

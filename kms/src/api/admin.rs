@@ -360,6 +360,7 @@ async fn status(
         audit_healthy: st.audit.healthy(),
         audit_head_seq: head.seq,
         audit_last_checkpoint_seq: head.last_checkpoint_seq,
+        issues_client_certificates: st.local_ca.is_some(),
     }))
 }
 

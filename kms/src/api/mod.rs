@@ -52,9 +52,9 @@ pub enum ApiError {
     /// 409 `conflict`.
     #[error("{0} already exists")]
     Conflict(String),
-    /// 409 `no_local_ca`: this KMS has no local CA to sign client certificates with.
+    /// 409 `no_local_ca`: this KMS has no local CA key to sign client certificates with.
     #[error(
-        "this KMS has no local CA (initialized with --no-tls-certs); issue client certificates with your own PKI"
+        "this KMS has no local CA key (DATA_DIR/tls/ca.key); issue client certificates with your own PKI"
     )]
     NoLocalCa,
     /// 503 `sealed`: the root keys are not in memory.

@@ -252,6 +252,17 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                 }
                 if let Some(prefix) = &client_cert_out {
                     cert_files_free(prefix)?;
+                    // Refuse before creating the identity, not halfway.
+                    let s: api::StatusResponse = c
+                        .send(c.request(Method::GET, api::PATH_ADMIN_STATUS))
+                        .await?
+                        .json()
+                        .await?;
+                    if !s.issues_client_certificates {
+                        bail!(
+                            "this KMS has no local CA key (DATA_DIR/tls/ca.key) and cannot issue --client-cert-out; nothing was created"
+                        );
+                    }
                 }
                 let new = Credential::generate(&name, AUD_SERVICE);
                 let cert_name = name.clone();
