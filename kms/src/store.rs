@@ -3,9 +3,12 @@
 //! issued data keys (wrapped only) and the audit log with its checkpoints.
 //!
 //! Secret: nothing in the clear; keys are stored sealed (root, audit) or wrapped (data keys).
-//! Atomic: writes happen only through [`apply_change`] and [`insert_record`], called by the audit
-//! writer inside one transaction per batch. The journal is a rollback journal (`DELETE` mode) with
-//! `synchronous = FULL`: a commit is durable when it returns.
+//! Atomic: writes happen only through [`apply_change`] and [`append_and_commit`] (the audit
+//! writer, one transaction per commit group) and [`insert_record`] (init). `synchronous = FULL`
+//! throughout, so a commit is durable when it returns. `init` builds the file with a rollback
+//! journal (one self-contained file to rename into place); a serving KMS switches it to WAL, where
+//! a commit costs one append and one fsync of `kms.db-wal` instead of creating, syncing and
+//! deleting a journal (four fsyncs).
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, Row, SqliteConnection};
+use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{AuditRecord, Checkpoint};
 use crate::seal::KdfParams;
@@ -113,10 +117,15 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::migrate::M
     sqlx::migrate!("../migrations/kms").run(conn).await
 }
 
-/// Open the writer connection (migrated) and a small read pool.
+/// How long a commit group waits for the database lock (held only by another process writing
+/// `kms.db`) before its operations fail closed with 503; callers give up after about 2 s.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Open the writer connection (migrated, WAL) and a small read pool.
 pub async fn open(data_dir: &Path) -> Result<(SqliteConnection, SqlitePool), sqlx::Error> {
-    let opts = options(&data_dir.join(DB_FILE), false)?;
-    let mut writer = SqliteConnection::connect_with(&opts).await?;
+    let opts = options(&data_dir.join(DB_FILE), false)?.journal_mode(SqliteJournalMode::Wal);
+    let writer_opts = opts.clone().busy_timeout(WRITER_BUSY_TIMEOUT);
+    let mut writer = SqliteConnection::connect_with(&writer_opts).await?;
     migrate(&mut writer).await.map_err(sqlx::Error::from)?;
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
@@ -313,7 +322,7 @@ pub async fn insert_record(
     rec: &AuditRecord,
 ) -> Result<(), sqlx::Error> {
     let json = serde_json::to_string(rec).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let ts = time::OffsetDateTime::parse(&rec.time, &time::format_description::well_known::Rfc3339)
+    let ts = time::OffsetDateTime::parse(&rec.time, &Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .unwrap_or_else(|_| now_ms());
     sqlx::query("INSERT INTO audit_log (seq, ts_ms, identity, operation, bucket_id, result, hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -330,13 +339,122 @@ pub async fn insert_record(
     Ok(())
 }
 
+/// Inserts every row of a JSON array of `[seq, ts_ms, identity, operation, bucket, result, hash,
+/// record]` arrays: one fixed statement (prepared once) for a whole commit group.
+macro_rules! append_records_sql {
+    () => {
+        "INSERT INTO audit_log (seq, ts_ms, identity, operation, bucket_id, result, hash, record) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 \
+         FROM json_each(?)"
+    };
+}
+macro_rules! insert_checkpoint_sql {
+    () => {
+        "INSERT OR REPLACE INTO audit_checkpoints (seq, checkpoint) VALUES (?, ?)"
+    };
+}
+
+/// How [`append_and_commit`] finds its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Txn {
+    /// Open it in the same round trip (a group with no state changes).
+    Begin,
+    /// Already opened with [`begin`] (state changes were applied in it).
+    Open,
+}
+
+/// Open the writer's transaction.
+pub async fn begin(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(conn).await?;
+    Ok(())
+}
+
+/// Roll back whatever transaction is open (after a failed group; errors are irrelevant then).
+pub async fn rollback(conn: &mut SqliteConnection) {
+    let _ = sqlx::query("ROLLBACK").execute(conn).await;
+}
+
+/// Apply one job's state change under a savepoint, so that a refused change leaves nothing
+/// behind while the rest of the group stays in the transaction.
+pub async fn apply_change_isolated(
+    conn: &mut SqliteConnection,
+    change: &StateChange,
+) -> Result<(), ApplyError> {
+    sqlx::query("SAVEPOINT change").execute(&mut *conn).await?;
+    match apply_change(conn, change).await {
+        Ok(()) => {
+            sqlx::query("RELEASE change").execute(&mut *conn).await?;
+            Ok(())
+        }
+        Err(e) => {
+            sqlx::query("ROLLBACK TO change; RELEASE change")
+                .execute(&mut *conn)
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// Append a commit group's records (and a checkpoint), then commit: one round trip to SQLite.
+/// Durable when it returns (`synchronous = FULL`). On error the transaction may still be open:
+/// the caller rolls back.
+pub async fn append_and_commit(
+    conn: &mut SqliteConnection,
+    txn: Txn,
+    recs: &[AuditRecord],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let json = serde_json::to_string(rec).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let ts = time::OffsetDateTime::parse(&rec.time, &Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .unwrap_or_else(|_| now_ms());
+        rows.push((
+            rec.seq,
+            ts,
+            &rec.identity,
+            &rec.operation,
+            &rec.bucket,
+            &rec.result,
+            &rec.hash,
+            json,
+        ));
+    }
+    let rows = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let sql = match (txn, checkpoint.is_some()) {
+        (Txn::Begin, false) => concat!("BEGIN IMMEDIATE; ", append_records_sql!(), "; COMMIT"),
+        (Txn::Open, false) => concat!(append_records_sql!(), "; COMMIT"),
+        (Txn::Begin, true) => concat!(
+            "BEGIN IMMEDIATE; ",
+            append_records_sql!(),
+            "; ",
+            insert_checkpoint_sql!(),
+            "; COMMIT"
+        ),
+        (Txn::Open, true) => concat!(
+            append_records_sql!(),
+            "; ",
+            insert_checkpoint_sql!(),
+            "; COMMIT"
+        ),
+    };
+    let mut q = sqlx::query(sql).bind(rows);
+    if let Some(cp) = checkpoint {
+        let json = serde_json::to_string(cp).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        q = q.bind(cp.seq as i64).bind(json);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
 /// Store a signed checkpoint.
 pub async fn insert_checkpoint(
     conn: &mut SqliteConnection,
     cp: &Checkpoint,
 ) -> Result<(), sqlx::Error> {
     let json = serde_json::to_string(cp).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (seq, checkpoint) VALUES (?, ?)")
+    sqlx::query(insert_checkpoint_sql!())
         .bind(cp.seq as i64)
         .bind(json)
         .execute(conn)

@@ -296,9 +296,10 @@ async fn audit_sink_unwritable_refuses_key_operations() {
     let c = kms.client();
     let g = c.generate(&node, "b1").await.unwrap();
 
-    // Make the audit sink unwritable: the rollback journal cannot be created.
-    let journal = kms.data_dir.join("kms.db-journal");
-    std::fs::create_dir(&journal).unwrap();
+    // Make the audit sink unwritable: another connection holds the database's write lock, so
+    // the writer's commit gives up (after its 1 s busy timeout) and nothing is committed.
+    let (mut locker, _pool) = coffer_kms::store::open(&kms.data_dir).await.unwrap();
+    coffer_kms::store::begin(&mut locker).await.unwrap();
     let e = c.generate(&node, "b1").await.unwrap_err();
     assert_eq!((e.status, e.body.code.as_str()), (503, "audit_unavailable"));
     let e = c.unwrap(&node, "b1", &g.wrapped_key, 1).await.unwrap_err();
@@ -335,7 +336,7 @@ async fn audit_sink_unwritable_refuses_key_operations() {
     assert_eq!(body["code"], "audit_unavailable", "{body}");
 
     // Sink back: operations resume, and the chain has no hole.
-    std::fs::remove_dir(&journal).unwrap();
+    coffer_kms::store::rollback(&mut locker).await;
     let u = c.unwrap(&node, "b1", &g.wrapped_key, 1).await.unwrap();
     assert_eq!(u.plaintext_key, g.plaintext_key);
     assert_eq!(get(PATH_READY).await, (200, r#"{"status":"ready"}"#.into()));
