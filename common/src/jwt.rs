@@ -104,19 +104,91 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> String {
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
 }
 
-/// Read the claims without verifying anything: only to find which identity's key to verify with.
-pub fn peek_claims(token: &str) -> Result<Claims, JwtError> {
-    let mut parts = token.split('.');
-    let (_h, c) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(c), Some(_), None) => (h, c),
-        _ => return Err(JwtError::Malformed),
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| JwtError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
+/// A compact token split into its three parts, with its claims decoded and nothing verified yet.
+/// [`decode`] once, look up the key of `claims.sub`, then [`Unverified::verify`]: the claims are
+/// parsed once per request.
+pub struct Unverified<'a> {
+    token: &'a str,
+    header: &'a str,
+    signature: &'a str,
+    signing_input_len: usize,
+    /// Unverified: only to find which identity's key to verify with.
+    pub claims: Claims,
 }
 
-/// Verify signature, algorithm, audience, lifetime and request binding. Replay (jti) is the
-/// caller's job, since it needs shared state.
+/// Split a compact token and decode its claims, verifying nothing.
+pub fn decode(token: &str) -> Result<Unverified<'_>, JwtError> {
+    let mut parts = token.split('.');
+    let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(c), Some(s), None) => (h, c, s),
+        _ => return Err(JwtError::Malformed),
+    };
+    let claims = URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(JwtError::Malformed)?;
+    Ok(Unverified {
+        token,
+        header: h,
+        signature: s,
+        signing_input_len: h.len() + 1 + c.len(),
+        claims,
+    })
+}
+
+/// Read the claims without verifying anything: only to find which identity's key to verify with.
+pub fn peek_claims(token: &str) -> Result<Claims, JwtError> {
+    decode(token).map(|t| t.claims)
+}
+
+impl Unverified<'_> {
+    /// Verify signature, algorithm, audience, lifetime and request binding; the claims on
+    /// success. Replay (jti) is the caller's job, since it needs shared state.
+    pub fn verify(
+        self,
+        key: &VerifyingKey,
+        audience: &str,
+        method: &str,
+        path: &str,
+        now: i64,
+    ) -> Result<Claims, JwtError> {
+        let header: Header = URL_SAFE_NO_PAD
+            .decode(self.header)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(JwtError::Malformed)?;
+        if header.alg != "EdDSA" {
+            return Err(JwtError::WrongAlgorithm);
+        }
+        let sig_bytes = URL_SAFE_NO_PAD
+            .decode(self.signature)
+            .map_err(|_| JwtError::Malformed)?;
+        let sig = Signature::from_slice(&sig_bytes).map_err(|_| JwtError::BadSignature)?;
+        let signing_input = self
+            .token
+            .get(..self.signing_input_len)
+            .ok_or(JwtError::Malformed)?;
+        key.verify_strict(signing_input.as_bytes(), &sig)
+            .map_err(|_| JwtError::BadSignature)?;
+        let claims = self.claims;
+        if claims.aud != audience {
+            return Err(JwtError::WrongAudience);
+        }
+        if claims.exp <= now {
+            return Err(JwtError::Expired);
+        }
+        if claims.exp - claims.iat > MAX_LIFETIME_SECS || claims.iat > now + MAX_SKEW_SECS {
+            return Err(JwtError::BadLifetime);
+        }
+        if !claims.htm.eq_ignore_ascii_case(method) || claims.htp != path {
+            return Err(JwtError::WrongRequest);
+        }
+        Ok(claims)
+    }
+}
+
+/// [`decode`] then [`Unverified::verify`].
 pub fn verify(
     token: &str,
     key: &VerifyingKey,
@@ -125,43 +197,7 @@ pub fn verify(
     path: &str,
     now: i64,
 ) -> Result<Claims, JwtError> {
-    let mut parts = token.split('.');
-    let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(c), Some(s), None) => (h, c, s),
-        _ => return Err(JwtError::Malformed),
-    };
-    let header: Header = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(JwtError::Malformed)?;
-    if header.alg != "EdDSA" {
-        return Err(JwtError::WrongAlgorithm);
-    }
-    let sig_bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::Malformed)?;
-    let sig = Signature::from_slice(&sig_bytes).map_err(|_| JwtError::BadSignature)?;
-    let signing_input_len = h.len() + 1 + c.len();
-    let signing_input = token.get(..signing_input_len).ok_or(JwtError::Malformed)?;
-    key.verify_strict(signing_input.as_bytes(), &sig)
-        .map_err(|_| JwtError::BadSignature)?;
-    let claims: Claims = URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(JwtError::Malformed)?;
-    if claims.aud != audience {
-        return Err(JwtError::WrongAudience);
-    }
-    if claims.exp <= now {
-        return Err(JwtError::Expired);
-    }
-    if claims.exp - claims.iat > MAX_LIFETIME_SECS || claims.iat > now + MAX_SKEW_SECS {
-        return Err(JwtError::BadLifetime);
-    }
-    if !claims.htm.eq_ignore_ascii_case(method) || claims.htp != path {
-        return Err(JwtError::WrongRequest);
-    }
-    Ok(claims)
+    decode(token)?.verify(key, audience, method, path, now)
 }
 
 #[cfg(test)]

@@ -180,17 +180,18 @@ impl AuthContext<'_> {
         path: &str,
     ) -> Result<Identity, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
-        let claims = jwt::peek_claims(token).map_err(AuthError::Token)?;
+        let token = jwt::decode(token).map_err(AuthError::Token)?;
         let id = self
             .identities
-            .get(&claims.sub)
+            .get(&token.claims.sub)
             .ok_or(AuthError::UnknownIdentity)?;
         let audience = match kind {
             Kind::Admin => jwt::AUD_ADMIN,
             Kind::Service => jwt::AUD_SERVICE,
         };
         let now = jwt::now_unix();
-        let claims = jwt::verify(token, &id.public_key, audience, method, path, now)
+        let claims = token
+            .verify(&id.public_key, audience, method, path, now)
             .map_err(AuthError::Token)?;
         if id.kind != kind {
             return Err(match kind {
