@@ -2,7 +2,9 @@
 //! into 64 KiB segments, each sealed with AES-256-GCM-SIV (RFC 8452).
 //!
 //! Secret: the part key inside [`PartCipher`] (derived from the object key, zeroized on drop).
-//! Nothing here does I/O; the blob store streams bytes through [`Encryptor`] and [`Decryptor`].
+//! Nothing here opens files: the blob store moves [`Batch`]es of segments between the request
+//! body, the cipher and its files (see `batch.rs`), and [`SegmentReader`] turns a planned range
+//! back into plaintext.
 //!
 //! Byte layout (all integers big-endian), documented with test vectors in `docs/format.md`:
 //!
@@ -22,8 +24,9 @@
 //! `HKDF-SHA256(ikm = object key, salt = part salt, info = "part" | u32 part number)`.
 //! Counter and last flag make reordering, truncation and extension detectable.
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use bytes::Bytes;
 use coffer_common::secret::SecretKey32;
 use rand::RngCore;
 
@@ -134,29 +137,31 @@ impl PartCipher {
         Ok(n)
     }
 
-    /// Seal one segment in place (appends the tag).
+    /// Seal one segment in place; returns its tag (stored after the ciphertext).
     pub fn seal_segment(
         &self,
         index: u64,
         last: bool,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), FormatError> {
-        let n = self.nonce(index, last)?;
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], FormatError> {
+        let n = Nonce::from(self.nonce(index, last)?);
         self.aead
-            .encrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
+            .encrypt_inout_detached(&n, &self.header, buf.into())
+            .map(Into::into)
             .map_err(|_| FormatError::Encrypt)
     }
 
-    /// Open one segment in place (checks and removes the tag).
+    /// Open one segment in place against its tag. On failure the buffer holds no plaintext.
     pub fn open_segment(
         &self,
         index: u64,
         last: bool,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
     ) -> Result<(), FormatError> {
-        let n = self.nonce(index, last)?;
+        let n = Nonce::from(self.nonce(index, last)?);
         self.aead
-            .decrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
+            .decrypt_inout_detached(&n, &self.header, buf.into(), &Tag::from(*tag))
             .map_err(|_| FormatError::Authentication)
     }
 }
@@ -169,62 +174,6 @@ pub fn segment_count(plain_len: u64) -> u64 {
 /// Size on disk of an encrypted part of `plain_len` plaintext bytes.
 pub fn encrypted_len(plain_len: u64) -> u64 {
     HEADER_LEN as u64 + plain_len + TAG_LEN as u64 * segment_count(plain_len)
-}
-
-/// Streaming encryption of one part: push plaintext, write what comes out, then `finish`.
-pub struct Encryptor {
-    cipher: PartCipher,
-    buf: Vec<u8>,
-    index: u64,
-    header_written: bool,
-}
-
-impl Encryptor {
-    pub fn new(cipher: PartCipher) -> Self {
-        Self {
-            cipher,
-            buf: Vec::with_capacity(SEGMENT_SIZE + TAG_LEN),
-            index: 0,
-            header_written: false,
-        }
-    }
-
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if !self.header_written {
-            out.extend_from_slice(&self.cipher.header);
-            self.header_written = true;
-        }
-    }
-
-    /// Accept plaintext; returns the ciphertext that is ready (header first time). A full
-    /// segment is held back until more bytes arrive, since only then is it known not to be last.
-    pub fn push(&mut self, mut plain: &[u8]) -> Result<Vec<u8>, FormatError> {
-        let mut out = Vec::new();
-        self.start(&mut out);
-        while !plain.is_empty() {
-            if self.buf.len() == SEGMENT_SIZE {
-                self.cipher.seal_segment(self.index, false, &mut self.buf)?;
-                out.extend_from_slice(&self.buf);
-                self.buf.clear();
-                self.index += 1;
-            }
-            let room = SEGMENT_SIZE - self.buf.len();
-            let n = room.min(plain.len());
-            let (now, rest) = plain.split_at(n);
-            self.buf.extend_from_slice(now);
-            plain = rest;
-        }
-        Ok(out)
-    }
-
-    /// Seal the last segment; returns the remaining ciphertext.
-    pub fn finish(mut self) -> Result<Vec<u8>, FormatError> {
-        let mut out = Vec::new();
-        self.start(&mut out);
-        self.cipher.seal_segment(self.index, true, &mut self.buf)?;
-        out.extend_from_slice(&self.buf);
-        Ok(out)
-    }
 }
 
 /// Which part of an encrypted blob to read for a plaintext range.
@@ -285,19 +234,18 @@ pub fn plan_full(plain_len: u64) -> SegmentPlan {
     plan_range(plain_len, 0, plain_len - 1)
 }
 
-/// Streaming decryption of a planned range: push ciphertext as read from `file_offset`, get
-/// authenticated plaintext back. Never returns bytes of a segment that failed authentication.
-pub struct Decryptor {
+/// Reads a planned range batch by batch (up to [`BATCH_SEGMENTS`] segments per read),
+/// authenticating every segment before any of its bytes are returned.
+pub struct SegmentReader {
     cipher: PartCipher,
     plain_len: u64,
     next: u64,
     last: u64,
     skip: usize,
     remaining: u64,
-    buf: Vec<u8>,
 }
 
-impl Decryptor {
+impl SegmentReader {
     pub fn new(cipher: PartCipher, plain_len: u64, plan: &SegmentPlan) -> Self {
         Self {
             cipher,
@@ -306,53 +254,47 @@ impl Decryptor {
             last: plan.last_segment,
             skip: plan.skip,
             remaining: plan.take,
-            buf: Vec::with_capacity(SEGMENT_SIZE + TAG_LEN),
         }
     }
 
-    /// Accept ciphertext; returns the plaintext that authenticated, trimmed to the range.
-    pub fn push(&mut self, mut cipher: &[u8]) -> Result<Vec<u8>, FormatError> {
-        let mut out = Vec::new();
-        while !cipher.is_empty() {
-            if self.next > self.last {
-                return Err(FormatError::Truncated);
-            }
-            let want = segment_cipher_len(self.plain_len, self.next) as usize;
-            let n = (want - self.buf.len()).min(cipher.len());
-            let (now, rest) = cipher.split_at(n);
-            self.buf.extend_from_slice(now);
-            cipher = rest;
-            if self.buf.len() == want {
-                self.open_current(&mut out)?;
-            }
-        }
-        Ok(out)
+    /// Whether every planned segment has been read.
+    pub fn is_done(&self) -> bool {
+        self.next > self.last
     }
 
-    fn open_current(&mut self, out: &mut Vec<u8>) -> Result<(), FormatError> {
-        let is_last = self.next + 1 == segment_count(self.plain_len);
-        self.cipher
-            .open_segment(self.next, is_last, &mut self.buf)?;
-        let start = self.skip.min(self.buf.len());
-        let avail = (self.buf.len() - start) as u64;
-        let n = avail.min(self.remaining) as usize;
-        out.extend_from_slice(self.buf.get(start..start + n).unwrap_or_default());
-        self.remaining -= n as u64;
+    /// Read the next batch of segments from `input` (positioned at the first unread segment),
+    /// authenticate them and return their plaintext trimmed to the planned range. Errors carry
+    /// a [`FormatError`] (`io::Error::other`) when the bytes do not authenticate.
+    pub fn read_next(&mut self, input: &mut impl std::io::Read) -> std::io::Result<Bytes> {
+        if self.is_done() {
+            return if self.remaining == 0 {
+                Ok(Bytes::new())
+            } else {
+                Err(std::io::Error::other(FormatError::Truncated))
+            };
+        }
+        let seg = SEGMENT_SIZE as u64;
+        let count = (self.last - self.next + 1).min(BATCH_SEGMENTS as u64);
+        let end = ((self.next + count) * seg).min(self.plain_len);
+        let plain = end.saturating_sub(self.next * seg) as usize;
+        let mut batch = Batch::read_sealed(self.next, plain, input)?;
+        batch
+            .open(&self.cipher, segment_count(self.plain_len))
+            .map_err(std::io::Error::other)?;
+        self.next += count;
+        let bytes = batch.into_bytes();
+        let start = self.skip.min(bytes.len());
+        let n = ((bytes.len() - start) as u64).min(self.remaining) as usize;
         self.skip = 0;
-        self.buf.clear();
-        self.next += 1;
-        Ok(())
-    }
-
-    /// Check that the whole plan was read (returns no further bytes; kept symmetric with
-    /// [`Encryptor::finish`]).
-    pub fn finish(self) -> Result<Vec<u8>, FormatError> {
-        if self.next <= self.last || !self.buf.is_empty() || self.remaining != 0 {
-            return Err(FormatError::Truncated);
+        self.remaining -= n as u64;
+        if self.is_done() && self.remaining != 0 {
+            return Err(std::io::Error::other(FormatError::Truncated));
         }
-        Ok(Vec::new())
+        Ok(bytes.slice(start..start + n))
     }
 }
+
+pub use super::batch::{BATCH_SEGMENTS, Batch};
 
 #[cfg(test)]
 #[path = "format_tests.rs"]

@@ -3,6 +3,7 @@
 //! ([`key_cache`]). Only this module holds plaintext keys; the store sees sealed keys and
 //! ciphertext.
 
+pub mod batch;
 pub mod envelope;
 pub mod format;
 pub mod key_cache;

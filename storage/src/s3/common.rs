@@ -197,14 +197,22 @@ pub(crate) fn sse_out(
     }
 }
 
+/// Whether a write stored as `stored` needs the MD5 of its plaintext for its ETag (SSE-C ETags
+/// are random, so an SSE-C write hashes only to check a `Content-MD5` header).
+pub(crate) fn etag_needs_md5(stored: &StoredSse) -> bool {
+    !stored.is_sse_c()
+}
+
 /// The ETag of a new part or single-part object: the plaintext MD5, or (SSE-C) a random value.
-pub(crate) fn new_etag(stored: &StoredSse, md5: &[u8; 16]) -> String {
-    if stored.is_sse_c() {
-        let mut r = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
-        hex::encode(r)
-    } else {
-        hex::encode(md5)
+/// `md5` is present whenever [`etag_needs_md5`] said so.
+pub(crate) fn new_etag(stored: &StoredSse, md5: Option<&[u8; 16]>) -> String {
+    match md5 {
+        Some(m) if !stored.is_sse_c() => hex::encode(m),
+        _ => {
+            let mut r = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
+            hex::encode(r)
+        }
     }
 }
 
@@ -249,18 +257,21 @@ pub(crate) fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u
 
 /// Stream a request body into a new blob for part `part_number` and verify `Content-MD5` and
 /// `x-amz-checksum-*` (headers or trailers) before anything is committed; on a mismatch the
-/// blob is removed and the answer is 400 BadDigest.
+/// blob is removed and the answer is 400 BadDigest. The plaintext MD5 is computed when the ETag
+/// needs it (`stored`) or `Content-MD5` was sent.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_request_body(
     state: &NodeState,
     body: Option<s3s::dto::StreamingBlob>,
     part_number: u32,
     enc: Encryption<'_>,
+    stored: &StoredSse,
     expected_len: Option<u64>,
     content_md5: Option<&str>,
     headers: &HeaderMap,
     trailers: Option<&s3s::TrailingHeaders>,
 ) -> ApiResult<crate::store::blobs::WrittenBlob> {
+    let md5 = etag_needs_md5(stored) || content_md5.is_some();
     let mut sums = super::checksum::Checksums::for_request(headers);
     let mut observe = |b: &[u8]| sums.update(b);
     let blob = match body {
@@ -271,6 +282,7 @@ pub(crate) async fn write_request_body(
                 part_number,
                 enc,
                 expected_len,
+                md5,
                 &mut observe,
             )
             .await?
@@ -283,6 +295,7 @@ pub(crate) async fn write_request_body(
                 part_number,
                 enc,
                 expected_len,
+                md5,
                 &mut observe,
             )
             .await?
@@ -292,7 +305,7 @@ pub(crate) async fn write_request_body(
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .decode(g.trim())
-            .is_ok_and(|d| d.as_slice() == blob.md5)
+            .is_ok_and(|d| blob.md5.is_some_and(|m| d.as_slice() == m))
     });
     let trailer_map = trailers.and_then(|t| t.take());
     let sums_ok = sums.verify(headers, trailer_map.as_ref());

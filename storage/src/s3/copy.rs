@@ -149,10 +149,11 @@ pub(crate) async fn copy_object(
         1,
         ok.as_ref().into(),
         Some(src.obj.size),
+        common::etag_needs_md5(&stored),
         &mut |_| {},
     )
     .await?;
-    let etag = common::new_etag(&stored, &blob.md5);
+    let etag = common::new_etag(&stored, blob.md5.as_ref());
     let obj = Object {
         bucket: dst_bucket.name.clone(),
         key: input.key.clone(),

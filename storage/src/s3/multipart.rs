@@ -104,7 +104,7 @@ async fn store_part(
     part_number: i32,
     blob: crate::store::blobs::WrittenBlob,
 ) -> ApiResult<String> {
-    let etag = common::new_etag(&up.sse, &blob.md5);
+    let etag = common::new_etag(&up.sse, blob.md5.as_ref());
     let row = BlobRow {
         part_number: part_number as u32,
         size: blob.size,
@@ -150,6 +150,7 @@ pub(crate) async fn upload_part(
         input.body,
         input.part_number as u32,
         key.as_ref().into(),
+        &up.sse,
         expected,
         input.content_md5.as_deref(),
         &req.headers,
@@ -218,6 +219,7 @@ pub(crate) async fn upload_part_copy(
         input.part_number as u32,
         key.as_ref().into(),
         Some(len),
+        common::etag_needs_md5(&up.sse),
         &mut |_| {},
     )
     .await?;

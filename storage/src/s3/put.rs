@@ -35,13 +35,14 @@ pub(crate) async fn put_object(
         input.body,
         1,
         ok.as_ref().into(),
+        &stored,
         expected,
         input.content_md5.as_deref(),
         &req.headers,
         req.trailing_headers.as_ref(),
     )
     .await?;
-    let etag = common::new_etag(&stored, &blob.md5);
+    let etag = common::new_etag(&stored, blob.md5.as_ref());
     let headers = ContentHeaders::of(
         &input.cache_control,
         &input.content_disposition,

@@ -11,9 +11,15 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::io::{Seek, Write};
+use tokio::io::AsyncReadExt;
 
-use crate::crypto::format::{self, Decryptor, Encryptor, HEADER_LEN, PartCipher};
+use crate::crypto::format::{
+    self, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SEGMENT_SIZE, SegmentReader,
+};
+
+/// Plaintext bytes per read of an unencrypted blob (the size of an encrypted batch).
+const BATCH_BYTES: usize = BATCH_SEGMENTS * SEGMENT_SIZE;
 
 /// Why a blob could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +38,8 @@ pub enum BlobError {
 pub struct WrittenBlob {
     pub file: String,
     pub size: u64,
-    pub md5: [u8; 16],
+    /// MD5 of the plaintext, when it was asked for.
+    pub md5: Option<[u8; 16]>,
 }
 
 /// Blob files under a data dir.
@@ -78,13 +85,19 @@ impl BlobStore {
         self.blobs.join(file)
     }
 
-    /// Stream `body` into a new durable blob, encrypting when `cipher` is given. The MD5 is of
-    /// the plaintext. `expected_len` (Content-Length) is enforced.
+    /// Stream `body` into a new durable blob, encrypting when `cipher` is given; the MD5 of the
+    /// plaintext is computed when `md5` is set. `expected_len` (Content-Length) is enforced.
+    ///
+    /// The body is gathered into 1 MiB [`Batch`]es; hashing, sealing and writing a batch runs on
+    /// a blocking thread while the next one is received, so at most two batches are in memory.
+    /// A full batch is handed on only once more bytes arrive, since only then is it known not to
+    /// hold the part's last segment.
     pub async fn write<S, E>(
         &self,
         mut body: S,
         cipher: Option<PartCipher>,
         expected_len: Option<u64>,
+        md5: bool,
         observe: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<WrittenBlob, BlobError>
     where
@@ -94,23 +107,38 @@ impl BlobStore {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let tmp_path = self.tmp.join(&name);
         let mut guard = TmpGuard(Some(tmp_path.clone()));
-        let mut file = tokio::fs::File::create(&tmp_path).await?;
-        let mut md5 = Md5::new();
+        let file = tokio::fs::File::create(&tmp_path).await?.into_std().await;
+        let sink = Sink {
+            file,
+            header: cipher.as_ref().map(PartCipher::header_bytes),
+            cipher,
+            md5: md5.then(Md5::new),
+        };
+        let mut stage = Stage::Ready(Box::new(sink));
+        let mut spare: Option<Batch> = None;
+        let mut batch = Batch::new(0);
         let mut size = 0u64;
-        let mut enc = cipher.map(Encryptor::new);
-        let mut pending: Vec<u8> = Vec::with_capacity(1 << 20);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
-            md5.update(&chunk);
             observe(&chunk);
             size += chunk.len() as u64;
-            match enc.as_mut() {
-                Some(e) => pending.extend(e.push(&chunk)?),
-                None => pending.extend_from_slice(&chunk),
-            }
-            if pending.len() >= 1 << 20 {
-                file.write_all(&pending).await?;
-                pending.clear();
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                if batch.is_full() {
+                    let sink = stage.ready(&mut spare).await?;
+                    let next = batch.first_segment() + BATCH_SEGMENTS as u64;
+                    let fresh = match spare.take() {
+                        Some(mut b) => {
+                            b.reset(next);
+                            b
+                        }
+                        None => Batch::new(next),
+                    };
+                    let full = std::mem::replace(&mut batch, fresh);
+                    stage = Stage::Busy(tokio::task::spawn_blocking(move || sink.put(full, false)));
+                }
+                let n = batch.fill(rest);
+                rest = rest.get(n..).unwrap_or_default();
             }
         }
         if let Some(want) = expected_len
@@ -118,12 +146,14 @@ impl BlobStore {
         {
             return Err(BlobError::LengthMismatch { got: size, want });
         }
-        if let Some(e) = enc.take() {
-            pending.extend(e.finish()?);
-        }
-        file.write_all(&pending).await?;
-        file.sync_all().await?;
-        drop(file);
+        let sink = stage.ready(&mut spare).await?;
+        let (sink, _) = join(tokio::task::spawn_blocking(move || {
+            let (sink, batch) = sink.put(batch, true)?;
+            sink.file.sync_all()?;
+            Ok((sink, batch))
+        }))
+        .await?;
+        drop(sink.file);
         let final_path = self.path(&name);
         tokio::fs::rename(&tmp_path, &final_path).await?;
         guard.0 = None;
@@ -134,7 +164,7 @@ impl BlobStore {
         Ok(WrittenBlob {
             file: name,
             size,
-            md5: md5.finalize().into(),
+            md5: sink.md5.map(|m| m.finalize().into()),
         })
     }
 
@@ -150,7 +180,8 @@ impl BlobStore {
     /// holding `plain_len` plaintext bytes; decrypts when `cipher` is given. The file is opened
     /// here, before the caller answers, so a GET that has started keeps reading the version it
     /// resolved even if that version is overwritten or deleted meanwhile (the open descriptor
-    /// keeps the unlinked file readable).
+    /// keeps the unlinked file readable). Batches are read and authenticated on a blocking
+    /// thread, the next one while the previous is sent; nothing is read before the first poll.
     pub async fn open_read(
         &self,
         file: &str,
@@ -158,32 +189,30 @@ impl BlobStore {
         range: Option<(u64, u64)>,
         cipher: Option<PartCipher>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, BlobError> {
-        let (offset, len, dec) = match cipher {
+        let (offset, source) = match cipher {
             Some(c) => {
                 let plan = match range {
                     Some((s, e)) => format::plan_range(plain_len, s, e),
                     None => format::plan_full(plain_len),
                 };
-                (
-                    plan.file_offset,
-                    plan.file_len,
-                    Some(Decryptor::new(c, plain_len, &plan)),
-                )
+                let reader = SegmentReader::new(c, plain_len, &plan);
+                (plan.file_offset, Source::Sealed(Box::new(reader)))
             }
             None => match range {
-                Some((s, e)) => (s, (e + 1).saturating_sub(s), None),
-                None => (0, plain_len, None),
+                Some((s, e)) => (s, Source::Plain((e + 1).saturating_sub(s))),
+                None => (0, Source::Plain(plain_len)),
             },
         };
-        let mut f = tokio::fs::File::open(self.path(file)).await?;
-        f.seek(std::io::SeekFrom::Start(offset)).await?;
-        let st = ReadState {
-            file: f,
-            remaining: len,
-            dec,
-            done: false,
-        };
-        Ok(futures::stream::try_unfold(st, next_chunk))
+        let mut f = tokio::fs::File::open(self.path(file))
+            .await?
+            .into_std()
+            .await;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        let cursor = Cursor { file: f, source };
+        Ok(futures::stream::try_unfold(
+            ReadStage::Start(Box::new(cursor)),
+            next_batch,
+        ))
     }
 
     /// Delete a blob file (after its metadata row is gone). Missing files are fine.
@@ -196,43 +225,126 @@ impl BlobStore {
     }
 }
 
-/// A blob read in progress.
-struct ReadState {
-    file: tokio::fs::File,
-    remaining: u64,
-    dec: Option<Decryptor>,
-    done: bool,
+/// The blocking side of a blob write: the file, the cipher and the running MD5.
+struct Sink {
+    file: std::fs::File,
+    cipher: Option<PartCipher>,
+    /// The blob header, until it is written with the first batch.
+    header: Option<[u8; HEADER_LEN]>,
+    md5: Option<Md5>,
 }
 
-/// Bytes read per step: four encrypted segments (a bounded buffer, whatever the object size).
-const READ_CHUNK: u64 = 4 * (format::SEGMENT_SIZE + format::TAG_LEN) as u64;
+type WriteJob = tokio::task::JoinHandle<Result<(Sink, Batch), BlobError>>;
 
-async fn next_chunk(mut st: ReadState) -> Result<Option<(Bytes, ReadState)>, std::io::Error> {
-    loop {
-        if st.done {
-            return Ok(None);
+impl Sink {
+    /// Hash, seal (when keyed) and append one batch; `last`: it holds the part's last segment.
+    fn put(mut self, mut batch: Batch, last: bool) -> Result<(Self, Batch), BlobError> {
+        if let Some(m) = self.md5.as_mut() {
+            m.update(batch.plaintext());
         }
-        if st.remaining == 0 {
-            st.done = true;
-            let tail = match st.dec.take() {
-                Some(d) => d.finish().map_err(std::io::Error::other)?,
-                None => Vec::new(),
-            };
-            if tail.is_empty() {
-                return Ok(None);
+        match self.cipher.as_ref() {
+            Some(c) => {
+                batch.seal(c, last)?;
+                let header = self.header.take();
+                batch.write_sealed(header.as_ref().map(|h| h.as_slice()), &mut self.file)?;
             }
-            return Ok(Some((Bytes::from(tail), st)));
+            None => self.file.write_all(batch.plaintext())?,
         }
-        let want = st.remaining.min(READ_CHUNK) as usize;
-        let mut buf = vec![0u8; want];
-        st.file.read_exact(&mut buf).await?;
-        st.remaining -= want as u64;
-        let out = match st.dec.as_mut() {
-            Some(d) => d.push(&buf).map_err(std::io::Error::other)?,
-            None => buf,
+        Ok((self, batch))
+    }
+}
+
+/// The sink is either free or busy with one batch on a blocking thread.
+enum Stage {
+    Ready(Box<Sink>),
+    Busy(WriteJob),
+}
+
+impl Stage {
+    /// The sink, once its batch (if any) is written; the written batch goes to `spare`.
+    async fn ready(self, spare: &mut Option<Batch>) -> Result<Sink, BlobError> {
+        match self {
+            Stage::Ready(s) => Ok(*s),
+            Stage::Busy(job) => {
+                let (sink, batch) = join(job).await?;
+                *spare = Some(batch);
+                Ok(sink)
+            }
+        }
+    }
+}
+
+async fn join<T>(job: tokio::task::JoinHandle<Result<T, BlobError>>) -> Result<T, BlobError> {
+    job.await
+        .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+}
+
+/// What a blob read still has to return.
+enum Source {
+    /// Plaintext blob: bytes left to read.
+    Plain(u64),
+    /// Encrypted blob: the segments of the planned range.
+    Sealed(Box<SegmentReader>),
+}
+
+/// A blob read in progress (moved to a blocking thread for each batch).
+struct Cursor {
+    file: std::fs::File,
+    source: Source,
+}
+
+impl Cursor {
+    fn is_done(&self) -> bool {
+        match &self.source {
+            Source::Plain(left) => *left == 0,
+            Source::Sealed(r) => r.is_done(),
+        }
+    }
+
+    /// Read (and authenticate) the next batch; blocking.
+    fn read_batch(mut self) -> Result<(Self, Bytes), std::io::Error> {
+        let bytes = match &mut self.source {
+            Source::Plain(left) => {
+                let n = (*left).min(BATCH_BYTES as u64) as usize;
+                let b = Batch::read_plain(n, &mut self.file)?;
+                *left -= n as u64;
+                b.into_bytes()
+            }
+            Source::Sealed(r) => r.read_next(&mut self.file)?,
         };
-        if !out.is_empty() {
-            return Ok(Some((Bytes::from(out), st)));
+        Ok((self, bytes))
+    }
+}
+
+type ReadJob = tokio::task::JoinHandle<Result<(Cursor, Bytes), std::io::Error>>;
+
+enum ReadStage {
+    Start(Box<Cursor>),
+    Busy(ReadJob),
+    Done,
+}
+
+fn spawn_read(c: Cursor) -> ReadJob {
+    tokio::task::spawn_blocking(move || c.read_batch())
+}
+
+/// Next plaintext chunk of a blob read: await the batch in flight, start reading the one after
+/// it, and return this one (empty batches, as of an empty part, are skipped).
+async fn next_batch(mut stage: ReadStage) -> Result<Option<(Bytes, ReadStage)>, std::io::Error> {
+    loop {
+        let job = match stage {
+            ReadStage::Done => return Ok(None),
+            ReadStage::Start(c) => spawn_read(*c),
+            ReadStage::Busy(job) => job,
+        };
+        let (cursor, bytes) = job.await.map_err(std::io::Error::other)??;
+        stage = if cursor.is_done() {
+            ReadStage::Done
+        } else {
+            ReadStage::Busy(spawn_read(cursor))
+        };
+        if !bytes.is_empty() {
+            return Ok(Some((bytes, stage)));
         }
     }
 }

@@ -50,7 +50,7 @@ pub enum ReadError {
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// Stream `body` into a new durable blob for part `part_number`, encrypted when keyed; `observe`
-/// sees every plaintext chunk (checksums). Nothing references the blob yet: the caller
+/// sees every plaintext chunk (checksums); `md5`: compute the plaintext MD5. Nothing references the blob yet: the caller
 /// publishes it, or calls [`discard`].
 pub async fn write_part<S, E>(
     blobs: &BlobStore,
@@ -58,6 +58,7 @@ pub async fn write_part<S, E>(
     part_number: u32,
     enc: Encryption<'_>,
     expected_len: Option<u64>,
+    md5: bool,
     observe: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<WrittenBlob, BlobError>
 where
@@ -68,7 +69,7 @@ where
         Encryption::Keyed(k) => Some(PartCipher::for_write(k, part_number)),
         Encryption::None => None,
     };
-    blobs.write(body, cipher, expected_len, observe).await
+    blobs.write(body, cipher, expected_len, md5, observe).await
 }
 
 /// Remove a blob that will not be published (checksum mismatch, failed commit).

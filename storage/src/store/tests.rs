@@ -76,6 +76,7 @@ async fn plain_blob_round_trips_with_ranges() {
             body(&data, 7777),
             None,
             Some(data.len() as u64),
+            true,
             &mut |_| {},
         )
         .await
@@ -85,7 +86,7 @@ async fn plain_blob_round_trips_with_ranges() {
         use md5::Digest;
         md5::Md5::digest(&data).into()
     };
-    assert_eq!(w.md5, md5);
+    assert_eq!(w.md5, Some(md5));
     assert_eq!(std::fs::read_dir(blobs.tmp_dir()).unwrap().count(), 0);
     let n = data.len() as u64;
     assert_eq!(read_all(&blobs, &w.file, n, None, None).await, data);
@@ -107,6 +108,7 @@ async fn encrypted_blob_round_trips_and_holds_no_plaintext() {
             body(&data, 10_000),
             Some(PartCipher::for_write(&key, 2)),
             Some(n),
+            false,
             &mut |_| {},
         )
         .await
@@ -135,7 +137,7 @@ async fn length_mismatch_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let r = blobs
-        .write(body(b"abc", 1), None, Some(4), &mut |_| {})
+        .write(body(b"abc", 1), None, Some(4), true, &mut |_| {})
         .await;
     assert!(r.is_err());
     assert_eq!(std::fs::read_dir(blobs.tmp_dir()).unwrap().count(), 0);
@@ -148,7 +150,7 @@ async fn open_read_survives_unlink() {
     let blobs = BlobStore::open(dir.path()).unwrap();
     let data = pattern(1_000_000);
     let w = blobs
-        .write(body(&data, 65_536), None, None, &mut |_| {})
+        .write(body(&data, 65_536), None, None, true, &mut |_| {})
         .await
         .unwrap();
     let s = blobs
@@ -176,7 +178,7 @@ async fn versions_publish_abort_and_sweep() {
     );
     assert!(meta.object("b", "k").await.unwrap().is_none());
     let w = blobs
-        .write(body(b"hello", 2), None, Some(5), &mut |_| {})
+        .write(body(b"hello", 2), None, Some(5), true, &mut |_| {})
         .await
         .unwrap();
     meta.put_object(&object("b", "k", &id1, 5), &row(&w.file, 5))
@@ -198,7 +200,7 @@ async fn versions_publish_abort_and_sweep() {
     meta.abort_version(&id2).await.unwrap();
     drop(v2);
     let w2 = blobs
-        .write(body(b"other", 2), None, Some(5), &mut |_| {})
+        .write(body(b"other", 2), None, Some(5), true, &mut |_| {})
         .await
         .unwrap();
     assert!(
@@ -231,7 +233,7 @@ async fn versions_publish_abort_and_sweep() {
     };
     meta.create_upload(&up).await.unwrap();
     let wp = blobs
-        .write(body(b"part", 2), None, Some(4), &mut |_| {})
+        .write(body(b"part", 2), None, Some(4), true, &mut |_| {})
         .await
         .unwrap();
     meta.put_part("u1", &row(&wp.file, 4)).await.unwrap();
