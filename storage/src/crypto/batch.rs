@@ -28,6 +28,7 @@ const ALIGN: usize = 64;
 pub struct Batch {
     buf: Vec<u8>,
     start: usize,
+    cap: usize,
     len: usize,
     tags: [[u8; TAG_LEN]; BATCH_SEGMENTS],
     first: u64,
@@ -40,6 +41,7 @@ impl Batch {
         Self {
             buf,
             start,
+            cap,
             len: 0,
             tags: [[0; TAG_LEN]; BATCH_SEGMENTS],
             first,
@@ -62,8 +64,9 @@ impl Batch {
         self.first
     }
 
+    /// No room left (1 MiB for a batch made by [`Batch::new`]).
     pub fn is_full(&self) -> bool {
-        self.len == BATCH_BYTES
+        self.len == self.cap
     }
 
     /// The plaintext held (before sealing or after opening).
@@ -73,9 +76,9 @@ impl Batch {
             .unwrap_or_default()
     }
 
-    /// Copy as much of `src` as fits; returns the number of bytes taken.
+    /// Copy as much of `src` as fits; returns the number of bytes taken (0 only when full).
     pub fn fill(&mut self, src: &[u8]) -> usize {
-        let n = (BATCH_BYTES - self.len).min(src.len());
+        let n = (self.cap - self.len).min(src.len());
         let at = self.start + self.len;
         let (Some(dst), Some(src)) = (self.buf.get_mut(at..at + n), src.get(..n)) else {
             return 0;

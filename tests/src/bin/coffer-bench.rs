@@ -74,6 +74,11 @@ struct S3Args {
     /// PUT as multipart with parts of this size.
     #[arg(long, value_parser = parse_size)]
     multipart: Option<u64>,
+    /// Repeat the modes this many times, interleaved (plain, sse-s3, sse-c, plain, ...), and
+    /// report each phase's median round by throughput: on a shared machine one round's ratios
+    /// are noise.
+    #[arg(long, default_value_t = 1)]
+    rounds: u64,
     /// Extra GET passes over the same objects (for cache behaviour).
     #[arg(long, default_value_t = 1)]
     get_passes: u64,
@@ -466,7 +471,8 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
     let deadline = a.duration.map(Duration::from_secs_f64);
     let mut reports = Vec::new();
-    for &mode in &a.modes {
+    let rounds = (0..a.rounds.max(1)).flat_map(|_| a.modes.iter().copied());
+    for mode in rounds {
         let name = mode_name(mode);
         let headers = sse_headers(mode, &key);
         let (s3c, hc, dc, bucket, mp) = (
@@ -547,6 +553,7 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
             reports.push(report(name, &op, lat, errors, bytes, secs));
         }
     }
+    let mut reports = median_rounds(reports);
     if let Some(pid) = a.pid
         && let Some(kib) = peak_rss_kib(pid)
     {
@@ -618,6 +625,29 @@ async fn bench_kms(a: KmsArgs) -> Result<Vec<PhaseReport>> {
     )
     .await;
     Ok(vec![report("kms", "unwrap", lat, errors, 0, secs)])
+}
+
+/// One report per (mode, op): the round with the median throughput (the lower median for an
+/// even count), in first-seen order.
+fn median_rounds(all: Vec<PhaseReport>) -> Vec<PhaseReport> {
+    let mut groups: Vec<Vec<PhaseReport>> = Vec::new();
+    for r in all {
+        match groups
+            .iter_mut()
+            .find(|g| g.first().is_some_and(|f| f.mode == r.mode && f.op == r.op))
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|mut g| {
+            g.sort_by(|a, b| a.mb_per_s.total_cmp(&b.mb_per_s));
+            let mid = (g.len() - 1) / 2;
+            g.into_iter().nth(mid)
+        })
+        .collect()
 }
 
 fn print_table(reports: &[PhaseReport]) {
