@@ -29,6 +29,21 @@ def test_bench_s3_all_modes_multipart_and_ranges(node):
     assert [(r["op"], r["ops"], r["errors"], r["bytes"]) for r in rows] == [("PUT", 1, 0, 11 << 20), ("GET", 1, 0, 11 << 20)]
 
 
+def test_bench_rounds_and_get_only(node, tmp_path):
+    common = ["s3", "--endpoint", node.url, "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY, "--quiet",
+              "--bucket", "bench-smoke-rounds", "--size", "5000", "--count", "3", "--concurrency", "2",
+              "--sse-c-key-file", str(tmp_path / "ssec.key")]
+    rows = run_bench(common + ["--rounds", "2", "--modes", "plain,sse-c"])
+    # One median row per (mode, op), in first-seen order, not one per round.
+    assert [(r["mode"], r["op"], r["ops"], r["errors"]) for r in rows] == [
+        ("plain", "PUT", 3, 0), ("plain", "GET", 3, 0), ("sse-c", "PUT", 3, 0), ("sse-c", "GET", 3, 0)]
+    assert (tmp_path / "ssec.key").stat().st_size == 32
+    # A GET-only run reads the objects back, SSE-C ones with the key kept in the file.
+    rows = run_bench(common + ["--get-only", "--modes", "plain,sse-c"])
+    assert [(r["mode"], r["op"], r["ops"], r["errors"], r["bytes"]) for r in rows] == [
+        ("plain", "GET", 3, 0, 15000), ("sse-c", "GET", 3, 0, 15000)]
+
+
 def test_bench_kms_unwrap(kms):
     rows = run_bench(["kms", "--url", kms.url, "--credential", str(kms.credential), "--count", "200",
                       "--concurrency", "4", "--quiet"])

@@ -79,6 +79,14 @@ struct S3Args {
     /// are noise.
     #[arg(long, default_value_t = 1)]
     rounds: u64,
+    /// SSE-C key: 32 bytes read from this file, or generated and written to it (so that a later
+    /// `--get-only` run can read SSE-C objects back); random per run without it.
+    #[arg(long)]
+    sse_c_key_file: Option<std::path::PathBuf>,
+    /// Skip the PUT phase and GET objects an earlier run with the same bucket, size and count
+    /// wrote (to measure GETs alone).
+    #[arg(long)]
+    get_only: bool,
     /// Extra GET passes over the same objects (for cache behaviour).
     #[arg(long, default_value_t = 1)]
     get_passes: u64,
@@ -467,8 +475,7 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
     let mut data = vec![0u8; a.size as usize];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     let data = bytes::Bytes::from(data);
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    let key = sse_c_key(a.sse_c_key_file.as_deref())?;
     let deadline = a.duration.map(Duration::from_secs_f64);
     let mut reports = Vec::new();
     let rounds = (0..a.rounds.max(1)).flat_map(|_| a.modes.iter().copied());
@@ -484,7 +491,7 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
         );
         let (lat, bytes, errors, secs) = run_phase(
             &format!("PUT {name}"),
-            a.count,
+            if a.get_only { 0 } else { a.count },
             a.concurrency,
             deadline,
             a.quiet,
@@ -498,8 +505,14 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
             },
         )
         .await;
-        let written = lat.len() as u64;
-        reports.push(report(name, "PUT", lat, errors, bytes, secs));
+        let written = if a.get_only {
+            a.count
+        } else {
+            lat.len() as u64
+        };
+        if !a.get_only {
+            reports.push(report(name, "PUT", lat, errors, bytes, secs));
+        }
         let get_headers: Vec<_> = headers
             .into_iter()
             .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption-customer"))
@@ -625,6 +638,21 @@ async fn bench_kms(a: KmsArgs) -> Result<Vec<PhaseReport>> {
     )
     .await;
     Ok(vec![report("kms", "unwrap", lat, errors, 0, secs)])
+}
+
+fn sse_c_key(file: Option<&std::path::Path>) -> Result<[u8; 32]> {
+    if let Some(f) = file
+        && f.exists()
+    {
+        let bytes = std::fs::read(f).context("reading the SSE-C key file")?;
+        return <[u8; 32]>::try_from(bytes.as_slice()).context("an SSE-C key file holds 32 bytes");
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    if let Some(f) = file {
+        std::fs::write(f, key).context("writing the SSE-C key file")?;
+    }
+    Ok(key)
 }
 
 /// One report per (mode, op): the round with the median throughput (the lower median for an
