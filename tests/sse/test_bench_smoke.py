@@ -49,3 +49,6 @@ def test_bench_kms_unwrap(kms):
                       "--concurrency", "4", "--quiet"])
     assert rows[0]["op"] == "unwrap" and rows[0]["ops"] == 200 and rows[0]["errors"] == 0
     assert rows[0]["p50_ms"] > 0
+    rows = run_bench(["kms", "--url", kms.url, "--credential", str(kms.credential), "--count", "50",
+                      "--concurrency", "4", "--quiet", "--ops", "generate,unwrap"])
+    assert [(r["op"], r["ops"], r["errors"]) for r in rows] == [("generate", 50, 0), ("unwrap", 50, 0)]

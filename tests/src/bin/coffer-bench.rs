@@ -116,8 +116,18 @@ struct KmsArgs {
     count: u64,
     #[arg(long, default_value = "bench-bucket")]
     bucket_id: String,
+    /// Operations to measure, one phase each: `generate` (a new data key per call, registered
+    /// and audited) and/or `unwrap`.
+    #[arg(long, value_delimiter = ',', default_value = "unwrap")]
+    ops: Vec<KmsOp>,
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KmsOp {
+    Generate,
+    Unwrap,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -615,29 +625,44 @@ async fn bench_kms(a: KmsArgs) -> Result<Vec<PhaseReport>> {
             key_version: resp.key_version,
         },
     )?);
-    let url = reqwest::Url::parse(&format!("{base}{unwrap_path}"))?;
-    let (lat, _bytes, errors, secs) = run_phase(
-        "KMS unwrap",
-        a.count,
-        a.concurrency,
-        None,
-        a.quiet,
-        move |_| {
-            let (http, cred, body, url) = (http.clone(), cred.clone(), body.clone(), url.clone());
-            async move {
-                http.post(url)
-                    .bearer_auth(cred.token("POST", unwrap_path))
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                Ok(0)
-            }
+    let gen_body = bytes::Bytes::from(serde_json::to_vec(
+        &coffer_common::kms_api::GenerateDataKeyRequest {
+            bucket_id: a.bucket_id.clone(),
         },
-    )
-    .await;
-    Ok(vec![report("kms", "unwrap", lat, errors, 0, secs)])
+    )?);
+    let mut reports = Vec::new();
+    for op in &a.ops {
+        let (name, path, body) = match op {
+            KmsOp::Generate => ("generate", gen_path, gen_body.clone()),
+            KmsOp::Unwrap => ("unwrap", unwrap_path, body.clone()),
+        };
+        let url = reqwest::Url::parse(&format!("{base}{path}"))?;
+        let (http, cred) = (http.clone(), cred.clone());
+        let (lat, _bytes, errors, secs) = run_phase(
+            &format!("KMS {name}"),
+            a.count,
+            a.concurrency,
+            None,
+            a.quiet,
+            move |_| {
+                let (http, cred, body, url) =
+                    (http.clone(), cred.clone(), body.clone(), url.clone());
+                async move {
+                    http.post(url)
+                        .bearer_auth(cred.token("POST", path))
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    Ok(0)
+                }
+            },
+        )
+        .await;
+        reports.push(report("kms", name, lat, errors, 0, secs));
+    }
+    Ok(reports)
 }
 
 fn sse_c_key(file: Option<&std::path::Path>) -> Result<[u8; 32]> {
