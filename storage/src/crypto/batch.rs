@@ -21,7 +21,8 @@ use super::format::{FormatError, PartCipher, SEGMENT_SIZE, TAG_LEN};
 
 /// Segments per batch (1 MiB of plaintext).
 pub const BATCH_SEGMENTS: usize = 16;
-const BATCH_BYTES: usize = BATCH_SEGMENTS * SEGMENT_SIZE;
+/// Plaintext bytes of a full batch.
+pub const BATCH_BYTES: usize = BATCH_SEGMENTS * SEGMENT_SIZE;
 const ALIGN: usize = 64;
 
 /// Consecutive segments of one part, starting at segment `first`.

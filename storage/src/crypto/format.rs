@@ -294,7 +294,7 @@ impl SegmentReader {
     }
 }
 
-pub use super::batch::{BATCH_SEGMENTS, Batch};
+pub use super::batch::{BATCH_BYTES, BATCH_SEGMENTS, Batch};
 
 #[cfg(test)]
 #[path = "format_tests.rs"]

@@ -15,11 +15,8 @@ use std::io::{Seek, Write};
 use tokio::io::AsyncReadExt;
 
 use crate::crypto::format::{
-    self, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SEGMENT_SIZE, SegmentReader,
+    self, BATCH_BYTES, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SegmentReader,
 };
-
-/// Plaintext bytes per read of an unencrypted blob (the size of an encrypted batch).
-const BATCH_BYTES: usize = BATCH_SEGMENTS * SEGMENT_SIZE;
 
 /// Why a blob could not be written or read.
 #[derive(Debug, thiserror::Error)]
