@@ -49,6 +49,14 @@ impl Batch {
         }
     }
 
+    /// A batch holding `len` bytes (at most a full batch) to be read into, from segment `first`.
+    fn sized(first: u64, len: usize) -> Self {
+        let len = len.min(BATCH_BYTES);
+        let mut b = Self::with_capacity(first, len);
+        b.len = len;
+        b
+    }
+
     /// An empty batch to fill with plaintext, starting at segment `first`.
     pub fn new(first: u64) -> Self {
         Self::with_capacity(first, BATCH_BYTES)
@@ -149,8 +157,7 @@ impl Batch {
         plain_len: usize,
         input: &mut impl Read,
     ) -> std::io::Result<Self> {
-        let mut b = Self::with_capacity(first, plain_len.min(BATCH_BYTES));
-        b.len = plain_len.min(BATCH_BYTES);
+        let mut b = Self::sized(first, plain_len);
         let count = b.segment_count();
         let (area, tags) = b.area_mut();
         let mut slices = Vec::with_capacity(2 * count);
@@ -167,8 +174,7 @@ impl Batch {
 
     /// Read `len` plaintext bytes (an unencrypted blob) from `input`.
     pub fn read_plain(len: usize, input: &mut impl Read) -> std::io::Result<Self> {
-        let mut b = Self::with_capacity(0, len.min(BATCH_BYTES));
-        b.len = len.min(BATCH_BYTES);
+        let mut b = Self::sized(0, len);
         let (area, _) = b.area_mut();
         input.read_exact(area)?;
         Ok(b)
@@ -205,10 +211,7 @@ impl Batch {
 }
 
 /// `write_all` for a list of slices (one `writev` per call that the kernel takes whole).
-pub fn write_all_vectored(
-    out: &mut impl Write,
-    mut slices: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
+fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match out.write_vectored(slices) {

@@ -183,21 +183,10 @@ pub struct SegmentPlan {
     pub last_segment: u64,
     /// Byte offset in the blob of the first segment to read.
     pub file_offset: u64,
-    /// Bytes to read from `file_offset`.
-    pub file_len: u64,
     /// Plaintext bytes to drop from the start of the first segment.
     pub skip: usize,
     /// Plaintext bytes to return in total.
     pub take: u64,
-}
-
-fn segment_cipher_len(plain_len: u64, index: u64) -> u64 {
-    let n = segment_count(plain_len);
-    if index + 1 < n {
-        SEG_CIPHER
-    } else {
-        plain_len - index * SEGMENT_SIZE as u64 + TAG_LEN as u64
-    }
 }
 
 /// Plan a read of plaintext bytes `start..=end_inclusive` (the caller has checked
@@ -206,14 +195,10 @@ pub fn plan_range(plain_len: u64, start: u64, end_inclusive: u64) -> SegmentPlan
     let seg = SEGMENT_SIZE as u64;
     let first = start / seg;
     let last = (end_inclusive / seg).min(segment_count(plain_len) - 1);
-    let file_len = (first..=last)
-        .map(|i| segment_cipher_len(plain_len, i))
-        .sum();
     SegmentPlan {
         first_segment: first,
         last_segment: last,
         file_offset: HEADER_LEN as u64 + first * SEG_CIPHER,
-        file_len,
         skip: (start - first * seg) as usize,
         take: end_inclusive.saturating_sub(start) + 1,
     }
@@ -226,7 +211,6 @@ pub fn plan_full(plain_len: u64) -> SegmentPlan {
             first_segment: 0,
             last_segment: 0,
             file_offset: HEADER_LEN as u64,
-            file_len: TAG_LEN as u64,
             skip: 0,
             take: 0,
         };
