@@ -8,8 +8,11 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use super::versions;
 use crate::crypto::envelope::StoredSse;
@@ -77,8 +80,60 @@ pub struct Meta {
     pool: SqlitePool,
     /// The one writer connection: SQLite allows one writer at a time, and a deferred
     /// transaction that reads and then writes can fail with SQLITE_BUSY instead of waiting, so
-    /// all writes queue here.
+    /// all writes queue here. Checked out only as a [`WriteConn`].
     writer: SqlitePool,
+}
+
+/// The writer connection, checked out for one write.
+///
+/// It goes back to the pool only through [`WriteConn::done`], once the write's outcome is
+/// known: its transaction committed or rolled back, or its single statement answered. Dropped
+/// any other way (an error from any statement, a failed COMMIT or ROLLBACK, a request cancelled
+/// mid-transaction) the connection is closed rather than reused, and the next write opens a
+/// fresh one. A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) may leave SQLite's transaction open
+/// or rolled back while the driver still counts one open transaction; reusing such a
+/// connection turned every later transaction into a nested SAVEPOINT that never committed, so
+/// writes were acknowledged and then lost (issue 11 A1).
+pub(crate) struct WriteConn {
+    conn: PoolConnection<Sqlite>,
+    done: bool,
+}
+
+impl WriteConn {
+    /// Start a transaction on the writer connection.
+    pub(crate) async fn begin(&mut self) -> Result<Transaction<'_, Sqlite>, DbError> {
+        self.conn.begin().await
+    }
+
+    /// The write's outcome is known (committed, rolled back, or one statement answered): the
+    /// connection may be reused.
+    pub(crate) fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteConn {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!(
+                "metadata write failed or was cancelled; closing the writer connection (a fresh one serves the next write)"
+            );
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -136,9 +191,12 @@ fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
 }
 
 impl Meta {
-    /// The one writer connection (see [`Meta`]).
-    pub(crate) fn writer(&self) -> &SqlitePool {
-        &self.writer
+    /// Check out the one writer connection (see [`Meta`] and [`WriteConn`]).
+    pub(crate) async fn write_conn(&self) -> Result<WriteConn, DbError> {
+        Ok(WriteConn {
+            conn: self.writer.acquire().await?,
+            done: false,
+        })
     }
 
     pub(crate) fn reader(&self) -> &SqlitePool {
@@ -181,13 +239,15 @@ impl Meta {
         name: &str,
         encryption_config: Option<&str>,
     ) -> Result<bool, DbError> {
+        let mut w = self.write_conn().await?;
         let r = sqlx::query("INSERT INTO buckets (name, id, created_ms, encryption_config) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(now_ms())
             .bind(encryption_config)
-            .execute(&self.writer)
+            .execute(&mut *w)
             .await?;
+        w.done();
         Ok(r.rows_affected() == 1)
     }
 
@@ -221,7 +281,8 @@ impl Meta {
 
     /// Delete an empty bucket. `Ok(false)` when it has objects or uploads.
     pub async fn delete_bucket(&self, name: &str) -> Result<bool, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE bucket = ?")
             .bind(name)
             .fetch_one(&mut *tx)
@@ -233,6 +294,8 @@ impl Meta {
         .fetch_one(&mut *tx)
         .await?;
         if n > 0 || u > 0 {
+            tx.rollback().await?;
+            w.done();
             return Ok(false);
         }
         sqlx::query("DELETE FROM uploads WHERE bucket = ?")
@@ -244,6 +307,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         Ok(true)
     }
 
@@ -254,12 +318,14 @@ impl Meta {
         wrapped: &[u8],
         version: u32,
     ) -> Result<Option<(Vec<u8>, u32)>, DbError> {
+        let mut w = self.write_conn().await?;
         sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND wrapped_key IS NULL")
             .bind(wrapped)
             .bind(version as i64)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *w)
             .await?;
+        w.done();
         Ok(self.bucket(name).await?.and_then(|b| b.wrapped_key))
     }
 
@@ -268,11 +334,13 @@ impl Meta {
         name: &str,
         config: Option<&str>,
     ) -> Result<(), DbError> {
+        let mut w = self.write_conn().await?;
         sqlx::query("UPDATE buckets SET encryption_config = ? WHERE name = ?")
             .bind(config)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *w)
             .await?;
+        w.done();
         Ok(())
     }
 
@@ -316,7 +384,8 @@ impl Meta {
 
     /// Publish a single-part object whose blob is durable; returns the replaced version's blob files.
     pub async fn put_object(&self, o: &Object, blob: &BlobRow) -> Result<Vec<String>, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         versions::complete_tx(&mut tx, &o.version_id).await?;
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
@@ -330,6 +399,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         Ok(old)
     }
 
@@ -392,15 +462,18 @@ impl Meta {
 
     /// Delete an object; returns its blob files (empty when it did not exist).
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<Vec<String>, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         let files = Self::retire_object_tx(&mut tx, bucket, key).await?;
         tx.commit().await?;
+        w.done();
         Ok(files)
     }
 
     /// Replace an object's sealing and metadata in place (self-copy re-seal; blobs unchanged).
     pub async fn update_object_in_place(&self, o: &Object) -> Result<bool, DbError> {
         let (salt, sealed) = o.sse.columns();
+        let mut w = self.write_conn().await?;
         let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
             .bind(o.sse.mode_str())
             .bind(salt)
@@ -412,8 +485,9 @@ impl Meta {
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
-            .execute(&self.writer)
+            .execute(&mut *w)
             .await?;
+        w.done();
         Ok(r.rows_affected() == 1)
     }
 
@@ -422,7 +496,8 @@ impl Meta {
     /// Record a new upload; its version starts `writing` in the same transaction.
     pub async fn create_upload(&self, u: &Upload) -> Result<(), DbError> {
         let (salt, sealed) = u.sse.columns();
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         versions::insert_writing(&mut tx, &u.version_id, &u.bucket, &u.key).await?;
         sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.upload_id)
@@ -439,6 +514,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         Ok(())
     }
 
@@ -462,7 +538,8 @@ impl Meta {
         upload_id: &str,
         blob: &BlobRow,
     ) -> Result<Option<Vec<String>>, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         let live: Option<String> = sqlx::query_scalar(
             "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
         )
@@ -470,6 +547,8 @@ impl Meta {
         .fetch_optional(&mut *tx)
         .await?;
         if live.is_none() {
+            tx.rollback().await?;
+            w.done();
             return Ok(None);
         }
         let old: Vec<String> =
@@ -493,6 +572,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         Ok(Some(old))
     }
 
@@ -504,7 +584,8 @@ impl Meta {
         o: &Object,
         parts: &[u32],
     ) -> Result<Vec<String>, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         versions::complete_tx(&mut tx, &u.version_id).await?;
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
@@ -530,13 +611,15 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         dead.extend(rest);
         Ok(dead)
     }
 
     /// Abort an upload; returns its blob files, or `None` if there is no such live upload.
     pub async fn abort_upload(&self, upload_id: &str) -> Result<Option<Vec<String>>, DbError> {
-        let mut tx = self.writer.begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         let live: Option<String> = sqlx::query_scalar(
             "SELECT version_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
         )
@@ -544,6 +627,8 @@ impl Meta {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(version_id) = live else {
+            tx.rollback().await?;
+            w.done();
             return Ok(None);
         };
         versions::abort_tx(&mut tx, &version_id).await?;
@@ -560,7 +645,17 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        w.done();
         Ok(Some(files))
+    }
+
+    /// True when a blob row references `file` (read through a fresh reader connection).
+    pub async fn blob_file_referenced(&self, file: &str) -> Result<bool, DbError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blobs WHERE file = ?")
+            .bind(file)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
     }
 
     /// Every blob file name that a row references (for the start-up sweep).

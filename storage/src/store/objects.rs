@@ -77,6 +77,20 @@ pub async fn discard(blobs: &BlobStore, file: &str) {
     blobs.remove(file).await;
 }
 
+/// The transaction that was to reference `file` failed. A failed COMMIT does not always mean
+/// nothing was committed (an I/O error after the commit record was written), so the blob is
+/// removed only when a fresh read shows no row references it; when that cannot be told, it is
+/// kept and the start-up sweep removes it if it is unreferenced.
+async fn discard_unpublished(meta: &Meta, blobs: &BlobStore, file: &str) {
+    match meta.blob_file_referenced(file).await {
+        Ok(false) => discard(blobs, file).await,
+        Ok(true) => tracing::warn!(file, "a commit reported failure but its blob is referenced"),
+        Err(e) => {
+            tracing::warn!(file, error = %e, "keeping blob of a failed commit for the start-up sweep")
+        }
+    }
+}
+
 /// Plaintext of bytes `range` (inclusive; whole object when `None`) of an object made of
 /// `parts`. Every covered part is opened, and its header authenticated, before this returns:
 /// a bad header fails before the first byte, and an overwrite or delete that commits while the
@@ -139,7 +153,7 @@ pub async fn publish_single_part(
             Ok(())
         }
         Err(e) => {
-            discard(blobs, &row.file).await;
+            discard_unpublished(meta, blobs, &row.file).await;
             Err(e)
         }
     }
@@ -163,7 +177,7 @@ pub async fn publish_part(
             Ok(false)
         }
         Err(e) => {
-            discard(blobs, &row.file).await;
+            discard_unpublished(meta, blobs, &row.file).await;
             Err(e)
         }
     }

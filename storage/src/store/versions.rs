@@ -156,8 +156,9 @@ impl Meta {
     /// Record a new version as `writing` before any of its bytes are written.
     pub async fn begin_version(&self, bucket: &str, key: &str) -> Result<WritingVersion, DbError> {
         let version_id = uuid::Uuid::new_v4().to_string();
-        let mut conn = self.writer().acquire().await?;
-        insert_writing(&mut conn, &version_id, bucket, key).await?;
+        let mut w = self.write_conn().await?;
+        insert_writing(&mut w, &version_id, bucket, key).await?;
+        w.done();
         Ok(WritingVersion {
             meta: self.clone(),
             version_id,
@@ -167,8 +168,10 @@ impl Meta {
 
     /// Mark a version aborted if it is still being written.
     pub async fn abort_version(&self, version_id: &str) -> Result<(), DbError> {
-        let mut conn = self.writer().acquire().await?;
-        abort_tx(&mut conn, version_id).await
+        let mut w = self.write_conn().await?;
+        abort_tx(&mut w, version_id).await?;
+        w.done();
+        Ok(())
     }
 
     pub async fn version_state(&self, version_id: &str) -> Result<Option<VersionState>, DbError> {
@@ -183,7 +186,8 @@ impl Meta {
     /// Start-up: every `writing` version without a live upload was interrupted; abort it, then
     /// forget all aborted rows. Runs before requests are accepted.
     pub async fn sweep_versions(&self) -> Result<VersionSweep, DbError> {
-        let mut tx = self.writer().begin().await?;
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
         let interrupted = sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE state = ? AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
             .bind(VersionState::Aborted.as_str())
             .bind(now_ms())
@@ -197,6 +201,7 @@ impl Meta {
             .await?
             .rows_affected();
         tx.commit().await?;
+        w.done();
         Ok(VersionSweep {
             interrupted,
             forgotten,
