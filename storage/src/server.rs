@@ -140,12 +140,17 @@ fn metrics(state: &NodeState) -> axum::response::Response {
         .into_response()
 }
 
-/// Ready when the metadata database answers and, with a KMS configured, the KMS child has not
+/// Ready when the metadata database answers, the data dir's disk is not full (see
+/// `store::disk`) and, with a KMS configured, the KMS child has not
 /// been lost and the KMS answers its health check.
 async fn ready(state: &NodeState) -> axum::response::Response {
     let problem = if let Err(e) = state.meta.ping().await {
         tracing::warn!(error = %e, "readiness: metadata database");
         Some("metadata database unavailable")
+    } else if state.blobs.disk().still_full().await {
+        Some(
+            "disk full: the data dir's file system has no room; writes answer 503 until space is freed",
+        )
     } else if !state.keys.kms_usable().await {
         Some("KMS unavailable")
     } else {

@@ -296,3 +296,17 @@ def test_full_disk_loses_no_acknowledged_write(full_disk):
         s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up,
                                      MultipartUpload={"Parts": run.uploads[up][1]})
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == payload(f"{key}#1", 1000)
+
+
+def test_full_disk_answers_503_with_retry_after_and_recovers(full_disk):
+    run = full_disk
+    assert run.refusals, "nothing was refused: the disk never filled"
+    bad = [r for r in run.refusals
+           if (r.status, r.code) != (503, "ServiceUnavailable") or not r.retry_after]
+    assert not bad, f"{len(bad)} of {len(run.refusals)} refusals were not 503 + Retry-After: {bad[:5]}"
+    assert run.ready_while_full, "/ready was never asked while the disk was full"
+    for status, body in run.ready_while_full:
+        assert status == 503 and "disk full" in body.lower(), (status, body)
+    assert run.ready_after_free is not None
+    assert run.ready_after_free[0] == 200, run.ready_after_free
+    assert not run.after_free, f"refused after space was freed, without a restart: {run.after_free}"

@@ -4,7 +4,7 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
-use super::errors::ApiResult;
+use super::errors::{ApiError, ApiResult};
 use super::object::bucket_or_404;
 use crate::state::NodeState;
 use crate::store::objects;
@@ -41,11 +41,17 @@ pub(crate) async fn delete_objects(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "delete failed");
+                // Reported per key with the code a DeleteObject would answer (a full disk:
+                // ServiceUnavailable, so the client retries those keys).
+                let e = ApiError::from(e);
+                if let ApiError::DiskFull(_) = e {
+                    state.blobs.disk().mark_full();
+                }
+                let e = s3s::S3Error::from(e);
                 errors.push(Error {
                     key: Some(o.key),
-                    code: Some("InternalError".into()),
-                    message: Some("We encountered an internal error.".into()),
+                    code: Some(e.code().as_str().into()),
+                    message: e.message().map(Into::into),
                     ..Default::default()
                 });
             }

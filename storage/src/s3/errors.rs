@@ -8,6 +8,7 @@ use crate::crypto::envelope::EnvelopeError;
 use crate::crypto::kms_client::KmsError;
 use crate::crypto::sse::SseError;
 use crate::store::blobs::BlobError;
+use crate::store::disk;
 use crate::store::objects::ReadError;
 
 /// Everything an S3 handler can fail with.
@@ -39,6 +40,9 @@ pub enum ApiError {
     NoKms,
     #[error("KMS unavailable: {0}")]
     KmsUnavailable(String),
+    /// The data dir's file system is full (ENOSPC, SQLITE_FULL): retry once space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
     #[error("invalid argument: {0}")]
@@ -69,6 +73,9 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if disk::db_is_full(&e) {
+            return ApiError::DiskFull(format!("metadata: {e}"));
+        }
         ApiError::Internal(format!("metadata: {e}"))
     }
 }
@@ -77,6 +84,7 @@ impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
             BlobError::LengthMismatch { .. } | BlobError::Body(_) => ApiError::IncompleteBody,
+            BlobError::Io(e) if disk::io_is_full(&e) => ApiError::DiskFull(format!("blob: {e}")),
             BlobError::Io(e) => ApiError::Internal(format!("blob: {e}")),
             BlobError::Format(e) => ApiError::Internal(format!("blob format: {e}")),
         }
@@ -134,6 +142,10 @@ impl From<ApiError> for S3Error {
             ApiError::KmsNotImplemented => (C::NotImplemented, "SSE-KMS (aws:kms) is not implemented yet; use AES256 (SSE-S3) or SSE-C.".into()),
             ApiError::NoKms => (C::NotImplemented, "Server-side encryption was requested but this node has no KMS configured.".into()),
             ApiError::KmsUnavailable(_) => (C::ServiceUnavailable, "The key service is unavailable. Please retry.".into()),
+            ApiError::DiskFull(cause) => {
+                tracing::warn!(%cause, "write refused: disk full");
+                (C::ServiceUnavailable, "The storage node is out of disk space. Please retry later.".into())
+            }
             ApiError::InvalidRequest(m) => (C::InvalidRequest, (*m).into()),
             ApiError::InvalidArgument(m) => (C::InvalidArgument, m.clone()),
             ApiError::BadDigest => (C::BadDigest, "The Content-MD5 you specified did not match what we received.".into()),
@@ -164,7 +176,7 @@ impl From<ApiError> for S3Error {
         if let ApiError::NotModified = e {
             err.set_status_code(http::StatusCode::NOT_MODIFIED);
         }
-        if let ApiError::KmsUnavailable(_) = e {
+        if let ApiError::KmsUnavailable(_) | ApiError::DiskFull(_) = e {
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
         }
         err
@@ -200,6 +212,11 @@ mod tests {
             (ApiError::NoKms, "NotImplemented", 501),
             (
                 ApiError::KmsUnavailable("down".into()),
+                "ServiceUnavailable",
+                503,
+            ),
+            (
+                ApiError::DiskFull("cause".into()),
                 "ServiceUnavailable",
                 503,
             ),

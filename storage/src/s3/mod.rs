@@ -39,21 +39,33 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn map<T>(op: &'static str, r: Result<T, ApiError>) -> S3Result<T> {
-    r.map_err(|e| {
-        tracing::debug!(op, error = %e, "request failed");
-        let retry = matches!(e, ApiError::KmsUnavailable(_));
-        let mut err = S3Error::from(e);
-        if retry {
-            let mut h = http::HeaderMap::new();
-            h.insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            err.set_headers(h);
-        }
-        err
-    })
+impl CofferS3 {
+    /// An operation's result as s3s wants it. Transient refusals carry `Retry-After`: 1 s for
+    /// an unavailable KMS, 10 s for a full disk (freeing space takes an operator); a full disk
+    /// also marks the data dir full for `/ready`.
+    fn map<T>(&self, op: &'static str, r: Result<T, ApiError>) -> S3Result<T> {
+        r.map_err(|e| {
+            tracing::debug!(op, error = %e, "request failed");
+            let retry_after = match e {
+                ApiError::KmsUnavailable(_) => Some("1"),
+                ApiError::DiskFull(_) => {
+                    self.state.blobs.disk().mark_full();
+                    Some("10")
+                }
+                _ => None,
+            };
+            let mut err = S3Error::from(e);
+            if let Some(secs) = retry_after {
+                let mut h = http::HeaderMap::new();
+                h.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static(secs),
+                );
+                err.set_headers(h);
+            }
+            err
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -62,7 +74,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        map(
+        self.map(
             "CreateBucket",
             bucket::create_bucket(&self.state, req).await,
         )
@@ -71,13 +83,13 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        map("HeadBucket", bucket::head_bucket(&self.state, req).await)
+        self.map("HeadBucket", bucket::head_bucket(&self.state, req).await)
     }
     async fn delete_bucket(
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        map(
+        self.map(
             "DeleteBucket",
             bucket::delete_bucket(&self.state, req).await,
         )
@@ -86,13 +98,13 @@ impl S3 for CofferS3 {
         &self,
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        map("ListBuckets", bucket::list_buckets(&self.state).await)
+        self.map("ListBuckets", bucket::list_buckets(&self.state).await)
     }
     async fn get_bucket_location(
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        map(
+        self.map(
             "GetBucketLocation",
             bucket::get_bucket_location(&self.state, req).await,
         )
@@ -101,7 +113,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<PutBucketEncryptionInput>,
     ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
-        map(
+        self.map(
             "PutBucketEncryption",
             bucket::put_bucket_encryption(&self.state, req).await,
         )
@@ -110,7 +122,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<GetBucketEncryptionInput>,
     ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
-        map(
+        self.map(
             "GetBucketEncryption",
             bucket::get_bucket_encryption(&self.state, req).await,
         )
@@ -119,7 +131,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<DeleteBucketEncryptionInput>,
     ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
-        map(
+        self.map(
             "DeleteBucketEncryption",
             bucket::delete_bucket_encryption(&self.state, req).await,
         )
@@ -128,13 +140,13 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        map("ListObjects", list::list_objects(&self.state, req).await)
+        self.map("ListObjects", list::list_objects(&self.state, req).await)
     }
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        map(
+        self.map(
             "ListObjectsV2",
             list::list_objects_v2(&self.state, req).await,
         )
@@ -143,7 +155,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
-        map(
+        self.map(
             "ListObjectVersions",
             list::list_object_versions(&self.state, req).await,
         )
@@ -152,7 +164,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        map(
+        self.map(
             "PutObject",
             put::put_object(&self.state, req, &request_id()).await,
         )
@@ -161,7 +173,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        map(
+        self.map(
             "GetObject",
             get::get_object(&self.state, req, &request_id()).await,
         )
@@ -170,7 +182,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        map(
+        self.map(
             "HeadObject",
             get::head_object(&self.state, req, &request_id()).await,
         )
@@ -179,7 +191,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        map(
+        self.map(
             "DeleteObject",
             delete::delete_object(&self.state, req).await,
         )
@@ -188,7 +200,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        map(
+        self.map(
             "DeleteObjects",
             delete::delete_objects(&self.state, req).await,
         )
@@ -197,7 +209,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        map(
+        self.map(
             "CopyObject",
             copy::copy_object(&self.state, req, &request_id()).await,
         )
@@ -206,7 +218,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
-        map(
+        self.map(
             "GetObjectAttributes",
             get::get_object_attributes(&self.state, req, &request_id()).await,
         )
@@ -215,7 +227,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        map(
+        self.map(
             "CreateMultipartUpload",
             multipart::create(&self.state, req, &request_id()).await,
         )
@@ -224,7 +236,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        map(
+        self.map(
             "UploadPart",
             multipart::upload_part(&self.state, req, &request_id()).await,
         )
@@ -233,7 +245,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        map(
+        self.map(
             "UploadPartCopy",
             multipart::upload_part_copy(&self.state, req, &request_id()).await,
         )
@@ -242,7 +254,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        map(
+        self.map(
             "CompleteMultipartUpload",
             multipart::complete(&self.state, req, &request_id()).await,
         )
@@ -251,7 +263,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        map(
+        self.map(
             "AbortMultipartUpload",
             multipart::abort(&self.state, req).await,
         )
@@ -260,7 +272,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
-        map(
+        self.map(
             "ListParts",
             multipart::list_parts(&self.state, req, &request_id()).await,
         )
@@ -269,7 +281,7 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        map(
+        self.map(
             "ListMultipartUploads",
             multipart::list_uploads(&self.state, req).await,
         )

@@ -14,6 +14,7 @@ use md5::{Digest, Md5};
 use std::io::{Seek, Write};
 use tokio::io::AsyncReadExt;
 
+use super::disk::DiskHealth;
 use crate::crypto::format::{
     self, BATCH_BYTES, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SegmentReader,
 };
@@ -43,6 +44,7 @@ pub struct WrittenBlob {
 pub struct BlobStore {
     tmp: PathBuf,
     blobs: PathBuf,
+    disk: DiskHealth,
 }
 
 /// Removes a temporary file unless disarmed.
@@ -67,7 +69,13 @@ impl BlobStore {
         let blobs = data_dir.join("blobs");
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(&blobs)?;
-        Ok(Self { tmp, blobs })
+        let disk = DiskHealth::new(&tmp);
+        Ok(Self { tmp, blobs, disk })
+    }
+
+    /// Whether the data dir's file system is marked full.
+    pub fn disk(&self) -> &DiskHealth {
+        &self.disk
     }
 
     pub fn blobs_dir(&self) -> &Path {

@@ -1,10 +1,11 @@
 //! The storage node's durable state: SQLite metadata ([`meta`]), version states ([`versions`]),
-//! blob files ([`blobs`]), the start-up sweep ([`recovery`]), and the data path the S3 edge
+//! blob files ([`blobs`]), the "disk full" mark ([`disk`]), the start-up sweep ([`recovery`]), and the data path the S3 edge
 //! calls ([`objects`]: write/read/publish/retire, taking an `Encryption`). Only `blobs` touches
 //! object files. Nothing here stores keys: it keeps sealed object keys and ciphertext; an object
 //! key is only borrowed for one request through `objects::Encryption::Keyed`.
 
 pub mod blobs;
+pub mod disk;
 pub mod meta;
 pub mod objects;
 pub mod recovery;
