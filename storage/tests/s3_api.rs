@@ -406,3 +406,139 @@ async fn listing_pages_with_delimiter() {
     seen.sort();
     assert_eq!(seen, ["a/", "b", "c/", "d"]);
 }
+
+fn content_md5(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(b))
+}
+
+/// Issue 11 E16: buckets are unversioned, so only `null` names the current object; any other
+/// version id names nothing (DeleteObject deletes nothing, reads answer 404 NoSuchVersion).
+#[tokio::test]
+async fn version_ids_other_than_null_name_nothing() {
+    let n = Node::start().await;
+    n.call("PUT", "/verbk", &[], &[], vec![]).await;
+    let put = n.call("PUT", "/verbk/k", &[], &[], b"live".to_vec()).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let other = [("versionId", "3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY")];
+    let del = n.call("DELETE", "/verbk/k", &other, &[], vec![]).await;
+    assert_eq!(del.status, 204, "{}", del.text());
+    let get = n.call("GET", "/verbk/k", &[], &[], vec![]).await;
+    assert_eq!((get.status, get.body.as_slice()), (200, &b"live"[..]));
+    let get_v = n.call("GET", "/verbk/k", &other, &[], vec![]).await;
+    assert_eq!(
+        (get_v.status, get_v.one("Code").as_str()),
+        (404, "NoSuchVersion")
+    );
+    assert_eq!(
+        n.call("HEAD", "/verbk/k", &other, &[], vec![]).await.status,
+        404
+    );
+    let attrs = n
+        .call(
+            "GET",
+            "/verbk/k",
+            &[("attributes", ""), other[0]],
+            &[("x-amz-object-attributes", "ETag")],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (attrs.status, attrs.one("Code").as_str()),
+        (404, "NoSuchVersion")
+    );
+    let null = [("versionId", "null")];
+    let get_null = n.call("GET", "/verbk/k", &null, &[], vec![]).await;
+    assert_eq!(
+        (get_null.status, get_null.body.as_slice()),
+        (200, &b"live"[..])
+    );
+    let copy_other = n
+        .call(
+            "PUT",
+            "/verbk/c1",
+            &[],
+            &[(
+                "x-amz-copy-source",
+                "/verbk/k?versionId=3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY",
+            )],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (copy_other.status, copy_other.one("Code").as_str()),
+        (404, "NoSuchVersion")
+    );
+    assert_eq!(
+        n.call("HEAD", "/verbk/c1", &[], &[], vec![]).await.status,
+        404
+    );
+    let copy_null = n
+        .call(
+            "PUT",
+            "/verbk/c2",
+            &[],
+            &[("x-amz-copy-source", "/verbk/k?versionId=null")],
+            vec![],
+        )
+        .await;
+    assert_eq!(copy_null.status, 200, "{}", copy_null.text());
+    let xml = b"<Delete><Object><Key>k</Key><VersionId>3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY</VersionId></Object></Delete>".to_vec();
+    let batch = n
+        .call(
+            "POST",
+            "/verbk",
+            &[("delete", "")],
+            &[("content-md5", &content_md5(&xml))],
+            xml,
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert_eq!(batch.all("Key"), ["k"]);
+    assert_eq!(batch.all("Code"), Vec::<String>::new());
+    let get = n.call("GET", "/verbk/k", &[], &[], vec![]).await;
+    assert_eq!((get.status, get.body.as_slice()), (200, &b"live"[..]));
+    assert_eq!(
+        n.call("DELETE", "/verbk/k", &null, &[], vec![])
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        n.call("HEAD", "/verbk/k", &[], &[], vec![]).await.status,
+        404
+    );
+}
+
+/// Issue 11 E22: a bucket with Object Lock would promise retention Coffer does not enforce.
+#[tokio::test]
+async fn object_lock_bucket_is_refused() {
+    let n = Node::start().await;
+    let lock = n
+        .call(
+            "PUT",
+            "/lockbk",
+            &[],
+            &[("x-amz-bucket-object-lock-enabled", "true")],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (lock.status, lock.one("Code").as_str()),
+        (501, "NotImplemented")
+    );
+    assert_eq!(
+        n.call("HEAD", "/lockbk", &[], &[], vec![]).await.status,
+        404
+    );
+    let plain = n
+        .call(
+            "PUT",
+            "/lockbk",
+            &[],
+            &[("x-amz-bucket-object-lock-enabled", "false")],
+            vec![],
+        )
+        .await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+}

@@ -30,6 +30,13 @@ pub(crate) async fn create_bucket(
     if !valid_bucket_name(&name) {
         return Err(ApiError::InvalidBucketName);
     }
+    // Object Lock promises retention Coffer does not enforce: refuse rather than create a
+    // bucket without it (issue 11 E22).
+    if req.input.object_lock_enabled_for_bucket == Some(true) {
+        return Err(ApiError::NotImplemented(
+            "Object Lock is not implemented; the bucket was not created.",
+        ));
+    }
     let default = match state.cfg.default_encryption {
         DefaultEncryption::SseS3 => Some("AES256"),
         DefaultEncryption::None => None,

@@ -15,10 +15,18 @@ use crate::state::NodeState;
 use crate::store::meta::{self, BlobRow, Object};
 use crate::store::objects;
 
-/// Parse `CopySource` into (bucket, key).
-pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String)> {
+/// Parse `CopySource` into (bucket, key, versionId).
+pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String, Option<String>)> {
     match cs {
-        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_string),
+        )),
         CopySource::AccessPoint { .. } | CopySource::Outpost { .. } => Err(
             ApiError::InvalidArgument("Access point copy sources are not supported".into()),
         ),
@@ -32,7 +40,7 @@ pub(crate) async fn copy_object(
 ) -> ApiResult<S3Response<CopyObjectOutput>> {
     let src_customer = common::copy_source_key(state, &req.headers)?;
     let input = req.input;
-    let (sb, sk) = copy_source(&input.copy_source)?;
+    let (sb, sk, sv) = copy_source(&input.copy_source)?;
     let dst_bucket = bucket_or_404(state, &input.bucket).await?;
     let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
     // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
@@ -42,7 +50,16 @@ pub(crate) async fn copy_object(
         }
         _ => false,
     };
-    let src = object::resolve(state, &sb, &sk, src_customer, None, request_id).await?;
+    let src = object::resolve(
+        state,
+        &sb,
+        &sk,
+        sv.as_deref(),
+        src_customer,
+        None,
+        request_id,
+    )
+    .await?;
     let replace = input
         .metadata_directive
         .as_ref()
@@ -124,7 +141,7 @@ pub(crate) async fn copy_object(
             server_side_encryption: s,
             sse_customer_algorithm: a,
             sse_customer_key_md5: m,
-            copy_source_version_id: None,
+            copy_source_version_id: sv.clone(),
             ..Default::default()
         }));
     }
@@ -187,6 +204,7 @@ pub(crate) async fn copy_object(
         server_side_encryption: s,
         sse_customer_algorithm: a,
         sse_customer_key_md5: m,
+        copy_source_version_id: sv,
         ..Default::default()
     }))
 }

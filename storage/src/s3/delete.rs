@@ -1,11 +1,13 @@
 //! DeleteObject and DeleteObjects: retire the visible version in one transaction, then remove
 //! its blob files. Deleting a missing key succeeds (204, or reported deleted in a batch).
+//! Buckets are unversioned: a `versionId` other than `null` names a version that does not
+//! exist, so nothing is deleted (204 / reported deleted, as AWS answers for a missing version).
 
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::errors::{ApiError, ApiResult};
-use super::object::bucket_or_404;
+use super::object::{bucket_or_404, names_current};
 use crate::state::NodeState;
 use crate::store::objects;
 
@@ -15,8 +17,13 @@ pub(crate) async fn delete_object(
 ) -> ApiResult<S3Response<DeleteObjectOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
-    objects::delete_object(&state.meta, &state.blobs, &input.bucket, &input.key).await?;
-    let mut resp = S3Response::new(DeleteObjectOutput::default());
+    if names_current(input.version_id.as_deref()) {
+        objects::delete_object(&state.meta, &state.blobs, &input.bucket, &input.key).await?;
+    }
+    let mut resp = S3Response::new(DeleteObjectOutput {
+        version_id: input.version_id,
+        ..Default::default()
+    });
     resp.status = Some(http::StatusCode::NO_CONTENT);
     Ok(resp)
 }
@@ -31,11 +38,17 @@ pub(crate) async fn delete_objects(
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     for o in input.delete.objects {
-        match objects::delete_object(&state.meta, &state.blobs, &input.bucket, &o.key).await {
+        let result = if names_current(o.version_id.as_deref()) {
+            objects::delete_object(&state.meta, &state.blobs, &input.bucket, &o.key).await
+        } else {
+            Ok(())
+        };
+        match result {
             Ok(()) => {
                 if !quiet {
                     deleted.push(DeletedObject {
                         key: Some(o.key),
+                        version_id: o.version_id,
                         ..Default::default()
                     });
                 }
@@ -50,9 +63,9 @@ pub(crate) async fn delete_objects(
                 let e = s3s::S3Error::from(e);
                 errors.push(Error {
                     key: Some(o.key),
+                    version_id: o.version_id,
                     code: Some(e.code().as_str().into()),
                     message: e.message().map(Into::into),
-                    ..Default::default()
                 });
             }
         }

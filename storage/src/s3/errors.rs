@@ -20,6 +20,8 @@ pub enum ApiError {
     NoSuchKey,
     #[error("no such upload")]
     NoSuchUpload,
+    #[error("no such version")]
+    NoSuchVersion,
     #[error("bucket not empty")]
     BucketNotEmpty,
     #[error("invalid bucket name")]
@@ -36,6 +38,8 @@ pub enum ApiError {
     PartEncryptionRequired,
     #[error("aws:kms not implemented")]
     KmsNotImplemented,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("SSE requested but no KMS configured")]
     NoKms,
     #[error("KMS unavailable: {0}")]
@@ -131,6 +135,7 @@ impl From<ApiError> for S3Error {
         let (code, msg): (S3ErrorCode, String) = match &e {
             ApiError::NoSuchBucket => (C::NoSuchBucket, "The specified bucket does not exist".into()),
             ApiError::NoSuchKey => (C::NoSuchKey, "The specified key does not exist.".into()),
+            ApiError::NoSuchVersion => (C::NoSuchVersion, "The specified version does not exist.".into()),
             ApiError::NoSuchUpload => (C::NoSuchUpload, "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.".into()),
             ApiError::BucketNotEmpty => (C::BucketNotEmpty, "The bucket you tried to delete is not empty".into()),
             ApiError::InvalidBucketName => (C::InvalidBucketName, "The specified bucket is not valid.".into()),
@@ -140,6 +145,7 @@ impl From<ApiError> for S3Error {
             ApiError::AccessDenied => (C::AccessDenied, "Access Denied".into()),
             ApiError::PartEncryptionRequired => (C::InvalidRequest, "The multipart upload initiate requested encryption. Subsequent part requests must include the appropriate encryption parameters.".into()),
             ApiError::KmsNotImplemented => (C::NotImplemented, "SSE-KMS (aws:kms) is not implemented yet; use AES256 (SSE-S3) or SSE-C.".into()),
+            ApiError::NotImplemented(m) => (C::NotImplemented, (*m).into()),
             ApiError::NoKms => (C::NotImplemented, "Server-side encryption was requested but this node has no KMS configured.".into()),
             ApiError::KmsUnavailable(_) => (C::ServiceUnavailable, "The key service is unavailable. Please retry.".into()),
             ApiError::DiskFull(cause) => {
@@ -197,6 +203,7 @@ mod tests {
             (ApiError::NoSuchBucket, "NoSuchBucket", 404),
             (ApiError::NoSuchKey, "NoSuchKey", 404),
             (ApiError::NoSuchUpload, "NoSuchUpload", 404),
+            (ApiError::NoSuchVersion, "NoSuchVersion", 404),
             (ApiError::BucketNotEmpty, "BucketNotEmpty", 409),
             (ApiError::InvalidBucketName, "InvalidBucketName", 400),
             (
@@ -210,6 +217,7 @@ mod tests {
             (ApiError::PartEncryptionRequired, "InvalidRequest", 400),
             (ApiError::KmsNotImplemented, "NotImplemented", 501),
             (ApiError::NoKms, "NotImplemented", 501),
+            (ApiError::NotImplemented("x"), "NotImplemented", 501),
             (
                 ApiError::KmsUnavailable("down".into()),
                 "ServiceUnavailable",

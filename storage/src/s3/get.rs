@@ -72,6 +72,7 @@ pub(crate) async fn get_object(
         state,
         &input.bucket,
         &input.key,
+        input.version_id.as_deref(),
         customer,
         input.part_number,
         request_id,
@@ -160,6 +161,7 @@ pub(crate) async fn head_object(
         state,
         &input.bucket,
         &input.key,
+        input.version_id.as_deref(),
         customer,
         input.part_number,
         request_id,
@@ -218,7 +220,16 @@ pub(crate) async fn get_object_attributes(
 ) -> ApiResult<S3Response<GetObjectAttributesOutput>> {
     let customer = common::read_key(state, &req.headers)?;
     let input = req.input;
-    let r = resolve(state, &input.bucket, &input.key, customer, None, request_id).await?;
+    let r = resolve(
+        state,
+        &input.bucket,
+        &input.key,
+        input.version_id.as_deref(),
+        customer,
+        None,
+        request_id,
+    )
+    .await?;
     // The header may arrive as one comma-separated value or as several values.
     let want = |a: &str| {
         input

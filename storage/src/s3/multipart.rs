@@ -204,8 +204,17 @@ pub(crate) async fn upload_part_copy(
         request_id,
     )
     .await?;
-    let (sb, sk) = copy_source(&input.copy_source)?;
-    let src = object::resolve(state, &sb, &sk, src_customer, None, request_id).await?;
+    let (sb, sk, sv) = copy_source(&input.copy_source)?;
+    let src = object::resolve(
+        state,
+        &sb,
+        &sk,
+        sv.as_deref(),
+        src_customer,
+        None,
+        request_id,
+    )
+    .await?;
     let range = match input.copy_source_range.as_deref() {
         Some(r) => Some(parse_copy_range(r, src.obj.size)?),
         None => None,

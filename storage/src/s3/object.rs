@@ -91,17 +91,28 @@ pub(crate) struct Resolved {
     pub customer_md5: Option<String>,
 }
 
+/// Buckets are unversioned: the only version id that names the current object is `null`
+/// (Coffer never answers another one). Any other id names a version that does not exist.
+pub(crate) fn names_current(version_id: Option<&str>) -> bool {
+    version_id.is_none_or(|v| v == "null")
+}
+
 /// Look up an object and open its key with the request's trio (validation order of the spec:
-/// trio syntax first, then part number, then object state and key).
+/// trio syntax first, then part number, then object state and key). `version_id`: the
+/// request's `versionId` (404 NoSuchVersion unless it names the current object).
 pub(crate) async fn resolve(
     state: &NodeState,
     bucket: &str,
     key: &str,
+    version_id: Option<&str>,
     customer: Option<crate::crypto::sse::CustomerKey>,
     part_number: Option<i32>,
     request_id: &str,
 ) -> ApiResult<Resolved> {
     let b = bucket_or_404(state, bucket).await?;
+    if !names_current(version_id) {
+        return Err(ApiError::NoSuchVersion);
+    }
     let obj = state
         .meta
         .object(bucket, key)
