@@ -542,3 +542,327 @@ async fn object_lock_bucket_is_refused() {
         .await;
     assert_eq!(plain.status, 200, "{}", plain.text());
 }
+
+/// Issue 11 E17: conditional writes (PutObject, CopyObject destination, Complete) write nothing
+/// when their precondition fails; copy-source conditions follow AWS's combination rules; a 304
+/// carries the ETag.
+#[tokio::test]
+async fn conditional_writes_write_nothing_when_they_fail() {
+    let n = Node::start().await;
+    n.call("PUT", "/cwbk", &[], &[], vec![]).await;
+    let one = n.call("PUT", "/cwbk/k", &[], &[], b"one".to_vec()).await;
+    let etag1 = one.header("etag");
+    let body_of = |a: &Answer| (a.status, String::from_utf8_lossy(&a.body).into_owned());
+    let code = |a: &Answer| (a.status, a.one("Code"));
+    let exists = n
+        .call(
+            "PUT",
+            "/cwbk/k",
+            &[],
+            &[("if-none-match", "*")],
+            b"two".to_vec(),
+        )
+        .await;
+    assert_eq!(code(&exists), (412, "PreconditionFailed".into()));
+    assert_eq!(
+        body_of(&n.call("GET", "/cwbk/k", &[], &[], vec![]).await),
+        (200, "one".into())
+    );
+    let fresh = n
+        .call(
+            "PUT",
+            "/cwbk/new",
+            &[],
+            &[("if-none-match", "*")],
+            b"n".to_vec(),
+        )
+        .await;
+    assert_eq!(fresh.status, 200, "{}", fresh.text());
+    let wrong = n
+        .call(
+            "PUT",
+            "/cwbk/k",
+            &[],
+            &[("if-match", "\"0123\"")],
+            b"two".to_vec(),
+        )
+        .await;
+    assert_eq!(code(&wrong), (412, "PreconditionFailed".into()));
+    let missing = n
+        .call(
+            "PUT",
+            "/cwbk/none",
+            &[],
+            &[("if-match", &etag1)],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(code(&missing), (404, "NoSuchKey".into()));
+    assert_eq!(
+        n.call("HEAD", "/cwbk/none", &[], &[], vec![]).await.status,
+        404
+    );
+    let right = n
+        .call(
+            "PUT",
+            "/cwbk/k",
+            &[],
+            &[("if-match", &etag1)],
+            b"three".to_vec(),
+        )
+        .await;
+    assert_eq!(right.status, 200, "{}", right.text());
+    let etag3 = right.header("etag");
+    assert_eq!(
+        body_of(&n.call("GET", "/cwbk/k", &[], &[], vec![]).await),
+        (200, "three".into())
+    );
+
+    // Racing create-only writes of one key: exactly one wins, and its bytes are stored.
+    let racers = (0..6u8).map(|i| {
+        let n = &n;
+        async move {
+            let body = data(256 * 1024, i);
+            let r = n
+                .call(
+                    "PUT",
+                    "/cwbk/race",
+                    &[],
+                    &[("if-none-match", "*")],
+                    body.clone(),
+                )
+                .await;
+            (r.status, body)
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    let winners: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|(s, _)| *s == 200 || *s == 412));
+    let stored = n.call("GET", "/cwbk/race", &[], &[], vec![]).await;
+    assert!(stored.body == winners[0].1);
+
+    // GET: a 304 carries the ETag.
+    let not_modified = n
+        .call("GET", "/cwbk/k", &[], &[("if-none-match", &etag3)], vec![])
+        .await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("etag"), etag3);
+    assert!(!not_modified.header("last-modified").is_empty());
+
+    // CopyObject: destination preconditions, then the copy-source ones.
+    let copy = |headers: Vec<(&'static str, String)>, dst: &'static str| {
+        let n = &n;
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("x-amz-copy-source", "/cwbk/k")];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            n.call("PUT", dst, &[], &h, vec![]).await
+        }
+    };
+    let r = copy(vec![("if-none-match", "*".into())], "/cwbk/new").await;
+    assert_eq!(code(&r), (412, "PreconditionFailed".into()));
+    assert_eq!(
+        body_of(&n.call("GET", "/cwbk/new", &[], &[], vec![]).await),
+        (200, "n".into())
+    );
+    let past = "Sat, 01 Jan 2000 00:00:00 GMT".to_string();
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT".to_string();
+    for (headers, want) in [
+        (
+            vec![("x-amz-copy-source-if-match", "\"0123\"".to_string())],
+            412,
+        ),
+        (vec![("x-amz-copy-source-if-match", etag3.clone())], 200),
+        (
+            vec![("x-amz-copy-source-if-none-match", etag3.clone())],
+            412,
+        ),
+        (
+            vec![("x-amz-copy-source-if-none-match", "\"0123\"".into())],
+            200,
+        ),
+        (
+            vec![("x-amz-copy-source-if-unmodified-since", past.clone())],
+            412,
+        ),
+        (
+            vec![("x-amz-copy-source-if-modified-since", future.clone())],
+            412,
+        ),
+        (
+            vec![("x-amz-copy-source-if-modified-since", past.clone())],
+            200,
+        ),
+        // if-match true wins over if-unmodified-since false (AWS)
+        (
+            vec![
+                ("x-amz-copy-source-if-match", etag3.clone()),
+                ("x-amz-copy-source-if-unmodified-since", past.clone()),
+            ],
+            200,
+        ),
+        // if-none-match false with if-modified-since true: 412 (AWS)
+        (
+            vec![
+                ("x-amz-copy-source-if-none-match", etag3.clone()),
+                ("x-amz-copy-source-if-modified-since", past.clone()),
+            ],
+            412,
+        ),
+        (
+            vec![
+                ("x-amz-copy-source-if-none-match", "\"0123\"".into()),
+                ("x-amz-copy-source-if-modified-since", future.clone()),
+            ],
+            200,
+        ),
+    ] {
+        let what = format!("{headers:?}");
+        let r = copy(headers, "/cwbk/copied").await;
+        assert_eq!(r.status, want, "{what}: {}", r.text());
+        if want == 412 {
+            assert_eq!(r.one("Code"), "PreconditionFailed", "{what}");
+        }
+    }
+
+    // CompleteMultipartUpload: refused preconditions publish nothing and keep the upload.
+    let init = n
+        .call("POST", "/cwbk/k", &[("uploads", "")], &[], vec![])
+        .await;
+    let id = init.one("UploadId");
+    let part = n
+        .call(
+            "PUT",
+            "/cwbk/k",
+            &[("partNumber", "1"), ("uploadId", &id)],
+            &[],
+            b"multi".to_vec(),
+        )
+        .await;
+    let xml = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
+        part.header("etag")
+    );
+    for (h, v) in [("if-none-match", "*"), ("if-match", "\"0123\"")] {
+        let r = n
+            .call(
+                "POST",
+                "/cwbk/k",
+                &[("uploadId", &id)],
+                &[(h, v)],
+                xml.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(code(&r), (412, "PreconditionFailed".into()), "{h}");
+        assert_eq!(
+            body_of(&n.call("GET", "/cwbk/k", &[], &[], vec![]).await),
+            (200, "three".into())
+        );
+        let parts = n
+            .call("GET", "/cwbk/k", &[("uploadId", &id)], &[], vec![])
+            .await;
+        assert_eq!(parts.status, 200, "the upload stays live: {}", parts.text());
+    }
+    let done = n
+        .call(
+            "POST",
+            "/cwbk/k",
+            &[("uploadId", &id)],
+            &[("if-match", &etag3)],
+            xml.into_bytes(),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(
+        body_of(&n.call("GET", "/cwbk/k", &[], &[], vec![]).await),
+        (200, "multi".into())
+    );
+}
+
+/// Issue 11 E20: concurrent Completes of one upload all answer the winner's 200; an upload is
+/// addressed only under its own key.
+#[tokio::test]
+async fn concurrent_completes_answer_alike_and_uploads_belong_to_their_key() {
+    let n = Node::start().await;
+    n.call("PUT", "/ccbk", &[], &[], vec![]).await;
+    let init = n
+        .call("POST", "/ccbk/obj", &[("uploads", "")], &[], vec![])
+        .await;
+    let id = init.one("UploadId");
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    let parts = [data(5 * MIB, 1), data(1000, 2)];
+    for (i, p) in parts.iter().enumerate() {
+        let num = (i + 1).to_string();
+        let r = n
+            .call(
+                "PUT",
+                "/ccbk/obj",
+                &[("partNumber", &num), ("uploadId", &id)],
+                &[],
+                p.clone(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        xml += &format!(
+            "<Part><PartNumber>{num}</PartNumber><ETag>{}</ETag></Part>",
+            r.header("etag")
+        );
+    }
+    xml += "</CompleteMultipartUpload>";
+
+    // Another key than the upload's: 404 NoSuchUpload for every upload operation.
+    let elsewhere = [
+        n.call(
+            "PUT",
+            "/ccbk/other",
+            &[("partNumber", "3"), ("uploadId", &id)],
+            &[],
+            b"x".to_vec(),
+        )
+        .await,
+        n.call("GET", "/ccbk/other", &[("uploadId", &id)], &[], vec![])
+            .await,
+        n.call(
+            "POST",
+            "/ccbk/other",
+            &[("uploadId", &id)],
+            &[],
+            xml.clone().into_bytes(),
+        )
+        .await,
+        n.call("DELETE", "/ccbk/other", &[("uploadId", &id)], &[], vec![])
+            .await,
+    ];
+    for r in &elsewhere {
+        assert_eq!((r.status, r.one("Code").as_str()), (404, "NoSuchUpload"));
+    }
+    assert_eq!(n.call("HEAD", "/ccbk/other", &[], &[], vec![]).await.status, 404);
+    let listed = n
+        .call("GET", "/ccbk/obj", &[("uploadId", &id)], &[], vec![])
+        .await;
+    assert_eq!(listed.all("PartNumber"), ["1", "2"]);
+
+    let completes = (0..6).map(|_| {
+        let (n, xml, id) = (&n, xml.clone(), id.clone());
+        async move {
+            n.call("POST", "/ccbk/obj", &[("uploadId", &id)], &[], xml.into_bytes())
+                .await
+        }
+    });
+    let answers = futures::future::join_all(completes).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200; 6], "{}", answers[0].text());
+    let etags: Vec<String> = answers.iter().map(|a| a.one("ETag")).collect();
+    assert!(etags.iter().all(|e| e == &etags[0]), "{etags:?}");
+    let whole = n.call("GET", "/ccbk/obj", &[], &[], vec![]).await;
+    assert!(whole.body == parts.concat());
+    assert_eq!(
+        whole.header("etag"),
+        etags[0].replace("&quot;", "\"")
+    );
+}

@@ -225,6 +225,11 @@ pub(crate) fn multipart_etag(part_etags: &[String]) -> String {
     format!("{}-{}", hex::encode(h.finalize()), part_etags.len())
 }
 
+/// Last-Modified in whole seconds (HTTP dates have no fraction), for conditional requests.
+pub(crate) fn modified_secs(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
 pub(crate) fn ts(ms: i64) -> Timestamp {
     Timestamp::from(
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -1,6 +1,7 @@
 //! CopyObject: re-encrypting copies (source decrypted with its key, destination sealed under its
 //! own plan) and the self-copy re-seal used for SSE-C key rotation, which changes only the
-//! sealed object key (the blob is not rewritten).
+//! sealed object key (the blob is not rewritten). Conditions: `x-amz-copy-source-if-*` on the
+//! source, `If-Match`/`If-None-Match` on the destination (checked again when it is published).
 
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
@@ -9,6 +10,7 @@ use subtle::ConstantTimeEq;
 use super::common::{self, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use super::object::{self, ContentHeaders, bucket_or_404};
+use super::precondition;
 use crate::crypto::envelope::{self, StoredSse};
 use crate::crypto::keys::{Binding, SealMode};
 use crate::state::NodeState;
@@ -43,6 +45,7 @@ pub(crate) async fn copy_object(
     let (sb, sk, sv) = copy_source(&input.copy_source)?;
     let dst_bucket = bucket_or_404(state, &input.bucket).await?;
     let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
+    let cond = precondition::write_condition_from_headers(&req.headers)?;
     // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
     let same_customer_key = match (&plan, src_customer.as_ref()) {
         (WritePlan::SseC(dst), Some(src)) => {
@@ -60,6 +63,14 @@ pub(crate) async fn copy_object(
         request_id,
     )
     .await?;
+    precondition::check_copy_source(
+        &src.obj,
+        input.copy_source_if_match.as_ref(),
+        input.copy_source_if_none_match.as_ref(),
+        input.copy_source_if_modified_since.as_ref(),
+        input.copy_source_if_unmodified_since.as_ref(),
+    )?;
+    precondition::precheck(state, &dst_bucket.name, &input.key, &cond).await?;
     let replace = input
         .metadata_directive
         .as_ref()
@@ -192,7 +203,9 @@ pub(crate) async fn copy_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    objects::publish_single_part(&state.meta, &state.blobs, &obj, &row).await?;
+    objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, &cond)
+        .await?
+        .map_err(precondition::failed)?;
     writing.published();
     let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
     Ok(S3Response::new(CopyObjectOutput {

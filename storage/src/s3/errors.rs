@@ -65,8 +65,9 @@ pub enum ApiError {
     MalformedXml,
     #[error("precondition failed")]
     PreconditionFailed,
+    /// 304, answered with the object's ETag and Last-Modified (as AWS and RFC 7232).
     #[error("not modified")]
-    NotModified,
+    NotModified { etag: String, last_modified_ms: i64 },
     #[error("no bucket encryption configuration")]
     NoEncryptionConfig,
     #[error("incomplete body")]
@@ -161,7 +162,7 @@ impl From<ApiError> for S3Error {
             ApiError::EntityTooSmall => (C::EntityTooSmall, "Your proposed upload is smaller than the minimum allowed object size.".into()),
             ApiError::MalformedXml => (C::MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema.".into()),
             ApiError::PreconditionFailed => (C::PreconditionFailed, "At least one of the pre-conditions you specified did not hold".into()),
-            ApiError::NotModified => (C::NotModified, "Not Modified".into()),
+            ApiError::NotModified { .. } => (C::NotModified, "Not Modified".into()),
             ApiError::NoEncryptionConfig => (C::ServerSideEncryptionConfigurationNotFoundError, "The server side encryption configuration was not found".into()),
             ApiError::IncompleteBody => (C::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header.".into()),
             ApiError::Internal(cause) => {
@@ -179,7 +180,7 @@ impl From<ApiError> for S3Error {
         if let ApiError::NoEncryptionConfig = e {
             err.set_status_code(http::StatusCode::NOT_FOUND);
         }
-        if let ApiError::NotModified = e {
+        if let ApiError::NotModified { .. } = e {
             err.set_status_code(http::StatusCode::NOT_MODIFIED);
         }
         if let ApiError::KmsUnavailable(_) | ApiError::DiskFull(_) = e {
@@ -241,7 +242,14 @@ mod tests {
             (ApiError::EntityTooSmall, "EntityTooSmall", 400),
             (ApiError::MalformedXml, "MalformedXML", 400),
             (ApiError::PreconditionFailed, "PreconditionFailed", 412),
-            (ApiError::NotModified, "NotModified", 304),
+            (
+                ApiError::NotModified {
+                    etag: "e".into(),
+                    last_modified_ms: 0,
+                },
+                "NotModified",
+                304,
+            ),
             (
                 ApiError::NoEncryptionConfig,
                 "ServerSideEncryptionConfigurationNotFoundError",

@@ -33,25 +33,29 @@ fn check_conditions(
             || c.as_etag()
                 .is_some_and(|e| e.value().trim_matches('"') == obj.etag)
     };
-    let lm = time::OffsetDateTime::from(common::ts(obj.last_modified_ms));
+    let lm = common::modified_secs(obj.last_modified_ms);
     let secs = |t: &Timestamp| time::OffsetDateTime::from(t.clone()).unix_timestamp();
     if let Some(c) = if_match {
         if !matches(c) {
             return Err(ApiError::PreconditionFailed);
         }
     } else if let Some(t) = ius
-        && lm.unix_timestamp() > secs(t)
+        && lm > secs(t)
     {
         return Err(ApiError::PreconditionFailed);
     }
+    let not_modified = || ApiError::NotModified {
+        etag: obj.etag.clone(),
+        last_modified_ms: obj.last_modified_ms,
+    };
     if let Some(c) = if_none_match {
         if matches(c) {
-            return Err(ApiError::NotModified);
+            return Err(not_modified());
         }
     } else if let Some(t) = ims
-        && lm.unix_timestamp() <= secs(t)
+        && lm <= secs(t)
     {
-        return Err(ApiError::NotModified);
+        return Err(not_modified());
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ mod get;
 mod list;
 mod multipart;
 mod object;
+mod precondition;
 mod put;
 
 use std::sync::Arc;
@@ -54,6 +55,14 @@ impl CofferS3 {
                 }
                 _ => None,
             };
+            // A 304 carries the validators a cache needs (RFC 7232 4.1).
+            let validators = match &e {
+                ApiError::NotModified {
+                    etag,
+                    last_modified_ms,
+                } => Some((format!("\"{etag}\""), *last_modified_ms)),
+                _ => None,
+            };
             let mut err = S3Error::from(e);
             if let Some(secs) = retry_after {
                 let mut h = http::HeaderMap::new();
@@ -61,6 +70,21 @@ impl CofferS3 {
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from_static(secs),
                 );
+                err.set_headers(h);
+            }
+            if let Some((etag, ms)) = validators {
+                let mut h = http::HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&etag) {
+                    h.insert(http::header::ETAG, v);
+                }
+                let mut date = Vec::new();
+                if common::ts(ms)
+                    .format(s3s::dto::TimestampFormat::HttpDate, &mut date)
+                    .is_ok()
+                    && let Ok(v) = http::HeaderValue::from_bytes(&date)
+                {
+                    h.insert(http::header::LAST_MODIFIED, v);
+                }
                 err.set_headers(h);
             }
             err

@@ -11,10 +11,11 @@ use super::copy::copy_source;
 use super::errors::{ApiError, ApiResult};
 use super::list::Names;
 use super::object::{self, ContentHeaders, bucket_or_404};
+use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
 use crate::state::NodeState;
-use crate::store::meta::{self, BlobRow, Bucket, Object, Upload};
+use crate::store::meta::{self, BlobRow, Bucket, Completion, Object, Upload};
 use crate::store::objects;
 
 const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -75,6 +76,7 @@ pub(crate) async fn create(
 async fn open_upload(
     state: &NodeState,
     bucket: &str,
+    key: &str,
     upload_id: &str,
     customer: Option<&CustomerKey>,
     request_id: &str,
@@ -84,7 +86,7 @@ async fn open_upload(
         .meta
         .upload(upload_id)
         .await?
-        .filter(|u| u.bucket == bucket)
+        .filter(|u| u.bucket == bucket && u.key == key)
         .ok_or(ApiError::NoSuchUpload)?;
     if up.sse.is_sse_c() != customer.is_some() {
         return Err(ApiError::PartEncryptionRequired);
@@ -139,6 +141,7 @@ pub(crate) async fn upload_part(
     let (_b, up, key) = open_upload(
         state,
         &input.bucket,
+        &input.key,
         &input.upload_id,
         customer.as_ref(),
         request_id,
@@ -199,6 +202,7 @@ pub(crate) async fn upload_part_copy(
     let (_b, up, key) = open_upload(
         state,
         &input.bucket,
+        &input.key,
         &input.upload_id,
         customer.as_ref(),
         request_id,
@@ -215,6 +219,13 @@ pub(crate) async fn upload_part_copy(
         request_id,
     )
     .await?;
+    precondition::check_copy_source(
+        &src.obj,
+        input.copy_source_if_match.as_ref(),
+        input.copy_source_if_none_match.as_ref(),
+        input.copy_source_if_modified_since.as_ref(),
+        input.copy_source_if_unmodified_since.as_ref(),
+    )?;
     let range = match input.copy_source_range.as_deref() {
         Some(r) => Some(parse_copy_range(r, src.obj.size)?),
         None => None,
@@ -254,12 +265,14 @@ pub(crate) async fn complete(
 ) -> ApiResult<S3Response<CompleteMultipartUploadOutput>> {
     let customer = common::read_key(state, &req.headers)?;
     let input = req.input;
+    let cond =
+        precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
     let b = bucket_or_404(state, &input.bucket).await?;
     let up = state
         .meta
         .upload(&input.upload_id)
         .await?
-        .filter(|u| u.bucket == input.bucket)
+        .filter(|u| u.bucket == input.bucket && u.key == input.key)
         .ok_or(ApiError::NoSuchUpload)?;
     let md5 = customer.as_ref().map(|c| c.key_md5_b64.clone());
     if let Some(ck) = customer.as_ref() {
@@ -303,17 +316,61 @@ pub(crate) async fn complete(
     if let Some(done) = up.completed_etag.clone() {
         return Ok(respond(done));
     }
+    precondition::precheck(state, &up.bucket, &up.key, &cond).await?;
     let wanted = input
         .multipart_upload
         .and_then(|m| m.parts)
         .unwrap_or_default();
+    let chosen = match choose_parts(state, &up.upload_id, &wanted).await {
+        Ok(c) => c,
+        Err(e) => {
+            // A concurrent Complete may have published the upload (moving its parts) since it
+            // was read above: answer what that one answered.
+            let now = state.meta.upload(&up.upload_id).await?;
+            if let Some(done) = now.and_then(|u| u.completed_etag) {
+                return Ok(respond(done));
+            }
+            return Err(e);
+        }
+    };
+    let etag = common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>());
+    let obj = Object {
+        bucket: up.bucket.clone(),
+        key: up.key.clone(),
+        version_id: up.version_id.clone(),
+        size: chosen.iter().map(|r| r.size).sum(),
+        etag: etag.clone(),
+        content_type: up.content_type.clone(),
+        headers: up.headers.clone(),
+        metadata: up.metadata.clone(),
+        last_modified_ms: meta::now_ms(),
+        sse: up.sse.clone(),
+        part_count: chosen.len() as u32,
+        multipart: true,
+    };
+    let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
+    match objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers, &cond).await? {
+        Completion::Published(_) => Ok(respond(etag)),
+        Completion::AlreadyCompleted(done) => Ok(respond(done)),
+        Completion::Gone => Err(ApiError::NoSuchUpload),
+        Completion::ConditionFailed(f) => Err(precondition::failed(f)),
+    }
+}
+
+/// The stored parts a Complete names, validated as AWS does (ascending numbers, known parts
+/// with matching ETags, every part but the last at least 5 MiB, at least one part).
+async fn choose_parts(
+    state: &NodeState,
+    upload_id: &str,
+    wanted: &[CompletedPart],
+) -> ApiResult<Vec<BlobRow>> {
     if wanted.is_empty() {
         return Err(ApiError::MalformedXml);
     }
-    let have = state.meta.blobs(&up.upload_id).await?;
+    let have = state.meta.blobs(upload_id).await?;
     let mut chosen = Vec::with_capacity(wanted.len());
     let mut last = 0i32;
-    for p in &wanted {
+    for p in wanted {
         let n = p.part_number.ok_or(ApiError::MalformedXml)?;
         if n <= last {
             return Err(ApiError::InvalidPartOrder);
@@ -335,24 +392,7 @@ pub(crate) async fn complete(
     if chosen.iter().rev().skip(1).any(|r| r.size < MIN_PART) {
         return Err(ApiError::EntityTooSmall);
     }
-    let etag = common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>());
-    let obj = Object {
-        bucket: up.bucket.clone(),
-        key: up.key.clone(),
-        version_id: up.version_id.clone(),
-        size: chosen.iter().map(|r| r.size).sum(),
-        etag: etag.clone(),
-        content_type: up.content_type.clone(),
-        headers: up.headers.clone(),
-        metadata: up.metadata.clone(),
-        last_modified_ms: meta::now_ms(),
-        sse: up.sse.clone(),
-        part_count: chosen.len() as u32,
-        multipart: true,
-    };
-    let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
-    objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers).await?;
-    Ok(respond(etag))
+    Ok(chosen)
 }
 
 pub(crate) async fn abort(
@@ -365,7 +405,7 @@ pub(crate) async fn abort(
         .meta
         .upload(&input.upload_id)
         .await?
-        .filter(|u| u.bucket == input.bucket)
+        .filter(|u| u.bucket == input.bucket && u.key == input.key)
         .ok_or(ApiError::NoSuchUpload)?;
     if !objects::abort_upload(&state.meta, &state.blobs, &up.upload_id).await? {
         return Err(ApiError::NoSuchUpload);
@@ -387,7 +427,7 @@ pub(crate) async fn list_parts(
         .meta
         .upload(&input.upload_id)
         .await?
-        .filter(|u| u.bucket == input.bucket && u.completed_etag.is_none())
+        .filter(|u| u.bucket == input.bucket && u.key == input.key && u.completed_etag.is_none())
         .ok_or(ApiError::NoSuchUpload)?;
     if let Some(ck) = customer.as_ref() {
         let binding = Binding {

@@ -1,6 +1,7 @@
 //! PutObject: the request body streams through the blob store (encrypted per the write plan,
 //! checksums verified) into a durable blob; the version is `writing` until the metadata commit
-//! publishes it. Secret: the object key lives for the request only.
+//! publishes it, if its preconditions (If-Match, If-None-Match) hold then. Secret: the object
+//! key lives for the request only.
 
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
@@ -8,6 +9,7 @@ use s3s::{S3Request, S3Response};
 use super::common;
 use super::errors::ApiResult;
 use super::object::{ContentHeaders, bucket_or_404, metadata_json};
+use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
 use crate::store::meta::{self, BlobRow, Object};
@@ -21,6 +23,9 @@ pub(crate) async fn put_object(
     let input = req.input;
     let bucket = bucket_or_404(state, &input.bucket).await?;
     let plan = common::plan_write(state, &bucket, &req.headers)?;
+    let cond =
+        precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+    precondition::precheck(state, &bucket.name, &input.key, &cond).await?;
     let writing = state.meta.begin_version(&bucket.name, &input.key).await?;
     let version_id = writing.version_id().to_string();
     let binding = Binding {
@@ -72,7 +77,9 @@ pub(crate) async fn put_object(
         file: blob.file.clone(),
         created_ms: now,
     };
-    objects::publish_single_part(&state.meta, &state.blobs, &obj, &row).await?;
+    objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, &cond)
+        .await?
+        .map_err(precondition::failed)?;
     writing.published();
     let md5 = match &plan {
         common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),

@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
+use super::conditions::{self, ConditionFailed, WriteCondition};
 use super::versions;
 use crate::crypto::envelope::StoredSse;
 
@@ -71,6 +72,19 @@ pub struct Upload {
     pub metadata: String,
     pub sse: StoredSse,
     pub completed_etag: Option<String>,
+}
+
+/// What [`Meta::complete_upload`] did.
+#[derive(Debug)]
+pub enum Completion {
+    /// Published; the blob files to delete.
+    Published(Vec<String>),
+    /// Another Complete published the upload first, with this ETag; nothing changed.
+    AlreadyCompleted(String),
+    /// No such upload (aborted); nothing changed.
+    Gone,
+    /// A precondition does not hold; nothing changed, the upload stays live.
+    ConditionFailed(ConditionFailed),
 }
 
 /// Metadata database handle.
@@ -384,8 +398,27 @@ impl Meta {
 
     /// Publish a single-part object whose blob is durable; returns the replaced version's blob files.
     pub async fn put_object(&self, o: &Object, blob: &BlobRow) -> Result<Vec<String>, DbError> {
+        let published = self
+            .put_object_if(o, blob, &WriteCondition::default())
+            .await?;
+        published.map_err(|f| DbError::Protocol(format!("unconditional write failed {f:?}")))
+    }
+
+    /// [`Meta::put_object`] if `cond` holds when the transaction publishes it; otherwise nothing
+    /// changes and the answer says why.
+    pub async fn put_object_if(
+        &self,
+        o: &Object,
+        blob: &BlobRow,
+        cond: &WriteCondition,
+    ) -> Result<Result<Vec<String>, ConditionFailed>, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
+        if let Err(f) = conditions::check_tx(&mut tx, &o.bucket, &o.key, cond).await? {
+            tx.rollback().await?;
+            w.done();
+            return Ok(Err(f));
+        }
         versions::complete_tx(&mut tx, &o.version_id).await?;
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
@@ -400,7 +433,7 @@ impl Meta {
             .await?;
         tx.commit().await?;
         w.done();
-        Ok(old)
+        Ok(Ok(old))
     }
 
     async fn insert_object_tx(
@@ -576,16 +609,36 @@ impl Meta {
         Ok(Some(old))
     }
 
-    /// Publish a completed upload as the object: chosen parts move to the version, the other
-    /// parts and the replaced version's blobs are returned for deletion.
+    /// Publish a completed upload as the object if it is still live and `cond` holds: chosen
+    /// parts move to the version, the other parts and the replaced version's blobs are returned
+    /// for deletion. An upload another Complete published first answers that one's ETag.
     pub async fn complete_upload(
         &self,
         u: &Upload,
         o: &Object,
         parts: &[u32],
-    ) -> Result<Vec<String>, DbError> {
+        cond: &WriteCondition,
+    ) -> Result<Completion, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
+        let state: Option<Option<String>> =
+            sqlx::query_scalar("SELECT completed_etag FROM uploads WHERE upload_id = ?")
+                .bind(&u.upload_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let early = match state {
+            None => Some(Completion::Gone),
+            Some(Some(etag)) => Some(Completion::AlreadyCompleted(etag)),
+            Some(None) => conditions::check_tx(&mut tx, &o.bucket, &o.key, cond)
+                .await?
+                .err()
+                .map(Completion::ConditionFailed),
+        };
+        if let Some(c) = early {
+            tx.rollback().await?;
+            w.done();
+            return Ok(c);
+        }
         versions::complete_tx(&mut tx, &u.version_id).await?;
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
@@ -613,7 +666,7 @@ impl Meta {
         tx.commit().await?;
         w.done();
         dead.extend(rest);
-        Ok(dead)
+        Ok(Completion::Published(dead))
     }
 
     /// Abort an upload; returns its blob files, or `None` if there is no such live upload.

@@ -5,6 +5,7 @@
 //! key is only borrowed for one request through `objects::Encryption::Keyed`.
 
 pub mod blobs;
+pub mod conditions;
 pub mod disk;
 pub mod meta;
 pub mod objects;

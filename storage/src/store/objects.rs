@@ -15,7 +15,8 @@ use coffer_common::secret::SecretKey32;
 use futures::{Stream, StreamExt};
 
 use super::blobs::{BlobError, BlobStore, WrittenBlob};
-use super::meta::{BlobRow, DbError, Meta, Object, Upload};
+use super::conditions::{ConditionFailed, WriteCondition};
+use super::meta::{BlobRow, Completion, DbError, Meta, Object, Upload};
 use crate::crypto::format::{FormatError, PartCipher};
 
 /// How the bytes of an object version (or multipart upload) are stored.
@@ -147,10 +148,28 @@ pub async fn publish_single_part(
     obj: &Object,
     row: &BlobRow,
 ) -> Result<(), DbError> {
-    match meta.put_object(obj, row).await {
-        Ok(old) => {
+    publish_single_part_if(meta, blobs, obj, row, &WriteCondition::default())
+        .await?
+        .map_err(|f| DbError::Protocol(format!("unconditional write failed {f:?}")))
+}
+
+/// [`publish_single_part`] if `cond` holds when the metadata commits; otherwise the new blob is
+/// removed, nothing changed, and the answer says why.
+pub async fn publish_single_part_if(
+    meta: &Meta,
+    blobs: &BlobStore,
+    obj: &Object,
+    row: &BlobRow,
+    cond: &WriteCondition,
+) -> Result<Result<(), ConditionFailed>, DbError> {
+    match meta.put_object_if(obj, row, cond).await {
+        Ok(Ok(old)) => {
             remove_all(blobs, old).await;
-            Ok(())
+            Ok(Ok(()))
+        }
+        Ok(Err(f)) => {
+            discard(blobs, &row.file).await;
+            Ok(Err(f))
         }
         Err(e) => {
             discard_unpublished(meta, blobs, &row.file).await;
@@ -183,18 +202,21 @@ pub async fn publish_part(
     }
 }
 
-/// Publish a completed upload as the object made of `parts`; unused parts and the replaced
-/// version's blobs are deleted.
+/// Publish a completed upload as the object made of `parts` if it is live and `cond` holds;
+/// unused parts and the replaced version's blobs are deleted. See [`Completion`].
 pub async fn complete_upload(
     meta: &Meta,
     blobs: &BlobStore,
     upload: &Upload,
     obj: &Object,
     parts: &[u32],
-) -> Result<(), DbError> {
-    let dead = meta.complete_upload(upload, obj, parts).await?;
-    remove_all(blobs, dead).await;
-    Ok(())
+    cond: &WriteCondition,
+) -> Result<Completion, DbError> {
+    let mut done = meta.complete_upload(upload, obj, parts, cond).await?;
+    if let Completion::Published(dead) = &mut done {
+        remove_all(blobs, std::mem::take(dead)).await;
+    }
+    Ok(done)
 }
 
 /// Abort a live upload and delete its parts. `Ok(false)`: no such live upload.

@@ -265,3 +265,82 @@ async fn versions_publish_abort_and_sweep() {
     assert_eq!(files, vec![w.file.clone()]);
     assert_eq!(meta.version_state(&id1).await.unwrap(), None);
 }
+
+/// Issue 11 E17: preconditions are decided by the publishing transaction, so a write whose
+/// early check passed still fails when another write committed first, and changes nothing.
+#[tokio::test]
+async fn preconditions_are_checked_when_the_write_commits() {
+    use super::conditions::{ConditionFailed, IfMatch, WriteCondition};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(dir.path()).await.unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    meta.create_bucket("b", None).await.unwrap();
+    let absent = WriteCondition {
+        if_none_match_any: true,
+        if_match: None,
+    };
+    // Two writers both begin while the key is absent (both early checks pass) ...
+    let v1 = meta.begin_version("b", "k").await.unwrap();
+    let v2 = meta.begin_version("b", "k").await.unwrap();
+    let (id1, id2) = (v1.version_id().to_string(), v2.version_id().to_string());
+    let w1 = blobs
+        .write(body(b"one", 2), None, Some(3), true, &mut |_| {})
+        .await
+        .unwrap();
+    let w2 = blobs
+        .write(body(b"two", 2), None, Some(3), true, &mut |_| {})
+        .await
+        .unwrap();
+    // ... the first commit wins, the second is refused at its commit.
+    let first = meta
+        .put_object_if(&object("b", "k", &id1, 3), &row(&w1.file, 3), &absent)
+        .await
+        .unwrap();
+    assert!(first.is_ok());
+    v1.published();
+    let second = meta
+        .put_object_if(&object("b", "k", &id2, 3), &row(&w2.file, 3), &absent)
+        .await
+        .unwrap();
+    assert_eq!(second.err(), Some(ConditionFailed::Exists));
+    drop(v2);
+    assert_eq!(
+        meta.object("b", "k").await.unwrap().unwrap().version_id,
+        id1
+    );
+    let wrong = WriteCondition {
+        if_none_match_any: false,
+        if_match: Some(IfMatch::ETag("other".into())),
+    };
+    let v3 = meta.begin_version("b", "k").await.unwrap();
+    let id3 = v3.version_id().to_string();
+    let w3 = blobs
+        .write(body(b"three", 2), None, Some(5), true, &mut |_| {})
+        .await
+        .unwrap();
+    let third = meta
+        .put_object_if(&object("b", "k", &id3, 5), &row(&w3.file, 5), &wrong)
+        .await
+        .unwrap();
+    assert_eq!(third.err(), Some(ConditionFailed::ETagDiffers));
+    assert_eq!(
+        meta.object("b", "k").await.unwrap().unwrap().version_id,
+        id1
+    );
+    // The writer connection is still usable after the refused transactions.
+    let right = WriteCondition {
+        if_none_match_any: false,
+        if_match: Some(IfMatch::ETag("e".into())),
+    };
+    assert!(
+        meta.put_object_if(&object("b", "k", &id3, 5), &row(&w3.file, 5), &right)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    v3.published();
+    assert_eq!(
+        meta.object("b", "k").await.unwrap().unwrap().version_id,
+        id3
+    );
+}
