@@ -2,6 +2,7 @@
 //! the durable metadata and blobs, `crypto/` the envelope encryption, `server` assembles and
 //! serves them, `dev` runs the two-process system locally.
 
+mod auth_gate;
 pub mod cli;
 pub mod crypto;
 pub mod dev;

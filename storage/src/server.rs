@@ -178,8 +178,18 @@ fn entity_too_large() -> axum::response::Response {
 /// Longest pause allowed between two pieces of a request body before the request fails.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// True when the body is aws-chunked (SigV4 streaming): its wire length exceeds the object's by
+/// the chunk framing, and `x-amz-decoded-content-length` declares the object's length.
+fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("x-amz-content-sha256")
+        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"))
+}
+
 /// Refuse a body whose declared size exceeds `max` (400 EntityTooLarge, as AWS does above
 /// 5 GiB), cap what is read on the wire, and fail a body that stalls for [`BODY_IDLE_TIMEOUT`].
+/// Both declared sizes count: `x-amz-decoded-content-length` is only believed (and given the
+/// framing allowance) for an aws-chunked body, whose decoder stops at the declared length.
 fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Request, TooLarge> {
     let declared = |name: &str| {
         req.headers()
@@ -187,9 +197,16 @@ fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Re
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
+    let chunked = is_aws_chunked(req.headers());
+    // aws-chunked framing adds well under 1/64 to the payload.
+    let wire_max = if chunked {
+        max.saturating_add(max / 64).saturating_add(1 << 20)
+    } else {
+        max
+    };
     let decoded = declared("x-amz-decoded-content-length");
     let wire = declared(http::header::CONTENT_LENGTH.as_str());
-    if decoded.or(wire).is_some_and(|n| n > max) {
+    if decoded.is_some_and(|n| n > max) || wire.is_some_and(|n| n > wire_max) {
         return Err(TooLarge);
     }
     // An empty body stays as it is: s3s reads the length of a body without Content-Length
@@ -197,9 +214,7 @@ fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Re
     if http_body::Body::size_hint(req.body()).exact() == Some(0) {
         return Ok(req);
     }
-    // aws-chunked framing adds well under 1/64 to the payload.
-    let cap =
-        usize::try_from(max.saturating_add(max / 64).saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    let cap = usize::try_from(wire_max).unwrap_or(usize::MAX);
     Ok(req.map(|b| {
         axum::body::Body::new(http_body_util::Limited::new(
             tower_http::timeout::TimeoutBody::new(BODY_IDLE_TIMEOUT, b),
@@ -267,10 +282,21 @@ pub fn router(state: Arc<NodeState>) -> Router {
                         .and_then(|h| h.to_str().ok()),
                 ),
             );
-            let req = match limit_body(req, state.cfg.max_body_bytes) {
+            let refused = crate::auth_gate::check(
+                req.headers(),
+                req.uri().query(),
+                &state.cfg.region,
+                time::OffsetDateTime::now_utc(),
+            );
+            let early = match refused {
+                Err(r) => Err(r.response()),
+                Ok(()) => {
+                    limit_body(req, state.cfg.max_body_bytes).map_err(|TooLarge| entity_too_large())
+                }
+            };
+            let req = match early {
                 Ok(req) => req,
-                Err(TooLarge) => {
-                    let resp = entity_too_large();
+                Err(resp) => {
                     let resp = crate::error_body::complete(resp, &path, &request_id).await;
                     state.metrics.observe(
                         operation,

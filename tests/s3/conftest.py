@@ -60,10 +60,13 @@ class Node:
         return found[0]
 
     def client(self, **cfg):
+        # s3v4 for presigned URLs too: botocore presigns with SigV2 by default in us-east-1,
+        # which Coffer refuses (issue 11 C8).
         return boto3.client(
             "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **cfg))
+            config=Config(**{"signature_version": "s3v4", "s3": {"addressing_style": "path"},
+                             "retries": {"max_attempts": 1}, **cfg}))
 
     def stderr(self, tail: int = 200) -> str:
         if not self._stderr.closed:
