@@ -841,7 +841,10 @@ async fn concurrent_completes_answer_alike_and_uploads_belong_to_their_key() {
     for r in &elsewhere {
         assert_eq!((r.status, r.one("Code").as_str()), (404, "NoSuchUpload"));
     }
-    assert_eq!(n.call("HEAD", "/ccbk/other", &[], &[], vec![]).await.status, 404);
+    assert_eq!(
+        n.call("HEAD", "/ccbk/other", &[], &[], vec![]).await.status,
+        404
+    );
     let listed = n
         .call("GET", "/ccbk/obj", &[("uploadId", &id)], &[], vec![])
         .await;
@@ -850,8 +853,14 @@ async fn concurrent_completes_answer_alike_and_uploads_belong_to_their_key() {
     let completes = (0..6).map(|_| {
         let (n, xml, id) = (&n, xml.clone(), id.clone());
         async move {
-            n.call("POST", "/ccbk/obj", &[("uploadId", &id)], &[], xml.into_bytes())
-                .await
+            n.call(
+                "POST",
+                "/ccbk/obj",
+                &[("uploadId", &id)],
+                &[],
+                xml.into_bytes(),
+            )
+            .await
         }
     });
     let answers = futures::future::join_all(completes).await;
@@ -861,8 +870,5 @@ async fn concurrent_completes_answer_alike_and_uploads_belong_to_their_key() {
     assert!(etags.iter().all(|e| e == &etags[0]), "{etags:?}");
     let whole = n.call("GET", "/ccbk/obj", &[], &[], vec![]).await;
     assert!(whole.body == parts.concat());
-    assert_eq!(
-        whole.header("etag"),
-        etags[0].replace("&quot;", "\"")
-    );
+    assert_eq!(whole.header("etag"), etags[0].replace("&quot;", "\""));
 }

@@ -150,6 +150,47 @@ def test_ssec_rotation_multipart_object(s3, bucket):
     assert got == parts[1]
 
 
+def test_self_copy_into_ssec_never_keeps_a_plaintext_etag(s3, bucket):
+    """Issue 11 B6: re-sealing an SSE-S3 (or plaintext-tagged) object under a customer key by
+    self-copy must not leave the plaintext MD5 (or the MD5 of part MD5s) as its ETag, where
+    listings show it to anyone without the key."""
+    data = rand(SEG + 5)
+    r = s3.put_object(Bucket=bucket, Key="o", Body=data, ServerSideEncryption="AES256")
+    assert r["ETag"].strip('"') == md5hex(data)
+    r = s3.copy_object(Bucket=bucket, Key="o", CopySource={"Bucket": bucket, "Key": "o"},
+                       **ssec(KEY_A))
+    assert_ssec(r, KEY_A, "SSE-S3 -> SSE-C self-copy")
+    etag = r["CopyObjectResult"]["ETag"]
+    assert etag.strip('"') != md5hex(data)
+    listed = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert listed["o"] == etag
+    got, r = get_bytes(s3, bucket, "o", **ssec(KEY_A))
+    assert got == data and r["ETag"] == etag
+
+    parts = [rand(5 * 1024 * 1024 + 3), rand(1234)]
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp", ServerSideEncryption="AES256")
+    up = up["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=i, Body=p)["ETag"]
+             for i, p in enumerate(parts, 1)]
+    assert [e.strip('"') for e in etags] == [md5hex(p) for p in parts]
+    mp_etag = s3.complete_multipart_upload(
+        Bucket=bucket, Key="mp", UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, 1)]},
+    )["ETag"]
+    r = s3.copy_object(Bucket=bucket, Key="mp", CopySource={"Bucket": bucket, "Key": "mp"},
+                       **ssec(KEY_A))
+    new = r["CopyObjectResult"]["ETag"]
+    assert new != mp_etag and new.strip('"').endswith("-2")
+    listed = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert listed["mp"] == new
+    got, r = get_bytes(s3, bucket, "mp", **ssec(KEY_A))
+    assert got == b"".join(parts) and r["ETag"] == new
+    # back to SSE-S3: the random ETag stays (no plaintext fingerprint reappears)
+    r = s3.copy_object(Bucket=bucket, Key="o", CopySource={"Bucket": bucket, "Key": "o"},
+                       **ssec_src(KEY_A), ServerSideEncryption="AES256")
+    assert r["CopyObjectResult"]["ETag"] == etag
+
+
 # ------------------------------------------------------------------ response headers
 
 

@@ -208,12 +208,15 @@ pub(crate) fn etag_needs_md5(stored: &StoredSse) -> bool {
 pub(crate) fn new_etag(stored: &StoredSse, md5: Option<&[u8; 16]>) -> String {
     match md5 {
         Some(m) if !stored.is_sse_c() => hex::encode(m),
-        _ => {
-            let mut r = [0u8; 16];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
-            hex::encode(r)
-        }
+        _ => random_etag(),
     }
+}
+
+/// A random ETag (SSE-C objects and parts: no fingerprint of the plaintext).
+pub(crate) fn random_etag() -> String {
+    let mut r = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
+    hex::encode(r)
 }
 
 /// Multipart ETag: MD5 of the binary part ETags, then `-N`.

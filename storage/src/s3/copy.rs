@@ -131,15 +131,37 @@ pub(crate) async fn copy_object(
             WritePlan::SseC(ck) => envelope::reseal(SealMode::SseC, &ck.key, &binding, ok),
             WritePlan::Plain => return Err(ApiError::Internal("unreachable plain reseal".into())),
         };
+        // An SSE-C object's ETag never derives from its plaintext (issue 11 B6): re-sealing an
+        // MD5-tagged object under a customer key gives it, and its parts, random ETags.
+        let (etag, part_etags) = if sse.is_sse_c() && !src.obj.sse.is_sse_c() {
+            let parts: Vec<(u32, String)> = src
+                .parts
+                .iter()
+                .map(|p| (p.part_number, common::random_etag()))
+                .collect();
+            let etag = if src.obj.multipart {
+                common::multipart_etag(&parts.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>())
+            } else {
+                common::random_etag()
+            };
+            (etag, parts)
+        } else {
+            (src.obj.etag.clone(), Vec::new())
+        };
         let updated = Object {
             sse,
+            etag,
             content_type,
             headers,
             metadata,
             last_modified_ms: now,
             ..src.obj.clone()
         };
-        if !state.meta.update_object_in_place(&updated).await? {
+        if !state
+            .meta
+            .update_object_in_place(&updated, &part_etags)
+            .await?
+        {
             return Err(ApiError::NoSuchKey);
         }
         let (s, a, m) = common::sse_out(&updated.sse, dst_md5.as_deref());

@@ -503,14 +503,22 @@ impl Meta {
         Ok(files)
     }
 
-    /// Replace an object's sealing and metadata in place (self-copy re-seal; blobs unchanged).
-    pub async fn update_object_in_place(&self, o: &Object) -> Result<bool, DbError> {
+    /// Replace an object's sealing, ETag and metadata in place (self-copy re-seal; blob files
+    /// unchanged), and the ETags of the parts listed in `part_etags` (number, ETag), in one
+    /// transaction. `Ok(false)`: the version is no longer the key's object; nothing changed.
+    pub async fn update_object_in_place(
+        &self,
+        o: &Object,
+        part_etags: &[(u32, String)],
+    ) -> Result<bool, DbError> {
         let (salt, sealed) = o.sse.columns();
         let mut w = self.write_conn().await?;
-        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
+        let mut tx = w.begin().await?;
+        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
             .bind(o.sse.mode_str())
             .bind(salt)
             .bind(sealed)
+            .bind(&o.etag)
             .bind(&o.content_type)
             .bind(&o.headers)
             .bind(&o.metadata)
@@ -518,10 +526,24 @@ impl Meta {
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
-            .execute(&mut *w)
+            .execute(&mut *tx)
             .await?;
+        if r.rows_affected() != 1 {
+            tx.rollback().await?;
+            w.done();
+            return Ok(false);
+        }
+        for (n, etag) in part_etags {
+            sqlx::query("UPDATE blobs SET etag = ? WHERE owner = ? AND part_number = ?")
+                .bind(etag)
+                .bind(&o.version_id)
+                .bind(i64::from(*n))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         w.done();
-        Ok(r.rows_affected() == 1)
+        Ok(true)
     }
 
     // ---------------------------------------------------------------- multipart
