@@ -501,12 +501,15 @@ pub async fn query_records(pool: &SqlitePool, f: &AuditFilter) -> Result<Vec<Str
     if f.until_ms.is_some() {
         sql.push_str(" AND ts_ms <= ?");
     }
-    for (v, col) in [
-        (&f.identity, "identity"),
-        (&f.bucket, "bucket_id"),
-        (&f.op, "operation"),
-        (&f.result, "result"),
-    ] {
+    if f.identity.is_some() {
+        sql.push_str(" AND identity = ?");
+    }
+    if f.bucket.is_some() {
+        // A storage node names a bucket `<S3 bucket name>:<uuid>`: an S3 bucket name matches
+        // every incarnation of that bucket, a full id only itself.
+        sql.push_str(" AND (bucket_id = ? OR substr(bucket_id, 1, length(?) + 1) = ? || ':')");
+    }
+    for (v, col) in [(&f.op, "operation"), (&f.result, "result")] {
         if v.is_some() {
             sql.push_str(&format!(" AND {col} = ?"));
         }
@@ -516,10 +519,13 @@ pub async fn query_records(pool: &SqlitePool, f: &AuditFilter) -> Result<Vec<Str
     for v in [f.since_ms, f.until_ms].into_iter().flatten() {
         q = q.bind(v);
     }
-    for v in [&f.identity, &f.bucket, &f.op, &f.result]
-        .into_iter()
-        .flatten()
-    {
+    if let Some(v) = &f.identity {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = &f.bucket {
+        q = q.bind(v.clone()).bind(v.clone()).bind(v.clone());
+    }
+    for v in [&f.op, &f.result].into_iter().flatten() {
         q = q.bind(v.clone());
     }
     q.bind(f.limit.unwrap_or(1000).clamp(1, 100_000))

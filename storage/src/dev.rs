@@ -33,7 +33,10 @@ pub struct DevPaths {
 }
 
 impl DevPaths {
+    /// Paths under `root`, made absolute so that `dev.env` works from any directory.
     pub fn new(root: &Path) -> Self {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let root = root.as_path();
         let tls = root.join("tls");
         Self {
             root: root.to_path_buf(),
@@ -231,20 +234,27 @@ pub async fn enroll_if_needed(p: &DevPaths, kms: &Path, url: &str) -> Result<()>
     Ok(())
 }
 
-/// Write `dev.env` (shell-sourceable).
+/// Write `dev.env` (shell-sourceable, absolute paths): the S3 endpoint and credentials, the CA of
+/// both listeners, and what the admin CLI needs (KMS URL, admin credential, the `coffer-kms`
+/// binary, the audit public key).
 pub fn write_env(
     p: &DevPaths,
     endpoint: &str,
     creds: &DevS3Credentials,
     kms_url: &str,
+    kms_bin: &Path,
 ) -> Result<()> {
     let body = format!(
-        "# Coffer DEV deployment (development only). Source it: . {}\nENDPOINT={endpoint}\nACCESS_KEY={}\nSECRET_KEY={}\nKMS_URL={kms_url}\nKMS_ADMIN_CREDENTIAL={}\nCA_BUNDLE={}\n",
-        p.env_file.display(),
+        "# Coffer DEV deployment (development only). Source it: . {env}\n\
+         ENDPOINT={endpoint}\nACCESS_KEY={}\nSECRET_KEY={}\nCA_BUNDLE={}\n\
+         KMS_URL={kms_url}\nKMS_ADMIN_CREDENTIAL={}\nKMS_BIN={}\nAUDIT_PUB={}\n",
         creds.access_key,
         creds.secret_key,
-        p.kms_dir.join("admin.credential").display(),
         p.ca_cert.display(),
+        p.kms_dir.join("admin.credential").display(),
+        kms_bin.display(),
+        p.kms_dir.join("audit.pub").display(),
+        env = p.env_file.display(),
     );
     let _ = std::fs::remove_file(&p.env_file);
     write_new_secret_file(&p.env_file, body.as_bytes())?;

@@ -264,10 +264,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
             }
             let request_id = req
                 .headers()
-                .get("x-request-id")
+                .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
+            let mut req = req;
+            req.extensions_mut().insert(RequestId(request_id.clone()));
             let path = req.uri().path().to_string();
             let started = std::time::Instant::now();
             let head = req.method() == http::Method::HEAD;
@@ -334,10 +336,27 @@ pub fn router(state: Arc<NodeState>) -> Router {
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
-        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
-            tower_http::request_id::MakeRequestUuid,
-        ))
+        .layer(axum::middleware::map_request(mint_request_id))
+}
+
+/// Header that carries the request id between the layers of this node (and to the KMS).
+const REQUEST_ID: &str = coffer_common::kms_api::REQUEST_ID_HEADER;
+
+/// The id of one S3 request, minted here (a client cannot choose it), in the request's
+/// extensions for the handlers: the same string is the response's `x-amz-request-id`, the
+/// `request_id` of its log line and the id of every KMS call (and audit record) it causes.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+async fn mint_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    let id = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase();
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    req
 }
 
 /// The span of one request, logged with its answer (status, latency): method, path (no query:
@@ -345,7 +364,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
 fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     tracing::info_span!(

@@ -10,57 +10,15 @@
 use std::time::Duration;
 
 use coffer_storage::state::{DefaultEncryption, NodeConfig};
-use coffer_tests::sigv4::{Request, Signer, uri_encode};
+use coffer_tests::s3client::{Answer, S3Client};
 use md5::{Digest, Md5};
-use sha2::Sha256;
 
 const MIB: usize = 1024 * 1024;
 
 struct Node {
-    http: reqwest::Client,
-    host: String,
-    signer: Signer,
+    client: S3Client,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// Every `<tag>value</tag>` in the XML body, in order.
-    fn all(&self, tag: &str) -> Vec<String> {
-        let text = self.text();
-        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-        let mut out = Vec::new();
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find(&open) {
-            rest = &rest[i + open.len()..];
-            let Some(j) = rest.find(&close) else { break };
-            out.push(rest[..j].to_string());
-            rest = &rest[j..];
-        }
-        out
-    }
-
-    fn one(&self, tag: &str) -> String {
-        self.all(tag).into_iter().next().unwrap_or_default()
-    }
 }
 
 impl Node {
@@ -86,13 +44,7 @@ impl Node {
             let _ = rx.await;
         }));
         Node {
-            http: reqwest::Client::new(),
-            host,
-            signer: Signer {
-                access_key: "rust-test".into(),
-                secret_key: "rust-test-secret".into(),
-                region: "us-east-1".into(),
-            },
+            client: S3Client::plain(&host, "rust-test", "rust-test-secret"),
             _dir: dir,
             stop: Some(tx),
         }
@@ -106,55 +58,7 @@ impl Node {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Answer {
-        let query: Vec<(String, String)> = query
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        let sha = hex::encode(Sha256::digest(&body));
-        let signed = self.signer.sign(
-            &Request {
-                method,
-                host: &self.host,
-                path,
-                query: &query,
-                headers: &headers,
-                payload_sha256: &sha,
-            },
-            time::OffsetDateTime::now_utc(),
-        );
-        let qs: Vec<String> = query
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    uri_encode(k, false)
-                } else {
-                    format!("{}={}", uri_encode(k, false), uri_encode(v, false))
-                }
-            })
-            .collect();
-        let mut url = format!("http://{}{}", self.host, uri_encode(path, true));
-        if !qs.is_empty() {
-            url = format!("{url}?{}", qs.join("&"));
-        }
-        let mut rb = self
-            .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-            .body(body);
-        for (k, v) in signed {
-            if k != "host" {
-                rb = rb.header(k, v);
-            }
-        }
-        let resp = rb.send().await.unwrap();
-        Answer {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            body: resp.bytes().await.unwrap().to_vec(),
-        }
+        self.client.call(method, path, query, headers, body).await
     }
 }
 

@@ -2,4 +2,5 @@
 //! process harnesses that boot the real daemons with temp dirs and ephemeral ports.
 
 pub mod kms;
+pub mod s3client;
 pub mod sigv4;

@@ -60,7 +60,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             addr.to_string()
         }
     );
-    dev::write_env(&p, &endpoint, &creds, &kms_url)?;
+    dev::write_env(&p, &endpoint, &creds, &kms_url, &kms_bin)?;
     let shutdown = coffer_common::server::shutdown_signal();
     println!("Coffer dev deployment (DEVELOPMENT ONLY)");
     println!("  S3 endpoint : {endpoint}");

@@ -36,8 +36,14 @@ impl CofferS3 {
     }
 }
 
-fn request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// The id the HTTP layer minted for this request (`crate::server::RequestId`): the client's
+/// `x-amz-request-id`, the request's log span and the id sent to the KMS for the key operations
+/// it causes, so that its KMS audit record carries it too.
+fn request_id<T>(req: &S3Request<T>) -> String {
+    req.extensions
+        .get::<crate::server::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
 }
 
 impl CofferS3 {
@@ -188,27 +194,30 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let rid = request_id(&req);
         self.map(
             "PutObject",
-            put::put_object(&self.state, req, &request_id()).await,
+            put::put_object(&self.state, req, &rid).await,
         )
     }
     async fn get_object(
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        let rid = request_id(&req);
         self.map(
             "GetObject",
-            get::get_object(&self.state, req, &request_id()).await,
+            get::get_object(&self.state, req, &rid).await,
         )
     }
     async fn head_object(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let rid = request_id(&req);
         self.map(
             "HeadObject",
-            get::head_object(&self.state, req, &request_id()).await,
+            get::head_object(&self.state, req, &rid).await,
         )
     }
     async fn delete_object(
@@ -233,54 +242,60 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let rid = request_id(&req);
         self.map(
             "CopyObject",
-            copy::copy_object(&self.state, req, &request_id()).await,
+            copy::copy_object(&self.state, req, &rid).await,
         )
     }
     async fn get_object_attributes(
         &self,
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let rid = request_id(&req);
         self.map(
             "GetObjectAttributes",
-            get::get_object_attributes(&self.state, req, &request_id()).await,
+            get::get_object_attributes(&self.state, req, &rid).await,
         )
     }
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let rid = request_id(&req);
         self.map(
             "CreateMultipartUpload",
-            multipart::create(&self.state, req, &request_id()).await,
+            multipart::create(&self.state, req, &rid).await,
         )
     }
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let rid = request_id(&req);
         self.map(
             "UploadPart",
-            multipart::upload_part(&self.state, req, &request_id()).await,
+            multipart::upload_part(&self.state, req, &rid).await,
         )
     }
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let rid = request_id(&req);
         self.map(
             "UploadPartCopy",
-            multipart::upload_part_copy(&self.state, req, &request_id()).await,
+            multipart::upload_part_copy(&self.state, req, &rid).await,
         )
     }
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let rid = request_id(&req);
         self.map(
             "CompleteMultipartUpload",
-            multipart::complete(&self.state, req, &request_id()).await,
+            multipart::complete(&self.state, req, &rid).await,
         )
     }
     async fn abort_multipart_upload(
@@ -296,9 +311,10 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
+        let rid = request_id(&req);
         self.map(
             "ListParts",
-            multipart::list_parts(&self.state, req, &request_id()).await,
+            multipart::list_parts(&self.state, req, &rid).await,
         )
     }
     async fn list_multipart_uploads(

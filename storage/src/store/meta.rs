@@ -256,7 +256,7 @@ impl Meta {
         let mut w = self.write_conn().await?;
         let r = sqlx::query("INSERT INTO buckets (name, id, created_ms, encryption_config) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
             .bind(name)
-            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(format!("{name}:{}", uuid::Uuid::new_v4()))
             .bind(now_ms())
             .bind(encryption_config)
             .execute(&mut *w)
