@@ -195,30 +195,21 @@ impl S3 for CofferS3 {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let rid = request_id(&req);
-        self.map(
-            "PutObject",
-            put::put_object(&self.state, req, &rid).await,
-        )
+        self.map("PutObject", put::put_object(&self.state, req, &rid).await)
     }
     async fn get_object(
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let rid = request_id(&req);
-        self.map(
-            "GetObject",
-            get::get_object(&self.state, req, &rid).await,
-        )
+        self.map("GetObject", get::get_object(&self.state, req, &rid).await)
     }
     async fn head_object(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let rid = request_id(&req);
-        self.map(
-            "HeadObject",
-            get::head_object(&self.state, req, &rid).await,
-        )
+        self.map("HeadObject", get::head_object(&self.state, req, &rid).await)
     }
     async fn delete_object(
         &self,
