@@ -1,6 +1,8 @@
 //! Request authentication and authorization: EdDSA JWTs verified against the identity's stored
 //! public key (audience, expiry, method/path binding via `coffer_common::jwt`), replay refusal
-//! through a cache of seen token ids, and scopes (bucket glob, operations).
+//! through a cache of seen token ids, and scopes (bucket glob, operations). The order of the
+//! checks and what a captured token allows: `docs/design.md` ("The KMS API and its
+//! authentication").
 //!
 //! Secret: nothing (the KMS holds only public keys). Bearer tokens are never logged or audited;
 //! a refused token is audited by its claimed subject only. Tokens issued before this process

@@ -1,7 +1,7 @@
 //! Background re-wrap after a root key rotation: data keys still wrapped under an older root
 //! version are unwrapped and wrapped again under the active version, in batches. Each batch is
 //! one transaction with one audit record (`rewrap`, with the count). Data bytes are never
-//! touched (design principle 3): only the 40-byte wrapped keys change.
+//! touched (`docs/design.md` principle 3): only the 40-byte wrapped keys change.
 //!
 //! Secret: the data keys, in memory for the duration of one re-wrap only.
 

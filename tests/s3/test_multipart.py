@@ -44,7 +44,7 @@ def test_unaligned_multipart_round_trip(s3, bucket):
         assert r["ContentRange"] == f"bytes {off}-{off + len(p) - 1}/{len(body)}"
         off += len(p)
     assert s3.head_object(Bucket=bucket, Key="mp", PartNumber=2)["ContentLength"] == len(parts[1])
-    # Spec E26 (s3-sse-spec.md): a part number beyond the count is 400 InvalidPart.
+    # E26 (docs/s3-encryption.md, "Errors"): a part number beyond the count is 400 InvalidPart.
     expect_error(400, "InvalidPart", s3.get_object, Bucket=bucket, Key="mp", PartNumber=4)
     s = 5 * MiB - 10
     r = s3.get_object(Bucket=bucket, Key="mp", Range=f"bytes={s}-{s + 100}")

@@ -44,7 +44,7 @@ ACCESS_KEY = "coffer-sse-test"
 SECRET_KEY = "sse-secret-" + secrets.token_hex(12)
 REGION = "us-east-1"
 
-# Test keys from the spec (public test suites).
+# Test keys used by public S3 test suites.
 KEY_A_B64 = "pO3upElrwuEXSoFwCfnZPdSsmt/xWeFa0N9KgDijwVs="
 KEY_A_MD5 = "DWygnHRtgiJ77HCm+1rvHw=="
 KEY_B_B64 = "6b+WOZ1T3cqZMxgThRcXAQBrS5mXKdDUphvpxptl9/4="

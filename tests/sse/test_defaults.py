@@ -95,7 +95,7 @@ def test_node_flag_none(plain_s3, plain_bucket):
 def test_put_get_delete_bucket_encryption(plain_s3, plain_bucket, plain_node):
     s3, b = plain_s3, plain_bucket
     s3.put_object(Bucket=b, Key="before", Body=b"before")
-    # the spec's XML, byte for byte
+    # a complete configuration document sent as raw XML, byte for byte
     r = put_xml(plain_node, b, SPEC_XML)
     assert r.status_code == 200, (r.status_code, r.text)
     assert default_alg(s3, b) == "AES256"

@@ -1,5 +1,5 @@
-"""Error rows E1-E22, E26 of ../shared/s3-sse-spec.md through boto3 (status + code; raw headers
-through before-sign hooks where boto3 would not send the malformed request).
+"""Error rows E1-E22, E26 of docs/s3-encryption.md ("Errors") through boto3 (status + code;
+raw headers through before-sign hooks where boto3 would not send the malformed request).
 
 E24 is in test_kms_outage.py, E25 in test_at_rest.py, E27-E29 in test_defaults.py."""
 
@@ -240,8 +240,8 @@ def test_e3_e8_malformed_copy_source_trio(s3, malformed_env, op, case):
 
 
 def test_validation_order(s3, malformed_env):
-    """Spec order: conflict (2) < algorithm (3) < key present (4) < MD5 present (5) < key size (6)
-    < MD5 match (7) < object state (8)."""
+    """docs/s3-encryption.md "Validation order": conflict (step 2), then the trio (step 4:
+    algorithm, key present, MD5 present, key size, MD5 match), then object state."""
     b = malformed_env["bucket"]
     put = lambda: s3.put_object(Bucket=b, Key="order", Body=b"x")  # noqa: E731
     # E12 before E7

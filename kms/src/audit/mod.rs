@@ -7,6 +7,7 @@
 //! Ed25519 audit key; an export ends with a `final` checkpoint over its last record, which is how
 //! a truncated tail is detected. Records never contain key material: only identities, bucket ids,
 //! versions, fingerprints of wrapped keys, results and request ids. Secret: the audit signing key.
+//! Overview: `docs/design.md` ("The audit log").
 
 pub mod verify;
 pub mod writer;

@@ -1,4 +1,5 @@
-//! Key derivations and object-key sealing (design.md section 2).
+//! Key derivations and object-key sealing (`docs/design.md` "Key hierarchy"; byte layout and
+//! test vectors in `docs/format.md`).
 //!
 //! Secret: every key here (bucket keys, customer keys, KEKs, object keys). Sealed object keys
 //! (AES-KW, 40 bytes) and salts are not secret and are what the metadata store keeps.

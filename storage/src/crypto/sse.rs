@@ -1,6 +1,7 @@
 //! What a request asks for in terms of server-side encryption, validated in the order of
-//! `s3-sse-spec.md` ("Validation order"): transport, conflicts, algorithm, key, key MD5, key
-//! length, MD5 match. Object state (is it SSE-C, is the key right) is checked later by the caller.
+//! `docs/s3-encryption.md` ("Validation order"): transport, conflicts, algorithm, key, key MD5,
+//! key length, MD5 match. Object state (is it SSE-C, is the key right) is checked later by the
+//! caller.
 //!
 //! Secret: the customer key inside [`CustomerKey`]. Its MD5 is kept only to echo it in the
 //! response, as S3 does; it is never stored.
@@ -40,7 +41,7 @@ pub struct SseHeaders<'a> {
     pub key_md5: Option<&'a str>,
 }
 
-/// Request-level SSE errors (rows of the spec's error table).
+/// Request-level SSE errors (rows of the error table in `docs/s3-encryption.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
     /// E9.

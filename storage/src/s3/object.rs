@@ -97,9 +97,10 @@ pub(crate) fn names_current(version_id: Option<&str>) -> bool {
     version_id.is_none_or(|v| v == "null")
 }
 
-/// Look up an object and open its key with the request's trio (validation order of the spec:
-/// trio syntax first, then part number, then object state and key). `version_id`: the
-/// request's `versionId` (404 NoSuchVersion unless it names the current object).
+/// Look up an object and open its key with the request's trio (validation order of
+/// `docs/s3-encryption.md`: trio syntax first, then part number, then object state and key).
+/// `version_id`: the request's `versionId` (404 NoSuchVersion unless it names the current
+/// object).
 pub(crate) async fn resolve(
     state: &NodeState,
     bucket: &str,
