@@ -12,6 +12,8 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tower::ServiceExt;
 
+use coffer_common::data_dir_lock::DataDirLock;
+
 use crate::crypto::key_cache::BucketKeys;
 use crate::crypto::kms_client::KmsClient;
 use crate::s3::CofferS3;
@@ -28,6 +30,9 @@ pub enum StartError {
     Meta(#[from] sqlx::Error),
     #[error("virtual-host domains {0:?} are not valid, distinct domain names")]
     Domains(Vec<String>),
+    /// Another process serves this data dir (one line naming its pid).
+    #[error(transparent)]
+    Locked(#[from] coffer_common::data_dir_lock::LockError),
 }
 
 /// Virtual-hosted-style addressing for the configured domains only. Any other Host (an IP,
@@ -80,7 +85,7 @@ impl S3Auth for StaticAuth {
     }
 }
 
-/// Open the store, run the start-up sweep and build the shared state.
+/// Lock the data dir, open the store, run the start-up sweep and build the shared state.
 pub async fn open_state(
     cfg: NodeConfig,
     kms: Option<KmsClient>,
@@ -89,6 +94,9 @@ pub async fn open_state(
         return Err(e);
     }
     std::fs::create_dir_all(&cfg.data_dir)?;
+    // Before anything reads or sweeps the data dir: a second node on it would delete the
+    // first one's in-flight writes.
+    let dir_lock = DataDirLock::acquire(&cfg.data_dir, "coffer-storage", "coffer-storage")?;
     let meta = Meta::open(&cfg.data_dir).await?;
     let blobs = BlobStore::open(&cfg.data_dir)?;
     let report = crate::store::recovery::sweep(&meta, &blobs).await?;
@@ -117,6 +125,7 @@ pub async fn open_state(
         }
     });
     Ok(Arc::new(NodeState {
+        dir_lock,
         meta,
         blobs,
         keys,

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_common::data_dir_lock::DataDirLock;
+
 use crate::crypto::key_cache::BucketKeys;
 use crate::metrics::NodeMetrics;
 use crate::store::blobs::BlobStore;
@@ -38,6 +40,8 @@ pub struct NodeConfig {
 
 /// What the handlers share.
 pub struct NodeState {
+    /// This process's exclusive hold on the data dir (released on exit).
+    pub dir_lock: DataDirLock,
     pub meta: Meta,
     pub blobs: BlobStore,
     pub keys: Arc<BucketKeys>,

@@ -120,6 +120,17 @@ pub fn tls_config(a: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     coffer_common::telemetry::init_logging(a.log_json);
     crate::hardening::disable_core_dumps();
+    // One KMS per data dir, before the passphrase is asked or the audit chain is touched: two
+    // writers of one audit chain break it. A missing dir is left to `open` to report.
+    let _dir_lock = if a.data_dir.is_dir() {
+        Some(coffer_common::data_dir_lock::DataDirLock::acquire(
+            &a.data_dir,
+            "coffer-kms",
+            "coffer-kms",
+        )?)
+    } else {
+        None
+    };
     if !a.no_mlock {
         crate::hardening::lock_memory();
     }

@@ -27,6 +27,14 @@ pub struct DevArgs {
 pub async fn run(a: DevArgs) -> Result<()> {
     use crate::dev;
     let p = dev::DevPaths::new(&a.data_dir);
+    std::fs::create_dir_all(&p.root).with_context(|| format!("creating {}", p.root.display()))?;
+    // One dev per data dir, before anything in it is read or started (the storage and KMS
+    // dirs inside are locked again by the node and by the KMS child).
+    let _dev_lock = coffer_common::data_dir_lock::DataDirLock::acquire(
+        &p.root,
+        "coffer-dev",
+        "coffer-storage dev",
+    )?;
     let creds = dev::prepare(&p)?;
     let kms_bin = dev::kms_binary()?;
     dev::init_kms_if_needed(&p, &kms_bin).await?;

@@ -84,6 +84,12 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
         virtual_host_domains: Vec::new(),
     };
     let state = NodeState {
+        dir_lock: coffer_common::data_dir_lock::DataDirLock::acquire(
+            dir.path(),
+            "coffer-storage",
+            "coffer-storage test",
+        )
+        .unwrap(),
         meta,
         blobs,
         keys: Arc::new(BucketKeys::new(None, Duration::from_secs(1), 1)),
