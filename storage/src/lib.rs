@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod dev;
 mod error_body;
 pub mod metrics;
+mod post_policy;
 pub mod s3;
 pub mod server;
 pub mod state;

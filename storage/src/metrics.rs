@@ -152,6 +152,7 @@ fn bucket_operation(method: &Method, has: &dyn Fn(&str) -> bool) -> &'static str
         Method::DELETE if has("encryption") => "DeleteBucketEncryption",
         Method::DELETE => "DeleteBucket",
         Method::POST if has("delete") => "DeleteObjects",
+        Method::POST => "PostObject",
         _ => "Other",
     }
 }

@@ -184,6 +184,17 @@ fn entity_too_large() -> axum::response::Response {
         .into_response()
 }
 
+/// A form POST to the service root or to an object (POST Object addresses a bucket).
+fn method_not_allowed() -> axum::response::Response {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MethodNotAllowed</Code><Message>The specified method is not allowed against this resource.</Message></Error>";
+    (
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        [(http::header::CONTENT_TYPE, "application/xml")],
+        body,
+    )
+        .into_response()
+}
+
 /// Longest pause allowed between two pieces of a request body before the request fails.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -317,6 +328,33 @@ pub fn router(state: Arc<NodeState>) -> Router {
                     return Ok(resp);
                 }
             };
+            if let Some(target) =
+                crate::s3::post::form_post_target(&state, req.method(), req.headers(), &path)
+            {
+                let http1 = req.version() < http::Version::HTTP_2;
+                let answer = match target {
+                    Some(bucket) => crate::s3::post::post_object(&state, req, bucket).await,
+                    None => crate::s3::post::Answer {
+                        response: method_not_allowed(),
+                        body_consumed: false,
+                    },
+                };
+                let mut resp = answer.response;
+                // An unread rest of the form is never read: the connection closes after this answer.
+                if !answer.body_consumed && http1 {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                let resp = crate::error_body::complete(resp, &path, &request_id).await;
+                state.metrics.observe(
+                    operation,
+                    resp.status().as_u16(),
+                    started.elapsed().as_secs_f64(),
+                );
+                return Ok(resp);
+            }
             let resp = match s3.oneshot(req).await {
                 Ok(resp) => {
                     crate::error_body::complete(resp.into_response(), &path, &request_id).await
