@@ -7,6 +7,7 @@ pub mod cli;
 pub mod crypto;
 pub mod dev;
 mod error_body;
+mod key_headers;
 pub mod metrics;
 mod post_policy;
 pub mod s3;

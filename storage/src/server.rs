@@ -312,9 +312,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
             );
             let early = match refused {
                 Err(r) => Err(r.response()),
-                Ok(()) => {
-                    limit_body(req, state.cfg.max_body_bytes).map_err(|TooLarge| entity_too_large())
-                }
+                Ok(()) => match crate::key_headers::refusal(req.headers()) {
+                    Some(resp) => Err(resp),
+                    None => limit_body(req, state.cfg.max_body_bytes)
+                        .map_err(|TooLarge| entity_too_large()),
+                },
             };
             let req = match early {
                 Ok(req) => req,

@@ -212,7 +212,8 @@ class Node:
                  allow_ssec_over_http: bool = True, default_encryption: str | None = None,
                  key_cache_ttl: float | None = None, kms_timeout_ms: int | None = None,
                  tls: tuple[Path, Path] | None = None, data_dir: Path | None = None,
-                 name: str = "coffer-storage", extra: tuple[str, ...] = ()):
+                 name: str = "coffer-storage", extra: tuple[str, ...] = (),
+                 env: dict | None = None):
         self.root = root
         self.kms = kms
         self.data_dir = data_dir or (root / "data")
@@ -237,7 +238,8 @@ class Node:
         args += list(extra)
         self.args = args
         self.proc = Proc(name, args, root / "logs",
-                         env={"COFFER_S3_ACCESS_KEY": ACCESS_KEY, "COFFER_S3_SECRET_KEY": SECRET_KEY})
+                         env={"COFFER_S3_ACCESS_KEY": ACCESS_KEY, "COFFER_S3_SECRET_KEY": SECRET_KEY,
+                              **(env or {})})
         self.url = self.proc.url
         self.verify = str(tls[0]) if tls else None
 

@@ -532,3 +532,49 @@ def test_no_key_material_echoed_in_errors(s3, bucket):
     e = client_error(s3.get_object, Bucket=bucket, Key="o", **ssec(KEY_B))
     text = repr(e.response)
     assert KEY_B_B64 not in text and b64(KEY_A) not in text
+
+
+def test_malformed_key_header_never_echoed_nor_logged(start_node):
+    """Issue 11 B7: an SSE-C key header s3s cannot read (a non-ASCII byte) was echoed in the 400
+    body and logged at ERROR, and s3s logged every request's headers (valid keys included) at
+    DEBUG. Key material, valid or not, appears in no answer and no log line, even at TRACE. The
+    bad headers ride on a presigned URL, whose signature does not cover them."""
+    import os
+    import secrets
+
+    n = start_node(env={"RUST_LOG": "trace"})
+    s3 = n.client()
+    b = create_bucket(s3)
+    s3.put_object(Bucket=b, Key="src", Body=b"x")
+    marker = "SECRETMARKER" + secrets.token_hex(6).upper()
+    since = n.proc.stderr_size()
+    bad_values = [
+        (marker + "\u00e9AAAA").encode("latin-1"),  # a non-ASCII byte
+        (marker + "\u00e9").encode("utf-8"),  # UTF-8, still not a header token
+        (marker + "!!!").encode(),  # not base64
+        (marker + "AAAA").encode(),  # base64, wrong length
+    ]
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "t"}, ExpiresIn=600)
+    get_url = s3.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "src"}, ExpiresIn=600)
+    main = "x-amz-server-side-encryption-customer-"
+    cases = [
+        (put_url, "PUT", {main + "algorithm": "AES256"}, main + "key"),
+        (put_url, "PUT", {main + "algorithm": "AES256", main + "key": b64(KEY_A)}, main + "key-md5"),
+        (put_url, "PUT", {"x-amz-copy-source": f"/{b}/src", CPS + "algorithm": "AES256"}, CPS + "key"),
+        (get_url, "GET", {main + "algorithm": "AES256"}, main + "key"),
+    ]
+    for url, method, headers, name in cases:
+        for v in bad_values:
+            r = requests.request(method, url, headers={**headers, name: v}, data=b"abc", timeout=30)
+            assert r.status_code == 400, (name, v, r.status_code, r.content)
+            assert marker.encode() not in r.content, (name, r.content)
+            assert all(marker not in str(h) for h in r.headers.items()), name
+    expect_error(404, None, s3.head_object, Bucket=b, Key="t")
+    # a valid key, signed in the headers as boto3 sends it
+    key = os.urandom(32)
+    s3.put_object(Bucket=b, Key="v", Body=b"secret", **ssec(key))
+    assert s3.get_object(Bucket=b, Key="v", **ssec(key))["Body"].read() == b"secret"
+    logs = n.proc.logs(since=since, max_lines=10**7)
+    assert marker not in logs
+    assert b64(key) not in logs
+    assert len(logs.splitlines()) > 10, "the node did log at TRACE"
