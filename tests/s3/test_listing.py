@@ -27,9 +27,8 @@ def test_bucket_rules(s3):
     s3.put_object(Bucket=name, Key="k", Body=b"1")
     expect_error(409, "BucketNotEmpty", s3.delete_bucket, Bucket=name)
     s3.delete_object(Bucket=name, Key="k")
-    up = s3.create_multipart_upload(Bucket=name, Key="m")["UploadId"]
-    expect_error(409, "BucketNotEmpty", s3.delete_bucket, Bucket=name)
-    s3.abort_multipart_upload(Bucket=name, Key="m", UploadId=up)
+    s3.create_multipart_upload(Bucket=name, Key="m")
+    # An upload in progress does not keep the bucket: it is aborted with it (as AWS, issue 11 E18).
     assert s3.delete_bucket(Bucket=name)["ResponseMetadata"]["HTTPStatusCode"] == 204
     expect_error(404, None, s3.head_bucket, Bucket=name)
     expect_error(404, "NoSuchBucket", s3.delete_bucket, Bucket=name)

@@ -8,6 +8,7 @@ use super::common;
 use super::errors::{ApiError, ApiResult};
 use super::object::bucket_or_404;
 use crate::state::{DefaultEncryption, NodeState};
+use crate::store::objects;
 
 /// S3 bucket naming rules (3-63 chars, lowercase letters, digits, dots, hyphens; starts and
 /// ends with a letter or digit; not an IP address; no `..`).
@@ -63,7 +64,7 @@ pub(crate) async fn delete_bucket(
     req: S3Request<DeleteBucketInput>,
 ) -> ApiResult<S3Response<DeleteBucketOutput>> {
     bucket_or_404(state, &req.input.bucket).await?;
-    if !state.meta.delete_bucket(&req.input.bucket).await? {
+    if !objects::delete_bucket(&state.meta, &state.blobs, &req.input.bucket).await? {
         return Err(ApiError::BucketNotEmpty);
     }
     let mut resp = S3Response::new(DeleteBucketOutput::default());

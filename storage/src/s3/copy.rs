@@ -14,7 +14,7 @@ use super::precondition;
 use crate::crypto::envelope::{self, StoredSse};
 use crate::crypto::keys::{Binding, SealMode};
 use crate::state::NodeState;
-use crate::store::meta::{self, BlobRow, Object};
+use crate::store::meta::{self, BlobRow, Meta, Object};
 use crate::store::objects;
 
 /// Parse `CopySource` into (bucket, key, versionId).
@@ -180,11 +180,12 @@ pub(crate) async fn copy_object(
     }
 
     // Re-encrypting copy: stream plaintext from the source into a new single-part object.
+    let version_id = Meta::new_version_id();
     let writing = state
         .meta
-        .begin_version(&dst_bucket.name, &input.key)
-        .await?;
-    let version_id = writing.version_id().to_string();
+        .begin_version(&dst_bucket, &input.key, &version_id)
+        .await?
+        .ok_or(ApiError::NoSuchBucket)?;
     let binding = Binding {
         bucket_id: &dst_bucket.id,
         object_key: &input.key,

@@ -55,7 +55,9 @@ pub(crate) async fn create(
         sse: stored,
         completed_etag: None,
     };
-    state.meta.create_upload(&up).await?;
+    if !state.meta.create_upload(&bucket, &up).await? {
+        return Err(ApiError::NoSuchBucket);
+    }
     let md5 = match &plan {
         WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,
@@ -116,6 +118,9 @@ async fn store_part(
     };
     if objects::publish_part(&state.meta, &state.blobs, &up.upload_id, &row).await? {
         Ok(etag)
+    } else if state.meta.bucket(&up.bucket).await?.is_none() {
+        // DeleteBucket aborted the upload while this part was in flight.
+        Err(ApiError::NoSuchBucket)
     } else {
         Err(ApiError::NoSuchUpload)
     }
@@ -353,6 +358,7 @@ pub(crate) async fn complete(
         Completion::Published(_) => Ok(respond(etag)),
         Completion::AlreadyCompleted(done) => Ok(respond(done)),
         Completion::Gone => Err(ApiError::NoSuchUpload),
+        Completion::BucketGone => Err(ApiError::NoSuchBucket),
         Completion::ConditionFailed(f) => Err(precondition::failed(f)),
     }
 }

@@ -71,6 +71,7 @@ pub(crate) fn failed(f: ConditionFailed) -> ApiError {
     match f {
         ConditionFailed::Exists | ConditionFailed::ETagDiffers => ApiError::PreconditionFailed,
         ConditionFailed::Missing => ApiError::NoSuchKey,
+        ConditionFailed::BucketGone => ApiError::NoSuchBucket,
     }
 }
 

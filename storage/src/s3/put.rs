@@ -7,12 +7,12 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::common;
-use super::errors::ApiResult;
+use super::errors::{ApiError, ApiResult};
 use super::object::{ContentHeaders, bucket_or_404, metadata_json};
 use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
-use crate::store::meta::{self, BlobRow, Object};
+use crate::store::meta::{self, BlobRow, Meta, Object};
 use crate::store::objects;
 
 pub(crate) async fn put_object(
@@ -26,8 +26,12 @@ pub(crate) async fn put_object(
     let cond =
         precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
     precondition::precheck(state, &bucket.name, &input.key, &cond).await?;
-    let writing = state.meta.begin_version(&bucket.name, &input.key).await?;
-    let version_id = writing.version_id().to_string();
+    let version_id = Meta::new_version_id();
+    let writing = state
+        .meta
+        .begin_version(&bucket, &input.key, &version_id)
+        .await?
+        .ok_or(ApiError::NoSuchBucket)?;
     let binding = Binding {
         bucket_id: &bucket.id,
         object_key: &input.key,

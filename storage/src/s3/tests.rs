@@ -45,7 +45,12 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
     let blobs = BlobStore::open(dir.path()).unwrap();
     meta.create_bucket("b", None).await.unwrap();
     for k in keys {
-        let v = meta.begin_version("b", k).await.unwrap();
+        let bucket = meta.bucket("b").await.unwrap().unwrap();
+        let v = meta
+            .begin_version(&bucket, k, &Meta::new_version_id())
+            .await
+            .unwrap()
+            .unwrap();
         let o = Object {
             bucket: "b".into(),
             key: (*k).into(),

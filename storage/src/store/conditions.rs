@@ -26,7 +26,8 @@ pub struct WriteCondition {
     pub if_match: Option<IfMatch>,
 }
 
-/// Why a precondition does not hold.
+/// Why a publishing transaction did not publish: a precondition does not hold, or the bucket
+/// is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConditionFailed {
     /// `If-None-Match: *` and the key exists (412).
@@ -35,6 +36,9 @@ pub enum ConditionFailed {
     Missing,
     /// `If-Match` and the object has another ETag (412).
     ETagDiffers,
+    /// The bucket was deleted while the write was in flight (DeleteBucket aborted its version):
+    /// 404 NoSuchBucket, and nothing was published.
+    BucketGone,
 }
 
 impl WriteCondition {

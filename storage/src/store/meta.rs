@@ -83,6 +83,8 @@ pub enum Completion {
     AlreadyCompleted(String),
     /// No such upload (aborted); nothing changed.
     Gone,
+    /// The upload's bucket was deleted (which aborted the upload); nothing changed.
+    BucketGone,
     /// A precondition does not hold; nothing changed, the upload stays live.
     ConditionFailed(ConditionFailed),
 }
@@ -293,25 +295,34 @@ impl Meta {
             .collect()
     }
 
-    /// Delete an empty bucket. `Ok(false)` when it has objects or uploads.
-    pub async fn delete_bucket(&self, name: &str) -> Result<bool, DbError> {
+    /// Delete a bucket that has no objects, aborting its multipart uploads in progress (as AWS)
+    /// and every write still in flight into it (their versions are aborted, so they can never
+    /// publish). Returns the uploads' part files to delete, or `None` when it has objects.
+    pub async fn delete_bucket(&self, name: &str) -> Result<Option<Vec<String>>, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE bucket = ?")
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;
-        let u: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM uploads WHERE bucket = ? AND completed_etag IS NULL",
-        )
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-        if n > 0 || u > 0 {
+        if n > 0 {
             tx.rollback().await?;
             w.done();
-            return Ok(false);
+            return Ok(None);
         }
+        let files: Vec<String> = sqlx::query_scalar(
+            "SELECT file FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = ?)",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = ?)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        versions::abort_bucket_tx(&mut tx, name).await?;
         sqlx::query("DELETE FROM uploads WHERE bucket = ?")
             .bind(name)
             .execute(&mut *tx)
@@ -322,7 +333,7 @@ impl Meta {
             .await?;
         tx.commit().await?;
         w.done();
-        Ok(true)
+        Ok(Some(files))
     }
 
     /// Store a bucket's wrapped key unless one is stored; returns the stored one.
@@ -419,7 +430,11 @@ impl Meta {
             w.done();
             return Ok(Err(f));
         }
-        versions::complete_tx(&mut tx, &o.version_id).await?;
+        if !versions::complete_tx(&mut tx, &o.version_id).await? {
+            tx.rollback().await?;
+            w.done();
+            return Ok(Err(ConditionFailed::BucketGone));
+        }
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
@@ -548,12 +563,17 @@ impl Meta {
 
     // ---------------------------------------------------------------- multipart
 
-    /// Record a new upload; its version starts `writing` in the same transaction.
-    pub async fn create_upload(&self, u: &Upload) -> Result<(), DbError> {
+    /// Record a new upload in `bucket`; its version starts `writing` in the same transaction.
+    /// `false`: the bucket is gone (see [`versions::insert_writing`]); nothing was written.
+    pub async fn create_upload(&self, bucket: &Bucket, u: &Upload) -> Result<bool, DbError> {
         let (salt, sealed) = u.sse.columns();
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        versions::insert_writing(&mut tx, &u.version_id, &u.bucket, &u.key).await?;
+        if !versions::insert_writing(&mut tx, &u.version_id, bucket, &u.key).await? {
+            tx.rollback().await?;
+            w.done();
+            return Ok(false);
+        }
         sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
@@ -570,7 +590,7 @@ impl Meta {
             .await?;
         tx.commit().await?;
         w.done();
-        Ok(())
+        Ok(true)
     }
 
     pub async fn upload(&self, upload_id: &str) -> Result<Option<Upload>, DbError> {
@@ -649,6 +669,9 @@ impl Meta {
                 .fetch_optional(&mut *tx)
                 .await?;
         let early = match state {
+            None if !Self::bucket_exists_tx(&mut tx, &o.bucket).await? => {
+                Some(Completion::BucketGone)
+            }
             None => Some(Completion::Gone),
             Some(Some(etag)) => Some(Completion::AlreadyCompleted(etag)),
             Some(None) => conditions::check_tx(&mut tx, &o.bucket, &o.key, cond)
@@ -661,7 +684,11 @@ impl Meta {
             w.done();
             return Ok(c);
         }
-        versions::complete_tx(&mut tx, &u.version_id).await?;
+        if !versions::complete_tx(&mut tx, &u.version_id).await? {
+            tx.rollback().await?;
+            w.done();
+            return Ok(Completion::Gone);
+        }
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         for p in parts {
@@ -729,6 +756,17 @@ impl Meta {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blobs WHERE file = ?")
             .bind(file)
             .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn bucket_exists_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        name: &str,
+    ) -> Result<bool, DbError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM buckets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut **tx)
             .await?;
         Ok(n > 0)
     }

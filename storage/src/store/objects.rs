@@ -234,6 +234,19 @@ pub async fn abort_upload(
     }
 }
 
+/// Delete a bucket without objects: its multipart uploads in progress are aborted and their
+/// parts deleted (as AWS), and writes still in flight into it can no longer publish.
+/// `Ok(false)`: it has objects (BucketNotEmpty).
+pub async fn delete_bucket(meta: &Meta, blobs: &BlobStore, name: &str) -> Result<bool, DbError> {
+    match meta.delete_bucket(name).await? {
+        Some(files) => {
+            remove_all(blobs, files).await;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Delete the visible version of a key and its blobs (a missing key is fine).
 pub async fn delete_object(
     meta: &Meta,

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use super::blobs::BlobStore;
 use super::meta::{BlobRow, Meta, Object, Upload, now_ms};
 use super::recovery::sweep;
-use super::versions::VersionState;
+use super::versions::{VersionState, WritingVersion};
 use crate::crypto::envelope::StoredSse;
 use crate::crypto::format::PartCipher;
 
@@ -54,6 +54,15 @@ fn object(bucket: &str, key: &str, version_id: &str, blob_size: u64) -> Object {
         part_count: 1,
         multipart: false,
     }
+}
+
+/// Begin a version of `key` in the existing bucket `bucket`.
+async fn begin(meta: &Meta, bucket: &str, key: &str) -> WritingVersion {
+    let b = meta.bucket(bucket).await.unwrap().unwrap();
+    meta.begin_version(&b, key, &Meta::new_version_id())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn row(file: &str, size: u64) -> BlobRow {
@@ -170,7 +179,7 @@ async fn versions_publish_abort_and_sweep() {
     meta.create_bucket("b", None).await.unwrap();
 
     // Published: complete and visible.
-    let v1 = meta.begin_version("b", "k").await.unwrap();
+    let v1 = begin(&meta, "b", "k").await;
     let id1 = v1.version_id().to_string();
     assert_eq!(
         meta.version_state(&id1).await.unwrap(),
@@ -195,7 +204,7 @@ async fn versions_publish_abort_and_sweep() {
     );
 
     // Aborted (guard dropped): can never be published.
-    let v2 = meta.begin_version("b", "k").await.unwrap();
+    let v2 = begin(&meta, "b", "k").await;
     let id2 = v2.version_id().to_string();
     meta.abort_version(&id2).await.unwrap();
     drop(v2);
@@ -214,7 +223,7 @@ async fn versions_publish_abort_and_sweep() {
     );
 
     // Interrupted write (as after kill -9): a writing row, a tmp file and an unreferenced blob.
-    let v3 = meta.begin_version("b", "k2").await.unwrap();
+    let v3 = begin(&meta, "b", "k2").await;
     let id3 = v3.version_id().to_string();
     std::mem::forget(v3);
     std::fs::write(blobs.tmp_dir().join("partial"), b"xx").unwrap();
@@ -231,7 +240,8 @@ async fn versions_publish_abort_and_sweep() {
         sse: StoredSse::None,
         completed_etag: None,
     };
-    meta.create_upload(&up).await.unwrap();
+    let b = meta.bucket("b").await.unwrap().unwrap();
+    assert!(meta.create_upload(&b, &up).await.unwrap());
     let wp = blobs
         .write(body(b"part", 2), None, Some(4), true, &mut |_| {})
         .await
@@ -280,8 +290,8 @@ async fn preconditions_are_checked_when_the_write_commits() {
         if_match: None,
     };
     // Two writers both begin while the key is absent (both early checks pass) ...
-    let v1 = meta.begin_version("b", "k").await.unwrap();
-    let v2 = meta.begin_version("b", "k").await.unwrap();
+    let v1 = begin(&meta, "b", "k").await;
+    let v2 = begin(&meta, "b", "k").await;
     let (id1, id2) = (v1.version_id().to_string(), v2.version_id().to_string());
     let w1 = blobs
         .write(body(b"one", 2), None, Some(3), true, &mut |_| {})
@@ -312,7 +322,7 @@ async fn preconditions_are_checked_when_the_write_commits() {
         if_none_match_any: false,
         if_match: Some(IfMatch::ETag("other".into())),
     };
-    let v3 = meta.begin_version("b", "k").await.unwrap();
+    let v3 = begin(&meta, "b", "k").await;
     let id3 = v3.version_id().to_string();
     let w3 = blobs
         .write(body(b"three", 2), None, Some(5), true, &mut |_| {})
@@ -343,4 +353,74 @@ async fn preconditions_are_checked_when_the_write_commits() {
         meta.object("b", "k").await.unwrap().unwrap().version_id,
         id3
     );
+}
+
+/// Issue 11 E18: DeleteBucket aborts the writes in flight into the bucket and its multipart
+/// uploads; none of them can publish afterwards, into the deleted bucket or a re-created one.
+#[tokio::test]
+async fn delete_bucket_aborts_writes_in_flight_and_uploads() {
+    use super::conditions::{ConditionFailed, WriteCondition};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(dir.path()).await.unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    meta.create_bucket("b", None).await.unwrap();
+    let old = meta.bucket("b").await.unwrap().unwrap();
+    let v = begin(&meta, "b", "k").await;
+    let id = v.version_id().to_string();
+    let w = blobs
+        .write(body(b"ghost", 2), None, Some(5), true, &mut |_| {})
+        .await
+        .unwrap();
+    let up = Upload {
+        upload_id: "u1".into(),
+        bucket: "b".into(),
+        key: "mp".into(),
+        version_id: "v-upload".into(),
+        created_ms: now_ms(),
+        content_type: None,
+        headers: "{}".into(),
+        metadata: "{}".into(),
+        sse: StoredSse::None,
+        completed_etag: None,
+    };
+    assert!(meta.create_upload(&old, &up).await.unwrap());
+    let wp = blobs
+        .write(body(b"part", 2), None, Some(4), true, &mut |_| {})
+        .await
+        .unwrap();
+    meta.put_part("u1", &row(&wp.file, 4)).await.unwrap();
+
+    let files = meta.delete_bucket("b").await.unwrap().expect("no objects");
+    assert_eq!(files, vec![wp.file.clone()]);
+    assert_eq!(
+        meta.version_state(&id).await.unwrap(),
+        Some(VersionState::Aborted)
+    );
+    assert!(meta.upload("u1").await.unwrap().is_none());
+    meta.create_bucket("b", None).await.unwrap();
+    let published = meta
+        .put_object_if(
+            &object("b", "k", &id, 5),
+            &row(&w.file, 5),
+            &WriteCondition::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(published.err(), Some(ConditionFailed::BucketGone));
+    drop(v);
+    assert!(meta.object("b", "k").await.unwrap().is_none());
+    assert!(meta.list_objects("b", "", "", 10).await.unwrap().is_empty());
+    // A write that looked the old bucket up cannot even begin in the re-created one.
+    assert!(
+        meta.begin_version(&old, "k", &Meta::new_version_id())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut up2 = up.clone();
+    up2.upload_id = "u2".into();
+    up2.version_id = "v-upload-2".into();
+    assert!(!meta.create_upload(&old, &up2).await.unwrap());
+    // The re-created bucket is empty, so it can be deleted.
+    assert_eq!(meta.delete_bucket("b").await.unwrap(), Some(vec![]));
 }

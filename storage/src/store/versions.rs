@@ -8,7 +8,7 @@
 //!
 //! Secret: none. Atomic: each transition is one statement or part of the publishing transaction.
 
-use super::meta::{DbError, Meta, now_ms};
+use super::meta::{Bucket, DbError, Meta, now_ms};
 
 /// The state of an object version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,31 +82,39 @@ impl Drop for WritingVersion {
     }
 }
 
+/// Insert a `writing` version of `key` in `bucket`, only if that very bucket (name and id) still
+/// exists; `false` when it is gone (deleted, or deleted and re-created). DeleteBucket aborts
+/// the `writing` versions of the bucket it removes, in its transaction, so a version either
+/// starts before the delete and is aborted by it, or finds no bucket: a write racing
+/// DeleteBucket can never publish into the deleted bucket or a re-created one (issue 11 E18).
 pub(crate) async fn insert_writing(
     conn: &mut sqlx::SqliteConnection,
     version_id: &str,
-    bucket: &str,
+    bucket: &Bucket,
     key: &str,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let now = now_ms();
-    sqlx::query("INSERT INTO versions (version_id, bucket, key, state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)")
+    let r = sqlx::query("INSERT INTO versions (version_id, bucket, key, state, created_ms, updated_ms) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM buckets WHERE name = ? AND id = ?)")
         .bind(version_id)
-        .bind(bucket)
+        .bind(&bucket.name)
         .bind(key)
         .bind(VersionState::Writing.as_str())
         .bind(now)
         .bind(now)
+        .bind(&bucket.name)
+        .bind(&bucket.id)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
-/// `writing` → `complete` inside the publishing transaction; an error (and so a rollback) when
-/// the version is no longer writing (aborted concurrently or by a restart).
+/// `writing` → `complete` inside the publishing transaction; `false` (the caller rolls back)
+/// when the version is no longer writing: while the node runs only DeleteBucket aborts a
+/// version whose write is still in flight.
 pub(crate) async fn complete_tx(
     conn: &mut sqlx::SqliteConnection,
     version_id: &str,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let r = sqlx::query(
         "UPDATE versions SET state = ?, updated_ms = ? WHERE version_id = ? AND state = ?",
     )
@@ -116,13 +124,23 @@ pub(crate) async fn complete_tx(
     .bind(VersionState::Writing.as_str())
     .execute(conn)
     .await?;
-    if r.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(DbError::Protocol(format!(
-            "version {version_id} is not being written; not publishing it"
-        )))
-    }
+    Ok(r.rows_affected() == 1)
+}
+
+/// Abort every `writing` version of a bucket (inside DeleteBucket's transaction).
+pub(crate) async fn abort_bucket_tx(
+    conn: &mut sqlx::SqliteConnection,
+    bucket: &str,
+) -> Result<u64, DbError> {
+    let r =
+        sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE bucket = ? AND state = ?")
+            .bind(VersionState::Aborted.as_str())
+            .bind(now_ms())
+            .bind(bucket)
+            .bind(VersionState::Writing.as_str())
+            .execute(conn)
+            .await?;
+    Ok(r.rows_affected())
 }
 
 /// `writing` → `aborted` (no-op in any other state).
@@ -153,17 +171,27 @@ pub(crate) async fn forget_tx(
 }
 
 impl Meta {
-    /// Record a new version as `writing` before any of its bytes are written.
-    pub async fn begin_version(&self, bucket: &str, key: &str) -> Result<WritingVersion, DbError> {
-        let version_id = uuid::Uuid::new_v4().to_string();
+    /// A fresh version id.
+    pub fn new_version_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Record version `version_id` of `key` as `writing` before any of its bytes are written;
+    /// `None` when the bucket is gone (see [`insert_writing`]).
+    pub async fn begin_version(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<WritingVersion>, DbError> {
         let mut w = self.write_conn().await?;
-        insert_writing(&mut w, &version_id, bucket, key).await?;
+        let inserted = insert_writing(&mut w, version_id, bucket, key).await?;
         w.done();
-        Ok(WritingVersion {
+        Ok(inserted.then(|| WritingVersion {
             meta: self.clone(),
-            version_id,
+            version_id: version_id.to_string(),
             open: true,
-        })
+        }))
     }
 
     /// Mark a version aborted if it is still being written.
