@@ -124,14 +124,38 @@ pub async fn open_state(
             }
         }
     });
-    Ok(Arc::new(NodeState {
+    let state = Arc::new(NodeState {
         dir_lock,
         meta,
         blobs,
         keys,
         cfg,
         metrics: crate::metrics::NodeMetrics::new(),
-    }))
+    });
+    spawn_pruner(Arc::downgrade(&state));
+    Ok(state)
+}
+
+/// How often aborted versions and old completed uploads are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Prune the metadata periodically while the node runs (see `Meta::prune`).
+fn spawn_pruner(state: std::sync::Weak<NodeState>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PRUNE_EVERY).await;
+            let Some(state) = state.upgrade() else { break };
+            match state.meta.prune(crate::store::meta::now_ms()).await {
+                Ok(p) if p.aborted_versions + p.completed_uploads > 0 => tracing::debug!(
+                    aborted_versions = p.aborted_versions,
+                    completed_uploads = p.completed_uploads,
+                    "pruned metadata"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning metadata failed"),
+            }
+        }
+    });
 }
 
 async fn health() -> &'static str {

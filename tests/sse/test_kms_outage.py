@@ -1,10 +1,12 @@
 """KMS outage between storage and KMS (fault proxy: refuse, blackhole): E24 503 ServiceUnavailable
 with Retry-After within the bound, cached keys serve reads until the TTL, no object written without
-a key, recovery when the KMS is back."""
+a key (and no metadata row: issue 12 §6), recovery when the KMS is back."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +165,40 @@ def test_blackhole_does_not_block_other_requests(outage):
     assert time.monotonic() - t0 < 1.5, "a plaintext GET waited on the KMS"
     t.join(10)
     assert result["e"].response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+
+def _close_after(request, **_kw) -> None:
+    request.headers["Connection"] = "close"
+
+
+def _row_counts(db: Path) -> dict[str, int]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("versions", "uploads", "objects", "blobs")}
+    finally:
+        con.close()
+
+
+def test_503s_during_an_outage_write_no_metadata_rows(outage):
+    """Issue 12 §6: no version row is written before the key that seals it is in hand, so the
+    503s of an outage leave meta.db exactly as it was (they used to write and abort a row each)."""
+    proxy, node, c = outage
+    # One connection per request: a PUT refused before its body is read closes its connection
+    # (issue 11 A3 is about reusing such connections; not what this test is about).
+    c.meta.events.register("before-send.s3", _close_after)
+    b = create_bucket(c)  # no default, no key yet
+    c.put_object(Bucket=b, Key="plain-src", Body=b"plain")
+    db = node.data_dir / "meta.db"
+    before = _row_counts(db)
+    proxy.set_mode("refuse")
+    for i in range(15):
+        expect_503(put_s3, c, b, f"o{i}", rand(1000))
+        expect_503(c.copy_object, Bucket=b, Key=f"c{i}", CopySource={"Bucket": b, "Key": "plain-src"},
+                   ServerSideEncryption="AES256")
+        expect_503(c.create_multipart_upload, Bucket=b, Key=f"m{i}", ServerSideEncryption="AES256")
+    assert _row_counts(db) == before
+    proxy.set_mode("pass")
+    assert_sse_s3(recover(lambda: put_s3(c, b, "after", b"x")), "PUT after recovery")
+    after = _row_counts(db)
+    assert after["versions"] == before["versions"] + 1 and after["objects"] == before["objects"] + 1

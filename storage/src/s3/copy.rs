@@ -181,17 +181,18 @@ pub(crate) async fn copy_object(
 
     // Re-encrypting copy: stream plaintext from the source into a new single-part object.
     let version_id = Meta::new_version_id();
-    let writing = state
-        .meta
-        .begin_version(&dst_bucket, &input.key, &version_id)
-        .await?
-        .ok_or(ApiError::NoSuchBucket)?;
     let binding = Binding {
         bucket_id: &dst_bucket.id,
         object_key: &input.key,
         version_id: &version_id,
     };
+    // The key first: while the KMS is unavailable this 503s before any row is written.
     let (ok, stored) = common::seal_for(state, &dst_bucket, &plan, &binding, request_id).await?;
+    let writing = state
+        .meta
+        .begin_version(&dst_bucket, &input.key, &version_id)
+        .await?
+        .ok_or(ApiError::NoSuchBucket)?;
     let stream =
         objects::read_range(&state.blobs, &src.parts, src.key.as_ref().into(), None).await?;
     let blob = objects::write_part(

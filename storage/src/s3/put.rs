@@ -27,17 +27,18 @@ pub(crate) async fn put_object(
         precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
     precondition::precheck(state, &bucket.name, &input.key, &cond).await?;
     let version_id = Meta::new_version_id();
-    let writing = state
-        .meta
-        .begin_version(&bucket, &input.key, &version_id)
-        .await?
-        .ok_or(ApiError::NoSuchBucket)?;
     let binding = Binding {
         bucket_id: &bucket.id,
         object_key: &input.key,
         version_id: &version_id,
     };
+    // The key first: while the KMS is unavailable this 503s before any row is written.
     let (ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
+    let writing = state
+        .meta
+        .begin_version(&bucket, &input.key, &version_id)
+        .await?
+        .ok_or(ApiError::NoSuchBucket)?;
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
     let blob = common::write_request_body(
         state,

@@ -89,6 +89,18 @@ pub enum Completion {
     ConditionFailed(ConditionFailed),
 }
 
+/// How long a completed multipart upload's row is kept, so that a repeated
+/// CompleteMultipartUpload answers the same ETag; then [`Meta::prune`] forgets it and a repeat
+/// answers NoSuchUpload.
+pub const COMPLETED_UPLOAD_RETENTION_MS: i64 = 60 * 60 * 1000;
+
+/// What [`Meta::prune`] forgot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub aborted_versions: u64,
+    pub completed_uploads: u64,
+}
+
 /// Metadata database handle.
 #[derive(Clone)]
 pub struct Meta {
@@ -707,8 +719,9 @@ impl Meta {
             .bind(&u.upload_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE uploads SET completed_etag = ? WHERE upload_id = ?")
+        sqlx::query("UPDATE uploads SET completed_etag = ?, completed_ms = ? WHERE upload_id = ?")
             .bind(&o.etag)
+            .bind(now_ms())
             .bind(&u.upload_id)
             .execute(&mut *tx)
             .await?;
@@ -749,6 +762,26 @@ impl Meta {
         tx.commit().await?;
         w.done();
         Ok(Some(files))
+    }
+
+    /// Forget rows nothing needs any more: aborted versions, and multipart uploads completed
+    /// more than [`COMPLETED_UPLOAD_RETENTION_MS`] before `now_ms` (their parts already belong
+    /// to the object, so no blob row goes with them). Runs periodically while serving.
+    pub async fn prune(&self, now_ms: i64) -> Result<Pruned, DbError> {
+        let mut w = self.write_conn().await?;
+        let mut tx = w.begin().await?;
+        let aborted_versions = versions::forget_aborted_tx(&mut tx).await?;
+        let completed_uploads = sqlx::query("DELETE FROM uploads WHERE completed_etag IS NOT NULL AND (completed_ms IS NULL OR completed_ms < ?)")
+            .bind(now_ms.saturating_sub(COMPLETED_UPLOAD_RETENTION_MS))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        w.done();
+        Ok(Pruned {
+            aborted_versions,
+            completed_uploads,
+        })
     }
 
     /// True when a blob row references `file` (read through a fresh reader connection).

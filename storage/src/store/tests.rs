@@ -424,3 +424,72 @@ async fn delete_bucket_aborts_writes_in_flight_and_uploads() {
     // The re-created bucket is empty, so it can be deleted.
     assert_eq!(meta.delete_bucket("b").await.unwrap(), Some(vec![]));
 }
+
+/// Issue 12 §6: aborted versions and completed uploads (after their retention) are pruned.
+#[tokio::test]
+async fn prune_forgets_aborted_versions_and_old_completed_uploads() {
+    use super::conditions::WriteCondition;
+    use super::meta::{COMPLETED_UPLOAD_RETENTION_MS, Completion, Pruned};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(dir.path()).await.unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    meta.create_bucket("b", None).await.unwrap();
+    let b = meta.bucket("b").await.unwrap().unwrap();
+    let aborted = begin(&meta, "b", "gone").await;
+    let aborted_id = aborted.version_id().to_string();
+    meta.abort_version(&aborted_id).await.unwrap();
+    std::mem::forget(aborted);
+    let up = Upload {
+        upload_id: "u1".into(),
+        bucket: "b".into(),
+        key: "mp".into(),
+        version_id: "v-upload".into(),
+        created_ms: now_ms(),
+        content_type: None,
+        headers: "{}".into(),
+        metadata: "{}".into(),
+        sse: StoredSse::None,
+        completed_etag: None,
+    };
+    assert!(meta.create_upload(&b, &up).await.unwrap());
+    let wp = blobs
+        .write(body(b"part", 2), None, Some(4), true, &mut |_| {})
+        .await
+        .unwrap();
+    meta.put_part("u1", &row(&wp.file, 4)).await.unwrap();
+    let mut obj = object("b", "mp", "v-upload", 4);
+    obj.multipart = true;
+    let done = meta
+        .complete_upload(&up, &obj, &[1], &WriteCondition::default())
+        .await
+        .unwrap();
+    assert!(matches!(done, Completion::Published(_)));
+
+    // Within the retention the completed upload stays (a repeated Complete answers it).
+    let now = now_ms();
+    assert_eq!(
+        meta.prune(now).await.unwrap(),
+        Pruned {
+            aborted_versions: 1,
+            completed_uploads: 0
+        }
+    );
+    assert_eq!(meta.version_state(&aborted_id).await.unwrap(), None);
+    assert!(meta.upload("u1").await.unwrap().is_some());
+    // After it, the record goes; the object and its part do not.
+    let later = now + COMPLETED_UPLOAD_RETENTION_MS + 1000;
+    assert_eq!(
+        meta.prune(later).await.unwrap(),
+        Pruned {
+            aborted_versions: 0,
+            completed_uploads: 1
+        }
+    );
+    assert!(meta.upload("u1").await.unwrap().is_none());
+    assert_eq!(meta.blobs("v-upload").await.unwrap().len(), 1);
+    assert_eq!(
+        meta.version_state("v-upload").await.unwrap(),
+        Some(VersionState::Complete)
+    );
+    assert!(meta.object("b", "mp").await.unwrap().is_some());
+}

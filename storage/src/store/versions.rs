@@ -2,9 +2,11 @@
 //! the first blob byte of a PutObject/CopyObject (or with the multipart upload it belongs to),
 //! flipped to `complete` in the same transaction that publishes the object, and to `aborted`
 //! when the write fails, the request future is dropped (client gone), the upload is aborted, or
-//! the node restarts with the write unfinished. Only complete versions are visible: `objects`
-//! holds exactly the complete, current ones, and a version that is not `writing` can never be
-//! published. Aborted rows are forgotten by the start-up sweep.
+//! the node restarts with the write unfinished, or its bucket is deleted. Only complete versions
+//! are visible: `objects` holds exactly the complete, current ones, and a version that is not
+//! `writing` can never be published. A write's row is inserted only once the key that seals it
+//! is in hand (a KMS outage writes no rows). Aborted rows are forgotten by the start-up sweep
+//! and by the periodic prune ([`Meta::prune`]).
 //!
 //! Secret: none. Atomic: each transition is one statement or part of the publishing transaction.
 
@@ -127,6 +129,15 @@ pub(crate) async fn complete_tx(
     Ok(r.rows_affected() == 1)
 }
 
+/// Forget every aborted version (nothing reads them: only `writing` rows can be published).
+pub(crate) async fn forget_aborted_tx(conn: &mut sqlx::SqliteConnection) -> Result<u64, DbError> {
+    let r = sqlx::query("DELETE FROM versions WHERE state = ?")
+        .bind(VersionState::Aborted.as_str())
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// Abort every `writing` version of a bucket (inside DeleteBucket's transaction).
 pub(crate) async fn abort_bucket_tx(
     conn: &mut sqlx::SqliteConnection,
@@ -223,11 +234,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let forgotten = sqlx::query("DELETE FROM versions WHERE state = ?")
-            .bind(VersionState::Aborted.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let forgotten = forget_aborted_tx(&mut tx).await?;
         tx.commit().await?;
         w.done();
         Ok(VersionSweep {
