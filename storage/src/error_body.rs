@@ -19,6 +19,8 @@ fn xml_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            // A character XML 1.0 cannot carry (a control character in a requested key).
+            c if !crate::s3::xml_safe(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

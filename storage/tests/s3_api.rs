@@ -776,3 +776,146 @@ async fn concurrent_completes_answer_alike_and_uploads_belong_to_their_key() {
     assert!(whole.body == parts.concat());
     assert_eq!(whole.header("etag"), etags[0].replace("&quot;", "\""));
 }
+
+/// No byte a well-formed XML 1.0 text cannot hold (C0 controls other than tab and line feed;
+/// a raw CR would be read back as LF).
+fn xml_clean(body: &[u8]) -> bool {
+    !body.iter().any(|b| *b < 0x20 && *b != b'\t' && *b != b'\n')
+}
+
+/// Issue 11 D15: AWS's limits (1000 keys per DeleteObjects, 2 KB of user metadata) and keys
+/// XML cannot carry refused, so listings and errors are always well-formed XML.
+#[tokio::test]
+async fn aws_limits_and_listings_stay_well_formed_xml() {
+    let n = Node::start().await;
+    n.call("PUT", "/limbk", &[], &[], vec![]).await;
+    let batch = |count: usize| {
+        let mut xml = String::from("<Delete><Quiet>true</Quiet>");
+        for i in 0..count {
+            xml += &format!("<Object><Key>k{i}</Key></Object>");
+        }
+        xml += "</Delete>";
+        xml.into_bytes()
+    };
+    for (count, want) in [(1001, 400), (1000, 200)] {
+        let xml = batch(count);
+        let md5 = content_md5(&xml);
+        let r = n
+            .call(
+                "POST",
+                "/limbk",
+                &[("delete", "")],
+                &[("content-md5", &md5)],
+                xml,
+            )
+            .await;
+        assert_eq!(r.status, want, "{count}: {}", r.text());
+        if want == 400 {
+            assert_eq!(r.one("Code"), "MalformedXML");
+        }
+    }
+
+    let fits = "v".repeat(2047);
+    let over = "v".repeat(2048);
+    let ok = n
+        .call(
+            "PUT",
+            "/limbk/m",
+            &[],
+            &[("x-amz-meta-k", &fits)],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let two = [
+        ("x-amz-meta-a", "v".repeat(1000)),
+        ("x-amz-meta-b", "v".repeat(1047)),
+    ];
+    let two: Vec<(&str, &str)> = two.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (path, query, extra) in [
+        ("/limbk/big", vec![], vec![]),
+        ("/limbk/big", vec![("uploads", "")], vec![]),
+        (
+            "/limbk/big",
+            vec![],
+            vec![
+                ("x-amz-copy-source", "/limbk/m"),
+                ("x-amz-metadata-directive", "REPLACE"),
+            ],
+        ),
+    ] {
+        for meta in [vec![("x-amz-meta-k", over.as_str())], two.clone()] {
+            let mut h = extra.clone();
+            h.extend(meta.iter().copied());
+            let method = if query.is_empty() { "PUT" } else { "POST" };
+            let r = n.call(method, path, &query, &h, b"x".to_vec()).await;
+            assert_eq!(
+                (r.status, r.one("Code").as_str()),
+                (400, "MetadataTooLarge"),
+                "{method} {query:?} {extra:?}"
+            );
+        }
+    }
+    assert_eq!(
+        n.call("HEAD", "/limbk/big", &[], &[], vec![]).await.status,
+        404
+    );
+    let uploads = n
+        .call("GET", "/limbk", &[("uploads", "")], &[], vec![])
+        .await;
+    assert!(uploads.all("UploadId").is_empty(), "{}", uploads.text());
+
+    for bad in ["a\u{1}b", "cr\rkey", "nul\0", "esc\u{1b}", "x\u{FFFF}"] {
+        let path = format!("/limbk/{bad}");
+        let r = n.call("PUT", &path, &[], &[], b"x".to_vec()).await;
+        assert_eq!(
+            (r.status, r.one("Code").as_str()),
+            (400, "InvalidArgument"),
+            "{bad:?}"
+        );
+        assert!(xml_clean(&r.body), "{bad:?}: {:?}", r.text());
+        let get = n.call("GET", &path, &[], &[], vec![]).await;
+        assert_eq!(get.status, 404, "{bad:?}");
+        assert!(xml_clean(&get.body), "{bad:?}: {:?}", get.text());
+        let up = n.call("POST", &path, &[("uploads", "")], &[], vec![]).await;
+        assert_eq!(up.status, 400, "{bad:?}");
+        let copy = n
+            .call(
+                "PUT",
+                &path,
+                &[],
+                &[("x-amz-copy-source", "/limbk/m")],
+                vec![],
+            )
+            .await;
+        assert_eq!(copy.status, 400, "{bad:?}");
+        let listed = n
+            .call("GET", "/limbk", &[("prefix", bad)], &[], vec![])
+            .await;
+        assert_eq!(
+            (listed.status, listed.one("Code").as_str()),
+            (400, "InvalidArgument"),
+            "{bad:?}"
+        );
+        let encoded = n
+            .call(
+                "GET",
+                "/limbk",
+                &[("prefix", bad), ("encoding-type", "url")],
+                &[],
+                vec![],
+            )
+            .await;
+        assert_eq!(encoded.status, 200, "{bad:?}");
+        assert!(xml_clean(&encoded.body));
+    }
+    let fine = n
+        .call("PUT", "/limbk/tab\tand\nnewline", &[], &[], b"x".to_vec())
+        .await;
+    assert_eq!(fine.status, 200, "{}", fine.text());
+    let listed = n
+        .call("GET", "/limbk", &[("list-type", "2")], &[], vec![])
+        .await;
+    assert!(xml_clean(&listed.body));
+    assert!(listed.all("Key").contains(&"tab\tand\nnewline".to_string()));
+}

@@ -44,6 +44,7 @@ pub(crate) async fn copy_object(
     let input = req.input;
     let (sb, sk, sv) = copy_source(&input.copy_source)?;
     let dst_bucket = bucket_or_404(state, &input.bucket).await?;
+    object::check_new_key(&input.key)?;
     let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
     let cond = precondition::write_condition_from_headers(&req.headers)?;
     // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
@@ -87,6 +88,9 @@ pub(crate) async fn copy_object(
         ));
     }
     let now = meta::now_ms();
+    if replace {
+        object::check_metadata(input.metadata.as_ref())?;
+    }
     let (content_type, headers, metadata) = if replace {
         let h = ContentHeaders::of(
             &input.cache_control,

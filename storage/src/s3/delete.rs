@@ -11,6 +11,9 @@ use super::object::{bucket_or_404, names_current};
 use crate::state::NodeState;
 use crate::store::objects;
 
+/// Keys one DeleteObjects may name (AWS).
+const MAX_DELETE_KEYS: usize = 1000;
+
 pub(crate) async fn delete_object(
     state: &NodeState,
     req: S3Request<DeleteObjectInput>,
@@ -34,6 +37,10 @@ pub(crate) async fn delete_objects(
 ) -> ApiResult<S3Response<DeleteObjectsOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
+    // AWS: at most 1000 keys per request, MalformedXML above.
+    if input.delete.objects.len() > MAX_DELETE_KEYS {
+        return Err(ApiError::MalformedXml);
+    }
     let quiet = input.delete.quiet.unwrap_or(false);
     let mut deleted = Vec::new();
     let mut errors = Vec::new();

@@ -63,6 +63,8 @@ pub enum ApiError {
     EntityTooSmall,
     #[error("malformed xml")]
     MalformedXml,
+    #[error("metadata too large")]
+    MetadataTooLarge,
     #[error("precondition failed")]
     PreconditionFailed,
     /// 304, answered with the object's ETag and Last-Modified (as AWS and RFC 7232).
@@ -161,6 +163,7 @@ impl From<ApiError> for S3Error {
             ApiError::InvalidPartOrder => (C::InvalidPartOrder, "The list of parts was not in ascending order.".into()),
             ApiError::EntityTooSmall => (C::EntityTooSmall, "Your proposed upload is smaller than the minimum allowed object size.".into()),
             ApiError::MalformedXml => (C::MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema.".into()),
+            ApiError::MetadataTooLarge => (C::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size.".into()),
             ApiError::PreconditionFailed => (C::PreconditionFailed, "At least one of the pre-conditions you specified did not hold".into()),
             ApiError::NotModified { .. } => (C::NotModified, "Not Modified".into()),
             ApiError::NoEncryptionConfig => (C::ServerSideEncryptionConfigurationNotFoundError, "The server side encryption configuration was not found".into()),
@@ -241,6 +244,7 @@ mod tests {
             (ApiError::InvalidPartOrder, "InvalidPartOrder", 400),
             (ApiError::EntityTooSmall, "EntityTooSmall", 400),
             (ApiError::MalformedXml, "MalformedXML", 400),
+            (ApiError::MetadataTooLarge, "MetadataTooLarge", 400),
             (ApiError::PreconditionFailed, "PreconditionFailed", 412),
             (
                 ApiError::NotModified {

@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response};
 
 use super::common;
 use super::errors::{ApiError, ApiResult};
-use super::object::bucket_or_404;
+use super::object::{bucket_or_404, xml_safe};
 use crate::state::NodeState;
 use crate::store::meta::Object;
 
@@ -34,12 +34,30 @@ impl Names {
         }
     }
 
+    /// A name as the answer carries it. Without `encoding-type=url`, a character XML 1.0 cannot
+    /// carry (only in keys written before such keys were refused) becomes U+FFFD, so the
+    /// listing stays well-formed XML.
     pub(crate) fn one(self, s: &str) -> String {
         if self.url {
             utf8_percent_encode(s, KEEP).to_string()
-        } else {
+        } else if s.chars().all(xml_safe) {
             s.to_string()
+        } else {
+            s.chars()
+                .map(|c| if xml_safe(c) { c } else { '\u{FFFD}' })
+                .collect()
         }
+    }
+
+    /// Request parameters the answer echoes (prefix, delimiter, markers) must be carried by
+    /// XML 1.0 unless they are URL-encoded: 400 InvalidArgument otherwise.
+    pub(crate) fn check_echoed(self, params: &[Option<&str>]) -> ApiResult<()> {
+        if self.url || params.iter().flatten().all(|p| p.chars().all(xml_safe)) {
+            return Ok(());
+        }
+        Err(ApiError::InvalidArgument(
+            "A listing parameter contains a control character that XML cannot carry; use encoding-type=url.".into(),
+        ))
     }
 
     pub(crate) fn opt(self, s: Option<&str>) -> Option<String> {
@@ -157,6 +175,12 @@ pub(crate) async fn list_objects_v2(
 ) -> ApiResult<S3Response<ListObjectsV2Output>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
+    let names = Names::new(input.encoding_type.as_ref());
+    names.check_echoed(&[
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        input.start_after.as_deref(),
+    ])?;
     let prefix = input.prefix.clone().unwrap_or_default();
     let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
     let after = match input.continuation_token.as_deref() {
@@ -186,7 +210,6 @@ pub(crate) async fn list_objects_v2(
         None
     };
     let owner = input.fetch_owner.unwrap_or(false);
-    let names = Names::new(input.encoding_type.as_ref());
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
@@ -215,6 +238,12 @@ pub(crate) async fn list_objects(
 ) -> ApiResult<S3Response<ListObjectsOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
+    let names = Names::new(input.encoding_type.as_ref());
+    names.check_echoed(&[
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        input.marker.as_deref(),
+    ])?;
     let prefix = input.prefix.clone().unwrap_or_default();
     let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
     let after = input.marker.clone().unwrap_or_default();
@@ -232,7 +261,6 @@ pub(crate) async fn list_objects(
     } else {
         None
     };
-    let names = Names::new(input.encoding_type.as_ref());
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
@@ -259,6 +287,13 @@ pub(crate) async fn list_object_versions(
 ) -> ApiResult<S3Response<ListObjectVersionsOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
+    let names = Names::new(input.encoding_type.as_ref());
+    names.check_echoed(&[
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        input.key_marker.as_deref(),
+        input.version_id_marker.as_deref(),
+    ])?;
     let prefix = input.prefix.clone().unwrap_or_default();
     let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
     let after = input.key_marker.clone().unwrap_or_default();
@@ -271,7 +306,6 @@ pub(crate) async fn list_object_versions(
         max,
     )
     .await?;
-    let names = Names::new(input.encoding_type.as_ref());
     let versions = page
         .objects
         .iter()

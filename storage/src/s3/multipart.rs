@@ -27,6 +27,8 @@ pub(crate) async fn create(
 ) -> ApiResult<S3Response<CreateMultipartUploadOutput>> {
     let input = req.input;
     let bucket = bucket_or_404(state, &input.bucket).await?;
+    object::check_new_key(&input.key)?;
+    object::check_metadata(input.metadata.as_ref())?;
     let plan = common::plan_write(state, &bucket, &req.headers)?;
     let version_id = uuid::Uuid::new_v4().to_string();
     let upload_id = uuid::Uuid::new_v4().simple().to_string();
@@ -490,6 +492,12 @@ pub(crate) async fn list_uploads(
     let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
     let delimiter = input.delimiter.as_deref().filter(|d| !d.is_empty());
     let names = Names::new(input.encoding_type.as_ref());
+    names.check_echoed(&[
+        input.prefix.as_deref(),
+        input.delimiter.as_deref(),
+        input.key_marker.as_deref(),
+        input.upload_id_marker.as_deref(),
+    ])?;
     let all = state.meta.list_uploads(&input.bucket).await?;
     let after_marker = |u: &Upload| match (
         input.key_marker.as_deref(),

@@ -64,6 +64,37 @@ impl ContentHeaders {
     }
 }
 
+/// AWS's bound on user metadata: the UTF-8 bytes of every `x-amz-meta-*` name (without the
+/// prefix) and value, summed.
+pub(crate) const MAX_METADATA_BYTES: usize = 2048;
+
+/// 400 MetadataTooLarge above [`MAX_METADATA_BYTES`].
+pub(crate) fn check_metadata(m: Option<&Metadata>) -> ApiResult<()> {
+    let size: usize = m.map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.len()).sum());
+    if size > MAX_METADATA_BYTES {
+        return Err(ApiError::MetadataTooLarge);
+    }
+    Ok(())
+}
+
+/// Whether XML 1.0 element text carries `c` unchanged: not the C0 controls other than tab and
+/// line feed (CR is legal XML, but written raw, as s3s writes text, a parser reads it as LF),
+/// nor U+FFFE/U+FFFF.
+pub(crate) fn xml_safe(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// A new object's key must be listable as XML 1.0 (issue 11 D15): keys with characters XML
+/// cannot carry are refused (400 InvalidArgument) rather than written and listed as broken XML.
+pub(crate) fn check_new_key(key: &str) -> ApiResult<()> {
+    if key.chars().all(xml_safe) {
+        return Ok(());
+    }
+    Err(ApiError::InvalidArgument(
+        "Object key contains a control character (other than tab or line feed) that an XML listing cannot carry.".into(),
+    ))
+}
+
 pub(crate) fn metadata_json(m: Option<&Metadata>) -> String {
     let map: BTreeMap<String, String> = m
         .map(|m| {

@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response};
 
 use super::common;
 use super::errors::{ApiError, ApiResult};
-use super::object::{ContentHeaders, bucket_or_404, metadata_json};
+use super::object::{ContentHeaders, bucket_or_404, check_metadata, check_new_key, metadata_json};
 use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
@@ -22,6 +22,8 @@ pub(crate) async fn put_object(
 ) -> ApiResult<S3Response<PutObjectOutput>> {
     let input = req.input;
     let bucket = bucket_or_404(state, &input.bucket).await?;
+    check_new_key(&input.key)?;
+    check_metadata(input.metadata.as_ref())?;
     let plan = common::plan_write(state, &bucket, &req.headers)?;
     let cond =
         precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
