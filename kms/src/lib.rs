@@ -195,17 +195,19 @@ pub async fn open(
 }
 
 /// Serve the KMS on `listener` (plain HTTP, or TLS when `tls` is given) until `shutdown`
-/// resolves; then let in-flight requests finish, flush the audit writer (with a last
+/// resolves, with `limits` on its connections; then let in-flight requests finish, flush the audit writer (with a last
 /// checkpoint) and return.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<KmsState>,
     tasks: Tasks,
+    limits: coffer_common::server::Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let app = api::router(state.clone());
-    let result = coffer_common::server::serve(listener, tls, app, shutdown).await;
+    let result =
+        coffer_common::server::serve_with_limits(listener, tls, app, limits, shutdown).await;
     tasks.rewrap.abort();
     let _ = tasks.rewrap.await;
     // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.

@@ -1,6 +1,6 @@
 //! Assembling and serving the node: open the store, sweep, build the s3s service (SigV4 with the
 //! configured key pair) inside an axum router with health and metrics routes and tower-http
-//! layers (request ids, tracing; body size cap and idle timeout), and serve it on an
+//! layers (request ids, tracing; body size cap; the body timeout is the listener's), and serve it on an
 //! already-bound listener (plain or TLS).
 
 use std::sync::Arc;
@@ -219,9 +219,6 @@ fn method_not_allowed() -> axum::response::Response {
         .into_response()
 }
 
-/// Longest pause allowed between two pieces of a request body before the request fails.
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// True when the body is aws-chunked (SigV4 streaming): its wire length exceeds the object's by
 /// the chunk framing, and `x-amz-decoded-content-length` declares the object's length.
 fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
@@ -231,7 +228,8 @@ fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
 }
 
 /// Refuse a body whose declared size exceeds `max` (400 EntityTooLarge, as AWS does above
-/// 5 GiB), cap what is read on the wire, and fail a body that stalls for [`BODY_IDLE_TIMEOUT`].
+/// 5 GiB) and cap what is read on the wire (a body that stalls fails after the listener's body
+/// timeout, `coffer_common::server::Limits`).
 /// Both declared sizes count: `x-amz-decoded-content-length` is only believed (and given the
 /// framing allowance) for an aws-chunked body, whose decoder stops at the declared length.
 fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Request, TooLarge> {
@@ -259,12 +257,7 @@ fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Re
         return Ok(req);
     }
     let cap = usize::try_from(wire_max).unwrap_or(usize::MAX);
-    Ok(req.map(|b| {
-        axum::body::Body::new(http_body_util::Limited::new(
-            tower_http::timeout::TimeoutBody::new(BODY_IDLE_TIMEOUT, b),
-            cap,
-        ))
-    }))
+    Ok(req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, cap))))
 }
 
 /// A HEAD answer carries headers only. HTTP/1.1 drops a body by itself, but over HTTP/2 a
@@ -448,7 +441,7 @@ fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     )
 }
 
-/// Serve until `shutdown` resolves.
+/// Serve until `shutdown` resolves, with the default connection limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<NodeState>,
@@ -456,4 +449,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     coffer_common::server::serve(listener, tls, router(state), shutdown).await
+}
+
+/// Serve until `shutdown` resolves, with `limits` on the connections (cap, header, idle and
+/// body timeouts: see `coffer_common::server`).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    state: Arc<NodeState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: coffer_common::server::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    coffer_common::server::serve_with_limits(listener, tls, router(state), limits, shutdown).await
 }

@@ -76,6 +76,34 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_KMS_CHECKPOINT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_secs: u64,
+    /// Connections served at once per listener; more wait in the listen backlog until one closes.
+    #[arg(long, env = "COFFER_KMS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Milliseconds from accept for the TLS handshake and the first complete request head.
+    #[arg(long, env = "COFFER_KMS_HEADER_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a connection may stay without a request in flight (keep-alive, HTTP/2).
+    #[arg(long, env = "COFFER_KMS_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Longest pause in milliseconds of a request body, or of a client not reading its answer.
+    #[arg(long, env = "COFFER_KMS_BODY_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// The connection limits of both listeners.
+    pub fn limits(&self) -> coffer_common::server::Limits {
+        coffer_common::server::Limits::from_settings(
+            usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            self.header_timeout_ms,
+            self.idle_timeout_ms,
+            self.body_timeout_ms,
+        )
+    }
 }
 
 /// The TLS configuration `serve` uses, or `None` for `--insecure-http`.
@@ -147,6 +175,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         pass,
         tls,
         cfg,
+        a.limits(),
     )
     .await
 }
@@ -158,6 +187,7 @@ async fn serve(
     pass: Passphrase,
     tls: Option<Arc<rustls::ServerConfig>>,
     cfg: WriterConfig,
+    limits: coffer_common::server::Limits,
 ) -> Result<ExitCode> {
     let (state, tasks) = crate::open(data_dir, &pass, cfg)
         .await
@@ -195,14 +225,14 @@ async fn serve(
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            coffer_common::server::serve(l, None, app, stop).await
+            coffer_common::server::serve_with_limits(l, None, app, limits, stop).await
         })
     });
     let shutdown = async move {
         coffer_common::server::shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    let main = crate::serve(listener, tls, state, tasks, shutdown);
+    let main = crate::serve(listener, tls, state, tasks, limits, shutdown);
     let (result, _) = tokio::join!(main, async {
         if let Some(t) = metrics_task {
             let _ = t.await;

@@ -100,6 +100,22 @@ pub struct ServeArgs {
         default_value = "sse-s3"
     )]
     pub default_encryption: DefaultEnc,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "COFFER_S3_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Milliseconds from accept for the TLS handshake and the first complete request head.
+    #[arg(long, env = "COFFER_S3_HEADER_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a connection may stay without a request in flight (keep-alive, HTTP/2).
+    #[arg(long, env = "COFFER_S3_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Longest pause in milliseconds of a request body, or of a client not reading its answer.
+    #[arg(long, env = "COFFER_S3_BODY_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
 }
 
 /// The S3 key pair: access key from settings, secret from a 0600 file or the environment.
@@ -264,6 +280,12 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let shutdown = coffer_common::server::shutdown_signal();
     println!("listening on {scheme}://{addr}");
-    crate::server::serve(listener, state, tls, shutdown).await?;
+    let limits = coffer_common::server::Limits::from_settings(
+        usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+        a.header_timeout_ms,
+        a.idle_timeout_ms,
+        a.body_timeout_ms,
+    );
+    crate::server::serve_with_limits(listener, state, tls, limits, shutdown).await?;
     Ok(())
 }
