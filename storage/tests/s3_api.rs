@@ -919,3 +919,203 @@ async fn aws_limits_and_listings_stay_well_formed_xml() {
     assert!(xml_clean(&listed.body));
     assert!(listed.all("Key").contains(&"tab\tand\nnewline".to_string()));
 }
+
+/// Issue 11 E19: paginated listings with a delimiter advance past common prefixes and end;
+/// v1 always names its Marker, an empty Delimiter is not echoed, ListObjectVersions answers
+/// NextVersionIdMarker, ListBuckets pages with max-buckets and continuation-token.
+#[tokio::test]
+async fn listings_page_past_common_prefixes() {
+    let n = Node::start().await;
+    n.call("PUT", "/pgbk", &[], &[], vec![]).await;
+    for k in ["a/1", "a/2", "b", "c/1", "c/2", "d", "e/x/1", "p/", "p/x"] {
+        let r = n
+            .call("PUT", &format!("/pgbk/{k}"), &[], &[], b"x".to_vec())
+            .await;
+        assert_eq!(r.status, 200, "{k}");
+    }
+    let entries = |a: &Answer| {
+        let mut e = a.all("Key");
+        e.extend(a.all("Prefix").into_iter().filter(|p| !p.is_empty()));
+        e
+    };
+    // ListObjects v1, delimiter, one entry a page.
+    let mut seen = Vec::new();
+    let mut marker = String::new();
+    for page in 0.. {
+        assert!(page < 12, "v1 pagination does not end: {seen:?}");
+        let mut q = vec![("delimiter", "/"), ("max-keys", "1")];
+        if !marker.is_empty() {
+            q.push(("marker", marker.as_str()));
+        }
+        let r = n.call("GET", "/pgbk", &q, &[], vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        assert!(
+            text.contains("<Marker>") || text.contains("<Marker/>"),
+            "{text}"
+        );
+        seen.extend(entries(&r));
+        if r.one("IsTruncated") != "true" {
+            assert!(!text.contains("<NextMarker>"), "{text}");
+            break;
+        }
+        marker = r.one("NextMarker");
+        assert!(!marker.is_empty(), "{text}");
+    }
+    assert_eq!(seen, ["a/", "b", "c/", "d", "e/", "p/"]);
+    let plain = n
+        .call("GET", "/pgbk", &[("max-keys", "1")], &[], vec![])
+        .await;
+    assert!(!plain.text().contains("<NextMarker>"), "{}", plain.text());
+    assert!(plain.text().contains("<Marker>") || plain.text().contains("<Marker/>"));
+    for q in [
+        vec![("delimiter", "")],
+        vec![("delimiter", ""), ("list-type", "2")],
+        vec![("delimiter", ""), ("versions", "")],
+        vec![("delimiter", ""), ("uploads", "")],
+    ] {
+        let r = n.call("GET", "/pgbk", &q, &[], vec![]).await;
+        assert_eq!(r.status, 200, "{q:?}: {}", r.text());
+        assert!(!r.text().contains("<Delimiter"), "{q:?}: {}", r.text());
+    }
+
+    // A key equal to the prefix is an object, not a common prefix: nothing under it is skipped.
+    let mut under = Vec::new();
+    let mut token = String::new();
+    for page in 0.. {
+        assert!(page < 5);
+        let mut q = vec![
+            ("list-type", "2"),
+            ("prefix", "p/"),
+            ("delimiter", "/"),
+            ("max-keys", "1"),
+        ];
+        if !token.is_empty() {
+            q.push(("continuation-token", token.as_str()));
+        }
+        let r = n.call("GET", "/pgbk", &q, &[], vec![]).await;
+        under.extend(r.all("Key"));
+        if r.one("IsTruncated") != "true" {
+            break;
+        }
+        token = r.one("NextContinuationToken");
+    }
+    assert_eq!(under, ["p/", "p/x"]);
+
+    // ListObjectVersions, delimiter, one entry a page.
+    let mut seen = Vec::new();
+    let (mut key_marker, mut vid_marker) = (String::new(), String::new());
+    for page in 0.. {
+        assert!(page < 12, "version pagination does not end: {seen:?}");
+        let mut q = vec![("versions", ""), ("delimiter", "/"), ("max-keys", "1")];
+        if !key_marker.is_empty() {
+            q.push(("key-marker", key_marker.as_str()));
+        }
+        if !vid_marker.is_empty() {
+            q.push(("version-id-marker", vid_marker.as_str()));
+        }
+        let r = n.call("GET", "/pgbk", &q, &[], vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let keys = r.all("Key");
+        seen.extend(entries(&r));
+        if r.one("IsTruncated") != "true" {
+            break;
+        }
+        key_marker = r.one("NextKeyMarker");
+        vid_marker = r.one("NextVersionIdMarker");
+        if keys.is_empty() {
+            assert_eq!(vid_marker, "", "a prefix has no version: {}", r.text());
+        } else {
+            assert_eq!(vid_marker, "null", "{}", r.text());
+        }
+    }
+    assert_eq!(seen, ["a/", "b", "c/", "d", "e/", "p/"]);
+    let bad = n
+        .call(
+            "GET",
+            "/pgbk",
+            &[("versions", ""), ("version-id-marker", "null")],
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.one("Code").as_str()),
+        (400, "InvalidArgument")
+    );
+
+    // ListMultipartUploads, delimiter, one entry a page.
+    for k in ["u/1", "u/2", "v"] {
+        n.call(
+            "POST",
+            &format!("/pgbk/{k}"),
+            &[("uploads", "")],
+            &[],
+            vec![],
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let (mut key_marker, mut id_marker) = (String::new(), String::new());
+    for page in 0.. {
+        assert!(page < 6, "upload pagination does not end: {seen:?}");
+        let mut q = vec![("uploads", ""), ("delimiter", "/"), ("max-uploads", "1")];
+        if !key_marker.is_empty() {
+            q.push(("key-marker", key_marker.as_str()));
+        }
+        if !id_marker.is_empty() {
+            q.push(("upload-id-marker", id_marker.as_str()));
+        }
+        let r = n.call("GET", "/pgbk", &q, &[], vec![]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.extend(entries(&r));
+        if r.one("IsTruncated") != "true" {
+            break;
+        }
+        key_marker = r.one("NextKeyMarker");
+        id_marker = r.one("NextUploadIdMarker");
+    }
+    assert_eq!(seen, ["u/", "v"]);
+
+    // ListBuckets: max-buckets and continuation-token.
+    for b in ["lbk-a", "lbk-b", "lbk-c"] {
+        n.call("PUT", &format!("/{b}"), &[], &[], vec![]).await;
+    }
+    let first = n
+        .call(
+            "GET",
+            "/",
+            &[("max-buckets", "2"), ("prefix", "lbk-")],
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.all("Name"), ["lbk-a", "lbk-b"]);
+    let token = first.one("ContinuationToken");
+    assert!(!token.is_empty(), "{}", first.text());
+    let second = n
+        .call(
+            "GET",
+            "/",
+            &[
+                ("max-buckets", "2"),
+                ("prefix", "lbk-"),
+                ("continuation-token", &token),
+            ],
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(second.all("Name"), ["lbk-c"]);
+    assert!(!second.text().contains("<ContinuationToken>"));
+    let all = n.call("GET", "/", &[], &[], vec![]).await;
+    assert_eq!(all.all("Name").len(), 4);
+    let zero = n
+        .call("GET", "/", &[("max-buckets", "0")], &[], vec![])
+        .await;
+    assert_eq!(
+        (zero.status, zero.one("Code").as_str()),
+        (400, "InvalidArgument")
+    );
+}

@@ -72,11 +72,43 @@ pub(crate) async fn delete_bucket(
     Ok(resp)
 }
 
-pub(crate) async fn list_buckets(state: &NodeState) -> ApiResult<S3Response<ListBucketsOutput>> {
-    let buckets = state
+/// ListBuckets: every bucket by name, or pages of `max-buckets` (1..=10000) resumed with the
+/// answered `ContinuationToken`; `prefix` filters.
+pub(crate) async fn list_buckets(
+    state: &NodeState,
+    req: S3Request<ListBucketsInput>,
+) -> ApiResult<S3Response<ListBucketsOutput>> {
+    let input = req.input;
+    let max = match input.max_buckets {
+        None => usize::MAX,
+        Some(n @ 1..=10_000) => n as usize,
+        Some(_) => {
+            return Err(ApiError::InvalidArgument(
+                "max-buckets must be an integer between 1 and 10000".into(),
+            ));
+        }
+    };
+    let bad_token =
+        || ApiError::InvalidArgument("The continuation token provided is incorrect".into());
+    let after = match input.continuation_token.as_deref() {
+        Some(t) => {
+            String::from_utf8(hex::decode(t).map_err(|_| bad_token())?).map_err(|_| bad_token())?
+        }
+        None => String::new(),
+    };
+    let prefix = input.prefix.clone().unwrap_or_default();
+    let mut all = state
         .meta
         .list_buckets()
         .await?
+        .into_iter()
+        .filter(|(name, _)| name.as_str() > after.as_str() && name.starts_with(&prefix));
+    let page: Vec<(String, i64)> = all.by_ref().take(max).collect();
+    let token = match (all.next(), page.last()) {
+        (Some(_), Some((last, _))) => Some(hex::encode(last)),
+        _ => None,
+    };
+    let buckets = page
         .into_iter()
         .map(|(name, ms)| Bucket {
             name: Some(name),
@@ -90,7 +122,8 @@ pub(crate) async fn list_buckets(state: &NodeState) -> ApiResult<S3Response<List
             display_name: Some("coffer".into()),
             id: Some("coffer".into()),
         }),
-        ..Default::default()
+        prefix: input.prefix,
+        continuation_token: token,
     }))
 }
 

@@ -72,9 +72,28 @@ pub(crate) struct Page {
     pub truncated: bool,
     /// Last key or prefix returned (for markers and continuation tokens).
     pub last: Option<String>,
+    /// Whether `last` is a common prefix.
+    pub last_is_prefix: bool,
 }
 
-/// Walk keys in order, folding keys that contain `delimiter` after `prefix` into common prefixes.
+/// The common prefix `key` rolls up into: `prefix` and what follows it up to and including the
+/// first `delimiter`.
+fn common_prefix(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    let d = delimiter?;
+    let rest = key.strip_prefix(prefix)?;
+    rest.find(d)
+        .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
+}
+
+/// A cursor past every key that starts with `p` (keys compare as UTF-8 bytes).
+fn past(p: &str) -> String {
+    format!("{p}\u{10FFFF}")
+}
+
+/// Walk keys in order after `after`, folding keys that contain `delimiter` after `prefix` into
+/// common prefixes. A common prefix is listed once and the walk jumps past its keys; a marker
+/// that is itself a common prefix of this listing (the last entry of the previous page) resumes
+/// past it, so pages never repeat a prefix (issue 11 E19).
 pub(crate) async fn list_page(
     state: &NodeState,
     bucket: &str,
@@ -83,17 +102,25 @@ pub(crate) async fn list_page(
     after: &str,
     max: usize,
 ) -> ApiResult<Page> {
+    let delimiter = delimiter.filter(|d| !d.is_empty());
     let mut page = Page {
         objects: Vec::new(),
         prefixes: Vec::new(),
         truncated: false,
         last: None,
+        last_is_prefix: false,
     };
     if max == 0 {
         return Ok(page); // as S3: nothing listed, not truncated
     }
     let mut cursor = after.to_string();
-    loop {
+    // Keys under this prefix are already listed (as it).
+    let mut skip: Option<String> = None;
+    if !after.is_empty() && common_prefix(after, prefix, delimiter).as_deref() == Some(after) {
+        cursor = past(after);
+        skip = Some(after.to_string());
+    }
+    'query: loop {
         let batch = state
             .meta
             .list_objects(bucket, prefix, &cursor, 1000)
@@ -103,31 +130,35 @@ pub(crate) async fn list_page(
         }
         for o in batch {
             cursor = o.key.clone();
-            let rest = o.key.get(prefix.len()..).unwrap_or_default();
-            let cp = delimiter.filter(|d| !d.is_empty()).and_then(|d| {
-                rest.find(d)
-                    .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
-            });
-            if let Some(cp) = cp {
-                if page.prefixes.last() == Some(&cp) {
-                    continue;
+            if skip.as_deref().is_some_and(|s| o.key.starts_with(s)) {
+                continue;
+            }
+            if page.objects.len() + page.prefixes.len() >= max {
+                page.truncated = true;
+                return Ok(page);
+            }
+            match common_prefix(&o.key, prefix, delimiter) {
+                Some(cp) => {
+                    page.last = Some(cp.clone());
+                    page.last_is_prefix = true;
+                    page.prefixes.push(cp.clone());
+                    cursor = past(&cp);
+                    skip = Some(cp);
+                    continue 'query;
                 }
-                if page.objects.len() + page.prefixes.len() >= max {
-                    page.truncated = true;
-                    return Ok(page);
+                None => {
+                    page.last = Some(o.key.clone());
+                    page.last_is_prefix = false;
+                    page.objects.push(o);
                 }
-                page.last = Some(cp.clone());
-                page.prefixes.push(cp);
-            } else {
-                if page.objects.len() + page.prefixes.len() >= max {
-                    page.truncated = true;
-                    return Ok(page);
-                }
-                page.last = Some(o.key.clone());
-                page.objects.push(o);
             }
         }
     }
+}
+
+/// The delimiter as the answer echoes it: an empty one is no delimiter (not echoed).
+fn delimiter_of(d: Option<&str>) -> Option<&str> {
+    d.filter(|d| !d.is_empty())
 }
 
 fn to_object(o: &Object, owner: bool, names: Names) -> s3s::dto::Object {
@@ -158,14 +189,6 @@ fn prefixes(p: Vec<String>, names: Names) -> Option<Vec<CommonPrefix>> {
                 })
                 .collect(),
         )
-    }
-}
-
-/// After a common prefix, skip every key under it.
-fn resume_after(last: &str, delimiter: Option<&str>) -> String {
-    match delimiter {
-        Some(d) if !d.is_empty() && last.ends_with(d) => format!("{last}\u{10FFFF}"),
-        _ => last.to_string(),
     }
 }
 
@@ -203,9 +226,7 @@ pub(crate) async fn list_objects_v2(
     .await?;
     let count = (page.objects.len() + page.prefixes.len()) as i32;
     let next = if page.truncated {
-        page.last
-            .as_deref()
-            .map(|l| hex::encode(resume_after(l, input.delimiter.as_deref())))
+        page.last.as_deref().map(hex::encode)
     } else {
         None
     };
@@ -213,7 +234,7 @@ pub(crate) async fn list_objects_v2(
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
-        delimiter: names.opt(input.delimiter.as_deref()),
+        delimiter: names.opt(delimiter_of(input.delimiter.as_deref())),
         max_keys: Some(max as i32),
         key_count: Some(count),
         is_truncated: Some(page.truncated),
@@ -256,7 +277,8 @@ pub(crate) async fn list_objects(
         max,
     )
     .await?;
-    let next = if page.truncated && input.delimiter.is_some() {
+    // As AWS: NextMarker only with a delimiter (otherwise the last key is the next marker).
+    let next = if page.truncated && delimiter_of(input.delimiter.as_deref()).is_some() {
         page.last.clone()
     } else {
         None
@@ -264,8 +286,8 @@ pub(crate) async fn list_objects(
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
-        delimiter: names.opt(input.delimiter.as_deref()),
-        marker: names.opt(input.marker.as_deref()),
+        delimiter: names.opt(delimiter_of(input.delimiter.as_deref())),
+        marker: Some(names.one(input.marker.as_deref().unwrap_or_default())),
         max_keys: Some(max as i32),
         is_truncated: Some(page.truncated),
         contents: Some(
@@ -296,6 +318,13 @@ pub(crate) async fn list_object_versions(
     ])?;
     let prefix = input.prefix.clone().unwrap_or_default();
     let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+    if input.version_id_marker.is_some() && input.key_marker.is_none() {
+        return Err(ApiError::InvalidArgument(
+            "A version-id marker cannot be specified without a key marker.".into(),
+        ));
+    }
+    // Every key has one version (`null`), so after (key-marker, version-id-marker) is after
+    // key-marker.
     let after = input.key_marker.clone().unwrap_or_default();
     let page = list_page(
         state,
@@ -329,7 +358,7 @@ pub(crate) async fn list_object_versions(
     Ok(S3Response::new(ListObjectVersionsOutput {
         name: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
-        delimiter: names.opt(input.delimiter.as_deref()),
+        delimiter: names.opt(delimiter_of(input.delimiter.as_deref())),
         key_marker: names.opt(input.key_marker.as_deref()),
         max_keys: Some(max as i32),
         is_truncated: Some(page.truncated),
@@ -340,8 +369,9 @@ pub(crate) async fn list_object_versions(
         } else {
             None
         },
+        next_version_id_marker: (page.truncated && !page.last_is_prefix).then(|| "null".into()),
+        version_id_marker: input.version_id_marker,
         encoding_type: input.encoding_type,
-        next_version_id_marker: None,
         ..Default::default()
     }))
 }

@@ -131,9 +131,9 @@ impl S3 for CofferS3 {
     }
     async fn list_buckets(
         &self,
-        _req: S3Request<ListBucketsInput>,
+        req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        self.map("ListBuckets", bucket::list_buckets(&self.state).await)
+        self.map("ListBuckets", bucket::list_buckets(&self.state, req).await)
     }
     async fn get_bucket_location(
         &self,

@@ -499,11 +499,21 @@ pub(crate) async fn list_uploads(
         input.upload_id_marker.as_deref(),
     ])?;
     let all = state.meta.list_uploads(&input.bucket).await?;
+    // A key marker that is a common prefix of this listing (the previous page's last entry)
+    // resumes past every key under it, so pages never repeat a prefix.
+    let marker_is_prefix = input.key_marker.as_deref().is_some_and(|k| {
+        delimiter.is_some_and(|d| {
+            k.strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.find(d).map(|i| i + d.len() == rest.len()))
+                .unwrap_or(false)
+        })
+    });
     let after_marker = |u: &Upload| match (
         input.key_marker.as_deref(),
         input.upload_id_marker.as_deref(),
     ) {
         (None, _) => true,
+        (Some(k), _) if marker_is_prefix => !u.key.starts_with(k) && u.key.as_str() > k,
         (Some(k), None) => u.key.as_str() > k,
         (Some(k), Some(_)) => u.key.as_str() >= k,
     };
@@ -562,7 +572,7 @@ pub(crate) async fn list_uploads(
     Ok(S3Response::new(ListMultipartUploadsOutput {
         bucket: Some(input.bucket),
         prefix: names.opt(input.prefix.as_deref()),
-        delimiter: names.opt(input.delimiter.as_deref()),
+        delimiter: names.opt(input.delimiter.as_deref().filter(|d| !d.is_empty())),
         key_marker: names.opt(input.key_marker.as_deref()),
         upload_id_marker: input.upload_id_marker,
         next_key_marker: next_key,
