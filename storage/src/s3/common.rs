@@ -242,7 +242,7 @@ pub(crate) fn ts(ms: i64) -> Timestamp {
 
 /// Resolve an HTTP range against an object size (inclusive bounds); `InvalidRange` if
 /// unsatisfiable.
-pub(crate) fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u64)> {
+pub fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u64)> {
     match *r {
         s3s::dto::Range::Int { first, last } => {
             if first >= size {

@@ -17,6 +17,9 @@ pub(crate) mod post;
 mod precondition;
 mod put;
 
+/// HTTP Range resolution against an object size (public for the fuzz targets).
+pub use common::resolve_range;
+
 use std::sync::Arc;
 
 use s3s::dto::*;
