@@ -181,6 +181,9 @@ pub async fn start_kms(p: &DevPaths, kms: &Path, listen: &str) -> Result<(Child,
         .arg("--tls-key")
         .arg(&p.kms_key)
         .stdout(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches only `dev`, which then stops the
+        // child in order (SIGTERM, last audit checkpoint) instead of both dying at once.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting coffer-kms serve")?;

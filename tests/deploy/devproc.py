@@ -15,15 +15,16 @@ BIN = os.environ.get("COFFER_BIN_DIR", os.path.join(ROOT, "target", "debug"))
 
 
 class Dev:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, new_session=False):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "coffer-storage"), "dev", "--data-dir", data_dir,
              "--s3-listen", "127.0.0.1:0", "--kms-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=new_session)
         self.lines = []
         self.err = []
-        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()
+        self.err_reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        self.err_reader.start()
         for line in self.proc.stdout:
             self.lines.append(line)
             if line.startswith("ready"):

@@ -57,3 +57,21 @@ def test_dev_round_trip_restart_and_dead_kms():
             assert dev.s3.list_objects_v2(Bucket="newbkt").get("KeyCount") == 0
         finally:
             dev.stop()
+
+
+def test_ctrl_c_stops_cleanly_without_error_and_logs_have_no_colour():
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. dev stops its
+    KMS child itself, so neither process logs an ERROR, and stderr (a pipe here, like a log
+    file) carries no ANSI colour codes."""
+    with tempfile.TemporaryDirectory() as d:
+        dev = Dev(os.path.join(d, "data"), new_session=True)
+        dev.s3.create_bucket(Bucket="bkt")
+        dev.s3.put_object(Bucket="bkt", Key="k", Body=b"x")
+        os.killpg(dev.proc.pid, signal.SIGINT)
+        assert dev.proc.wait(timeout=30) == 0
+        dev.err_reader.join(timeout=30)  # EOF once dev and its child have both exited
+        err = "".join(dev.err)
+        assert " ERROR " not in err and "ERROR" not in err.replace("ERROR_", ""), err[-3000:]
+        assert "\x1b[" not in err, "colour codes in a log that is not a terminal"
+        with pytest.raises(ProcessLookupError):
+            os.kill(dev.kms_pid, 0)

@@ -87,18 +87,26 @@ pub async fn run(a: DevArgs) -> Result<()> {
     println!("ready");
     let keys = state.keys.clone();
     let kms_pid = child.id();
+    // Set once `dev` itself stops the child: its exit is then expected, not an ERROR.
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping_seen = stopping.clone();
     let watcher = tokio::spawn(async move {
         let status = child.wait().await;
-        tracing::error!(
-            ?status,
-            "the KMS child process exited: key-dependent requests now answer 503"
-        );
-        keys.disable();
+        if stopping_seen.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(?status, "the KMS child process stopped");
+        } else {
+            tracing::error!(
+                ?status,
+                "the KMS child process exited: key-dependent requests now answer 503"
+            );
+            keys.disable();
+        }
         child
     });
     crate::server::serve(listener, state, Some(tls), shutdown).await?;
     // Ask the KMS child to stop cleanly (it signs a last audit checkpoint), then wait for it;
     // kill_on_drop is the fallback if it does not exit in time.
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(pid) = kms_pid.and_then(|p| i32::try_from(p).ok()) {
         #[allow(unsafe_code)]
         // SAFETY: kill(2) on the pid of our own child process; no memory is involved.
