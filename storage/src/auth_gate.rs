@@ -6,7 +6,7 @@
 //! AWS S3 (codes, statuses, messages; see docs/s3-compat.md). Nothing secret: signatures and
 //! access keys are never echoed.
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
 /// The longest validity of a presigned SigV4 URL (seven days, as AWS).
 pub const MAX_PRESIGNED_EXPIRES: i64 = 604_800;
@@ -30,87 +30,6 @@ pub enum Refusal {
 /// AWS's answer to SigV2 in a region that supports SigV4 only.
 pub const SIGV2_MESSAGE: &str =
     "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.";
-
-/// Escape XML element text (quotes stay as they are, as in AWS's messages).
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c if c.is_control() => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A client-sent region, bounded before it is echoed in an error message.
-fn shown(region: &str) -> String {
-    region.chars().take(64).collect()
-}
-
-impl Refusal {
-    /// HTTP status, S3 error code and message.
-    pub fn parts(&self) -> (StatusCode, &'static str, String) {
-        match self {
-            Refusal::SigV2 => (
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                SIGV2_MESSAGE.to_string(),
-            ),
-            Refusal::QueryParameters(m) => (
-                StatusCode::BAD_REQUEST,
-                "AuthorizationQueryParametersError",
-                m.clone(),
-            ),
-            Refusal::Expired => (
-                StatusCode::FORBIDDEN,
-                "AccessDenied",
-                "Request has expired".to_string(),
-            ),
-            Refusal::HeaderRegion { got, expected } => (
-                StatusCode::BAD_REQUEST,
-                "AuthorizationHeaderMalformed",
-                format!(
-                    "The authorization header is malformed; the region '{}' is wrong; expecting '{expected}'",
-                    shown(got)
-                ),
-            ),
-            Refusal::QueryRegion { got, expected } => (
-                StatusCode::BAD_REQUEST,
-                "AuthorizationQueryParametersError",
-                format!(
-                    "Error parsing the X-Amz-Credential parameter; the region '{}' is wrong; expecting '{expected}'",
-                    shown(got)
-                ),
-            ),
-        }
-    }
-
-    /// The S3 XML error answer (`Resource` and `RequestId` are added by `error_body`).
-    pub fn response(&self) -> axum::response::Response {
-        let (status, code, message) = self.parts();
-        let region = match self {
-            Refusal::HeaderRegion { expected, .. } | Refusal::QueryRegion { expected, .. } => {
-                format!("<Region>{}</Region>", xml_escape(expected))
-            }
-            _ => String::new(),
-        };
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{}</Message>{region}</Error>",
-            xml_escape(&message)
-        );
-        let mut resp = axum::response::Response::new(axum::body::Body::from(body));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/xml"),
-        );
-        resp
-    }
-}
 
 /// The decoded query parameters (names and values percent-decoded, `+` kept as is, as s3s).
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -254,6 +173,12 @@ pub fn check(
 mod tests {
     use super::*;
 
+    /// Status, code and message as the node's error table answers `r`.
+    fn parts(r: &Refusal) -> (http::StatusCode, &'static str, String) {
+        let w = crate::s3::errors::ApiError::Refused(r.clone()).wire();
+        (w.status, w.code, w.message.into_owned())
+    }
+
     fn now() -> time::OffsetDateTime {
         parse_amz_date("20250101T120000Z").unwrap()
     }
@@ -278,8 +203,8 @@ mod tests {
             Err(Refusal::SigV2)
         );
         assert_eq!(q("Signature=x"), Err(Refusal::SigV2));
-        assert_eq!(Refusal::SigV2.parts().1, "InvalidRequest");
-        assert_eq!(Refusal::SigV2.parts().0, StatusCode::BAD_REQUEST);
+        assert_eq!(parts(&Refusal::SigV2).1, "InvalidRequest");
+        assert_eq!(parts(&Refusal::SigV2).0, http::StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -299,7 +224,7 @@ mod tests {
             Err(Refusal::Expired)
         );
         assert_eq!(q(&presigned("60", date, "us-east-1")), Ok(()));
-        let (status, code, msg) = Refusal::Expired.parts();
+        let (status, code, msg) = parts(&Refusal::Expired);
         assert_eq!((status.as_u16(), code), (403, "AccessDenied"));
         assert_eq!(msg, "Request has expired");
         assert!(matches!(
@@ -326,7 +251,7 @@ mod tests {
                 .unwrap(),
         );
         let r = check(&h, None, "us-east-1", now()).unwrap_err();
-        let (status, code, msg) = r.parts();
+        let (status, code, msg) = parts(&r);
         assert_eq!(
             (status.as_u16(), code),
             (400, "AuthorizationHeaderMalformed")

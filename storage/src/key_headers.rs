@@ -29,23 +29,6 @@ pub(crate) fn unreadable(h: &HeaderMap) -> Option<SseError> {
         .find_map(|(name, _)| error_for(name.as_str()))
 }
 
-/// [`unreadable`] as a ready S3 XML answer (400).
-pub(crate) fn refusal(h: &HeaderMap) -> Option<axum::response::Response> {
-    let e = unreadable(h)?;
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>{}</Message></Error>",
-        e.code(),
-        e.message()
-    );
-    let mut resp = axum::response::Response::new(axum::body::Body::from(body));
-    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/xml"),
-    );
-    Some(resp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,71 +80,6 @@ pub enum PostError {
     ExtraField(String),
 }
 
-impl PostError {
-    /// HTTP status, S3 error code and message (AWS wording).
-    pub fn parts(&self) -> (u16, &'static str, String) {
-        match self {
-            PostError::SigV2 => (
-                400,
-                "InvalidRequest",
-                crate::auth_gate::SIGV2_MESSAGE.into(),
-            ),
-            PostError::Anonymous => (403, "AccessDenied", "Access Denied".into()),
-            PostError::MissingField(f) => (
-                400,
-                "InvalidArgument",
-                format!(
-                    "Bucket POST must contain a field named '{f}'.  If it is specified, please check the order of the fields."
-                ),
-            ),
-            PostError::Algorithm => (
-                400,
-                "InvalidArgument",
-                "Only the AWS4-HMAC-SHA256 algorithm is supported for x-amz-algorithm.".into(),
-            ),
-            PostError::Malformed(f) => (400, "InvalidArgument", format!("Invalid {f} field.")),
-            PostError::Region { got, expected } => (
-                400,
-                "AuthorizationQueryParametersError",
-                format!(
-                    "Error parsing the X-Amz-Credential parameter; the region '{}' is wrong; expecting '{expected}'",
-                    got.chars().take(64).collect::<String>()
-                ),
-            ),
-            PostError::AccessKey => (
-                403,
-                "InvalidAccessKeyId",
-                "The AWS Access Key Id you provided does not exist in our records.".into(),
-            ),
-            PostError::Signature => (
-                403,
-                "SignatureDoesNotMatch",
-                "The request signature we calculated does not match the signature you provided. Check your key and signing method.".into(),
-            ),
-            PostError::PolicyDocument(why) => (
-                400,
-                "InvalidPolicyDocument",
-                format!("Invalid Policy: {why}"),
-            ),
-            PostError::Expired => (
-                403,
-                "AccessDenied",
-                "Invalid according to Policy: Policy expired.".into(),
-            ),
-            PostError::Condition(c) => (
-                403,
-                "AccessDenied",
-                format!("Invalid according to Policy: Policy Condition failed: {c}"),
-            ),
-            PostError::ExtraField(f) => (
-                403,
-                "AccessDenied",
-                format!("Invalid according to Policy: Extra input fields: {f}"),
-            ),
-        }
-    }
-}
-
 /// One policy condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -557,7 +492,10 @@ mod tests {
             authenticate(&f, &creds()),
             Err(PostError::Region { .. })
         ));
-        assert_eq!(PostError::Anonymous.parts().0, 403);
+        let e = crate::s3::errors::ApiError::from(crate::s3::post::FormError::Post(
+            PostError::Anonymous,
+        ));
+        assert_eq!(e.wire().status.as_u16(), 403);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use coffer_common::data_dir_lock::DataDirLock;
 use crate::crypto::key_cache::BucketKeys;
 use crate::crypto::kms_client::KmsClient;
 use crate::s3::CofferS3;
+use crate::s3::errors::ApiError;
 use crate::state::{NodeConfig, NodeState};
 use crate::store::blobs::BlobStore;
 use crate::store::meta::Meta;
@@ -77,10 +78,7 @@ impl S3Auth for StaticAuth {
         if bool::from(access_key.as_bytes().ct_eq(self.access_key.as_bytes())) {
             Ok(self.secret_key.clone())
         } else {
-            Err(s3s::s3_error!(
-                InvalidAccessKeyId,
-                "The AWS Access Key Id you provided does not exist in our records."
-            ))
+            Err(crate::s3::errors::ApiError::InvalidAccessKeyId.into())
         }
     }
 }
@@ -198,27 +196,6 @@ async fn ready(state: &NodeState) -> axum::response::Response {
 /// A declared body size above the node's limit.
 struct TooLarge;
 
-fn entity_too_large() -> axum::response::Response {
-    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>EntityTooLarge</Code><Message>Your proposed upload exceeds the maximum allowed object size.</Message></Error>";
-    (
-        http::StatusCode::BAD_REQUEST,
-        [(http::header::CONTENT_TYPE, "application/xml")],
-        body,
-    )
-        .into_response()
-}
-
-/// A form POST to the service root or to an object (POST Object addresses a bucket).
-fn method_not_allowed() -> axum::response::Response {
-    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MethodNotAllowed</Code><Message>The specified method is not allowed against this resource.</Message></Error>";
-    (
-        http::StatusCode::METHOD_NOT_ALLOWED,
-        [(http::header::CONTENT_TYPE, "application/xml")],
-        body,
-    )
-        .into_response()
-}
-
 /// True when the body is aws-chunked (SigV4 streaming): its wire length exceeds the object's by
 /// the chunk framing, and `x-amz-decoded-content-length` declares the object's length.
 fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
@@ -328,16 +305,18 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 time::OffsetDateTime::now_utc(),
             );
             let early = match refused {
-                Err(r) => Err(r.response()),
-                Ok(()) => match crate::key_headers::refusal(req.headers()) {
-                    Some(resp) => Err(resp),
+                Err(r) => Err(ApiError::Refused(r)),
+                Ok(()) => match crate::key_headers::unreadable(req.headers()) {
+                    Some(e) => Err(ApiError::Sse(e)),
                     None => limit_body(req, state.cfg.max_body_bytes)
-                        .map_err(|TooLarge| entity_too_large()),
+                        .map_err(|TooLarge| ApiError::EntityTooLarge),
                 },
             };
             let req = match early {
                 Ok(req) => req,
-                Err(resp) => {
+                Err(e) => {
+                    crate::s3::errors::note(&state, &e);
+                    let resp = crate::s3::errors::http_response(&e);
                     let resp = crate::error_body::complete(resp, &path, &request_id).await;
                     state.metrics.observe(
                         operation,
@@ -354,7 +333,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 let answer = match target {
                     Some(bucket) => crate::s3::post::post_object(&state, req, bucket).await,
                     None => crate::s3::post::Answer {
-                        response: method_not_allowed(),
+                        response: crate::s3::errors::http_response(&ApiError::MethodNotAllowed),
                         body_consumed: false,
                     },
                 };
@@ -379,8 +358,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
                     crate::error_body::complete(resp.into_response(), &path, &request_id).await
                 }
                 Err(e) => {
-                    tracing::error!(error = ?e, "s3 service error");
-                    http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    let e = ApiError::Internal(format!("s3 service: {e:?}"));
+                    crate::s3::errors::note(&state, &e);
+                    let resp = crate::s3::errors::http_response(&e);
+                    crate::error_body::complete(resp, &path, &request_id).await
                 }
             };
             state.metrics.observe(

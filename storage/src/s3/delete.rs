@@ -64,9 +64,7 @@ pub(crate) async fn delete_objects(
                 // Reported per key with the code a DeleteObject would answer (a full disk:
                 // ServiceUnavailable, so the client retries those keys).
                 let e = ApiError::from(e);
-                if let ApiError::DiskFull(_) = e {
-                    state.blobs.disk().mark_full();
-                }
+                super::errors::note(state, &e);
                 let e = s3s::S3Error::from(e);
                 errors.push(Error {
                     key: Some(o.key),

@@ -1,17 +1,33 @@
-//! The S3 edge's one error enum and its exhaustive mapping to S3 error codes and statuses.
-//! Internal causes are logged with the request id and answered with a generic message; nothing
-//! secret is ever put in a message.
+//! The S3 edge's one error enum and its one exhaustive mapping to the wire: [`ApiError::wire`]
+//! gives every error's HTTP status, S3 code, message and `Retry-After` (a `match` with no
+//! catch-all arm, pinned by the table test below), as the KMS's `ApiError::wire` does. Every S3
+//! error the node sends is answered from here: through s3s ([`S3Error`]) for the operations,
+//! and as a ready XML answer ([`http_response`]) for refusals made before s3s (auth gate,
+//! unreadable SSE headers, body size cap, form POSTs). `Resource` and `RequestId` are added to
+//! every XML error body on the way out by `crate::error_body` (s3s writes neither), from the
+//! request path and the id in the `x-amz-request-id` header.
+//!
+//! Internal causes (database errors keep their source) are logged and answered with a generic
+//! message; nothing secret is ever put in a message.
 
+use std::borrow::Cow;
+use std::error::Error as StdError;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
 use s3s::{S3Error, S3ErrorCode};
 
+use crate::auth_gate::{Refusal, SIGV2_MESSAGE};
 use crate::crypto::envelope::EnvelopeError;
 use crate::crypto::kms_client::KmsError;
 use crate::crypto::sse::SseError;
+use crate::post_policy::PostError;
 use crate::store::blobs::BlobError;
 use crate::store::disk;
 use crate::store::objects::ReadError;
 
-/// Everything an S3 handler can fail with.
+use super::post::FormError;
+
+/// Everything an S3 handler, or the HTTP layer in front of s3s, can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no such bucket")]
@@ -61,6 +77,18 @@ pub enum ApiError {
     InvalidPartOrder,
     #[error("entity too small")]
     EntityTooSmall,
+    /// A body above the node's size cap (declared, or found while reading it).
+    #[error("entity too large")]
+    EntityTooLarge,
+    /// An aws-chunked body whose chunk signature does not verify.
+    #[error("chunk signature does not match")]
+    SignatureDoesNotMatch,
+    /// An unknown access key.
+    #[error("unknown access key")]
+    InvalidAccessKeyId,
+    /// A form POST to the service root or to an object.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("malformed xml")]
     MalformedXml,
     #[error("metadata too large")]
@@ -72,10 +100,400 @@ pub enum ApiError {
     NotModified { etag: String, last_modified_ms: i64 },
     #[error("no bucket encryption configuration")]
     NoEncryptionConfig,
+    /// The body ended early or the client went away.
     #[error("incomplete body")]
     IncompleteBody,
+    /// Refused by the auth gate before s3s.
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    /// A form POST refused.
+    #[error("form: {0}")]
+    Form(Box<FormError>),
+    /// The metadata database failed (the source is kept and logged).
+    #[error("metadata: {0}")]
+    Db(#[source] sqlx::Error),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// One error as the wire carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wire {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// Seconds for `Retry-After` (transient refusals only).
+    pub retry_after: Option<&'static str>,
+    /// An extra `<Region>` element (AWS names the expected region when a credential names
+    /// another).
+    pub region: Option<String>,
+}
+
+fn w(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Wire {
+    Wire {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        code,
+        message: message.into(),
+        retry_after: None,
+        region: None,
+    }
+}
+
+/// A client-sent region, bounded before it is echoed in an error message.
+fn shown(region: &str) -> String {
+    region.chars().take(64).collect()
+}
+
+const INTERNAL_MESSAGE: &str = "We encountered an internal error. Please try again.";
+const TOO_LARGE_MESSAGE: &str = "Your proposed upload exceeds the maximum allowed object size.";
+
+impl ApiError {
+    /// The status, code, message and `Retry-After` of every error: the node's one S3 error
+    /// table.
+    pub fn wire(&self) -> Wire {
+        match self {
+            ApiError::NoSuchBucket => w(404, "NoSuchBucket", "The specified bucket does not exist"),
+            ApiError::NoSuchKey => w(404, "NoSuchKey", "The specified key does not exist."),
+            ApiError::NoSuchVersion => w(
+                404,
+                "NoSuchVersion",
+                "The specified version does not exist.",
+            ),
+            ApiError::NoSuchUpload => w(
+                404,
+                "NoSuchUpload",
+                "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.",
+            ),
+            ApiError::BucketNotEmpty => w(
+                409,
+                "BucketNotEmpty",
+                "The bucket you tried to delete is not empty",
+            ),
+            ApiError::InvalidBucketName => w(
+                400,
+                "InvalidBucketName",
+                "The specified bucket is not valid.",
+            ),
+            ApiError::Sse(s) => w(400, s.code(), s.message()),
+            ApiError::SseCKeyRequired => w(
+                400,
+                "InvalidRequest",
+                "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.",
+            ),
+            ApiError::SseCNotApplicable => w(
+                400,
+                "InvalidRequest",
+                "The encryption parameters are not applicable to this object.",
+            ),
+            ApiError::AccessDenied => w(403, "AccessDenied", "Access Denied"),
+            ApiError::PartEncryptionRequired => w(
+                400,
+                "InvalidRequest",
+                "The multipart upload initiate requested encryption. Subsequent part requests must include the appropriate encryption parameters.",
+            ),
+            ApiError::KmsNotImplemented => w(
+                501,
+                "NotImplemented",
+                "SSE-KMS (aws:kms) is not implemented yet; use AES256 (SSE-S3) or SSE-C.",
+            ),
+            ApiError::NotImplemented(m) => w(501, "NotImplemented", *m),
+            ApiError::NoKms => w(
+                501,
+                "NotImplemented",
+                "Server-side encryption was requested but this node has no KMS configured.",
+            ),
+            ApiError::KmsUnavailable(_) => Wire {
+                retry_after: Some("1"),
+                ..w(
+                    503,
+                    "ServiceUnavailable",
+                    "The key service is unavailable. Please retry.",
+                )
+            },
+            // Freeing space takes an operator: retry later than for the KMS.
+            ApiError::DiskFull(_) => Wire {
+                retry_after: Some("10"),
+                ..w(
+                    503,
+                    "ServiceUnavailable",
+                    "The storage node is out of disk space. Please retry later.",
+                )
+            },
+            ApiError::InvalidRequest(m) => w(400, "InvalidRequest", *m),
+            ApiError::InvalidArgument(m) => w(400, "InvalidArgument", m.clone()),
+            ApiError::BadDigest => w(
+                400,
+                "BadDigest",
+                "The Content-MD5 you specified did not match what we received.",
+            ),
+            ApiError::InvalidRange => w(
+                416,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            ),
+            ApiError::InvalidPart => w(
+                400,
+                "InvalidPart",
+                "One or more of the specified parts could not be found.",
+            ),
+            ApiError::InvalidPartOrder => w(
+                400,
+                "InvalidPartOrder",
+                "The list of parts was not in ascending order.",
+            ),
+            ApiError::EntityTooSmall => w(
+                400,
+                "EntityTooSmall",
+                "Your proposed upload is smaller than the minimum allowed object size.",
+            ),
+            ApiError::EntityTooLarge => w(400, "EntityTooLarge", TOO_LARGE_MESSAGE),
+            ApiError::SignatureDoesNotMatch => w(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            ),
+            ApiError::InvalidAccessKeyId => w(
+                403,
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.",
+            ),
+            ApiError::MethodNotAllowed => w(
+                405,
+                "MethodNotAllowed",
+                "The specified method is not allowed against this resource.",
+            ),
+            ApiError::MalformedXml => w(
+                400,
+                "MalformedXML",
+                "The XML you provided was not well-formed or did not validate against our published schema.",
+            ),
+            ApiError::MetadataTooLarge => w(
+                400,
+                "MetadataTooLarge",
+                "Your metadata headers exceed the maximum allowed metadata size.",
+            ),
+            ApiError::PreconditionFailed => w(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+            ),
+            ApiError::NotModified { .. } => w(304, "NotModified", "Not Modified"),
+            ApiError::NoEncryptionConfig => w(
+                404,
+                "ServerSideEncryptionConfigurationNotFoundError",
+                "The server side encryption configuration was not found",
+            ),
+            ApiError::IncompleteBody => w(
+                400,
+                "IncompleteBody",
+                "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+            ),
+            ApiError::Refused(r) => refusal_wire(r),
+            ApiError::Form(f) => form_wire(f),
+            ApiError::Db(_) | ApiError::Internal(_) => w(500, "InternalError", INTERNAL_MESSAGE),
+        }
+    }
+
+    /// The answer's extra headers: `Retry-After`, and a 304's validators (RFC 7232 4.1).
+    fn headers(&self, wire: &Wire) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(secs) = wire.retry_after {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        if let ApiError::NotModified {
+            etag,
+            last_modified_ms,
+        } = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                h.insert(http::header::ETAG, v);
+            }
+            let mut date = Vec::new();
+            if super::common::ts(*last_modified_ms)
+                .format(s3s::dto::TimestampFormat::HttpDate, &mut date)
+                .is_ok()
+                && let Ok(v) = HeaderValue::from_bytes(&date)
+            {
+                h.insert(http::header::LAST_MODIFIED, v);
+            }
+        }
+        h
+    }
+
+    /// Log what the answer does not say (internal causes, a full disk).
+    fn log(&self) {
+        match self {
+            ApiError::Db(e) => {
+                tracing::error!(error = %e, source = ?e.source(), "metadata database error")
+            }
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::DiskFull(cause) => tracing::warn!(%cause, "write refused: disk full"),
+            ApiError::Form(f) => {
+                if let FormError::Write(e) = &**f {
+                    e.log();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The error that decides the answer's side effects (a form's write error is its own).
+    fn innermost(&self) -> &ApiError {
+        match self {
+            ApiError::Form(f) => match &**f {
+                FormError::Write(e) => e.innermost(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+}
+/// A form's authentication or policy refusal (AWS wording).
+fn post_wire(p: &PostError) -> Wire {
+    let (status, code, message): (u16, &'static str, String) = match p {
+            PostError::SigV2 => (
+                400,
+                "InvalidRequest",
+                crate::auth_gate::SIGV2_MESSAGE.into(),
+            ),
+            PostError::Anonymous => (403, "AccessDenied", "Access Denied".into()),
+            PostError::MissingField(f) => (
+                400,
+                "InvalidArgument",
+                format!(
+                    "Bucket POST must contain a field named '{f}'.  If it is specified, please check the order of the fields."
+                ),
+            ),
+            PostError::Algorithm => (
+                400,
+                "InvalidArgument",
+                "Only the AWS4-HMAC-SHA256 algorithm is supported for x-amz-algorithm.".into(),
+            ),
+            PostError::Malformed(f) => (400, "InvalidArgument", format!("Invalid {f} field.")),
+            PostError::Region { got, expected } => (
+                400,
+                "AuthorizationQueryParametersError",
+                format!(
+                    "Error parsing the X-Amz-Credential parameter; the region '{}' is wrong; expecting '{expected}'",
+                    got.chars().take(64).collect::<String>()
+                ),
+            ),
+            PostError::AccessKey => (
+                403,
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.".into(),
+            ),
+            PostError::Signature => (
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.".into(),
+            ),
+            PostError::PolicyDocument(why) => (
+                400,
+                "InvalidPolicyDocument",
+                format!("Invalid Policy: {why}"),
+            ),
+            PostError::Expired => (
+                403,
+                "AccessDenied",
+                "Invalid according to Policy: Policy expired.".into(),
+            ),
+            PostError::Condition(c) => (
+                403,
+                "AccessDenied",
+                format!("Invalid according to Policy: Policy Condition failed: {c}"),
+            ),
+            PostError::ExtraField(f) => (
+                403,
+                "AccessDenied",
+                format!("Invalid according to Policy: Extra input fields: {f}"),
+            ),
+        };
+    w(status, code, message)
+}
+
+/// A form POST's refusal.
+fn form_wire(f: &FormError) -> Wire {
+    let (status, code, message): (u16, &'static str, String) = match f {
+        FormError::Malformed => (
+            400,
+            "MalformedPOSTRequest",
+            "The body of your POST request is not well-formed multipart/form-data.".into(),
+        ),
+        FormError::NoFile => (
+            400,
+            "IncorrectNumberOfFilesInPostRequest",
+            "POST requires exactly one file upload per request.".into(),
+        ),
+        FormError::PreDataTooLarge => (
+            400,
+            "MaxPostPreDataLengthExceededError",
+            "Your POST request fields preceding the upload file were too large.".into(),
+        ),
+        FormError::BadField => (
+            400,
+            "InvalidArgument",
+            "A form field is not a valid header name or value.".into(),
+        ),
+        FormError::BadExpires => (
+            400,
+            "InvalidArgument",
+            "The Expires field is not an HTTP date.".into(),
+        ),
+        FormError::EmptyKey => (
+            400,
+            "InvalidArgument",
+            "User key must have a length greater than 0.".into(),
+        ),
+        FormError::TooLarge => (
+            400,
+            "EntityTooLarge",
+            "Your proposed upload exceeds the maximum allowed size".into(),
+        ),
+        FormError::TooSmall => (
+            400,
+            "EntityTooSmall",
+            "Your proposed upload is smaller than the minimum allowed size".into(),
+        ),
+        FormError::Post(p) => return post_wire(p),
+        FormError::Write(e) => return e.wire(),
+    };
+    w(status, code, message)
+}
+
+/// The auth gate's refusals (AWS codes, statuses, messages; see docs/s3-compat.md).
+fn refusal_wire(r: &Refusal) -> Wire {
+    let (status, code, message): (u16, &'static str, String) = match r {
+        Refusal::SigV2 => (400, "InvalidRequest", SIGV2_MESSAGE.to_string()),
+        Refusal::QueryParameters(m) => (400, "AuthorizationQueryParametersError", m.clone()),
+        Refusal::Expired => (403, "AccessDenied", "Request has expired".to_string()),
+        Refusal::HeaderRegion { got, expected } => (
+            400,
+            "AuthorizationHeaderMalformed",
+            format!(
+                "The authorization header is malformed; the region '{}' is wrong; expecting '{expected}'",
+                shown(got)
+            ),
+        ),
+        Refusal::QueryRegion { got, expected } => (
+            400,
+            "AuthorizationQueryParametersError",
+            format!(
+                "Error parsing the X-Amz-Credential parameter; the region '{}' is wrong; expecting '{expected}'",
+                shown(got)
+            ),
+        ),
+    };
+    let region = match r {
+        Refusal::HeaderRegion { expected, .. } | Refusal::QueryRegion { expected, .. } => {
+            Some(expected.clone())
+        }
+        Refusal::SigV2 | Refusal::QueryParameters(_) | Refusal::Expired => None,
+    };
+    Wire {
+        region,
+        ..w(status, code, message)
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -83,14 +501,42 @@ impl From<sqlx::Error> for ApiError {
         if disk::db_is_full(&e) {
             return ApiError::DiskFull(format!("metadata: {e}"));
         }
-        ApiError::Internal(format!("metadata: {e}"))
+        ApiError::Db(e)
     }
+}
+
+/// Why a request body stream failed, from its error chain: the size cap
+/// (`http_body_util::Limited`) is EntityTooLarge, a bad aws-chunked chunk signature is
+/// SignatureDoesNotMatch, anything else (the client went away, a stall, a truncated body) is
+/// IncompleteBody. s3s's chunk decoder error is not a public type and wraps what it reads
+/// without exposing it as a source, so its variants are recognised by their text.
+fn body_error(e: &(dyn StdError + 'static)) -> ApiError {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ApiError::EntityTooLarge;
+        }
+        let text = err.to_string();
+        if text.starts_with("AwsChunkedStreamError: SignatureMismatch") {
+            return ApiError::SignatureDoesNotMatch;
+        }
+        if text.contains("length limit exceeded") {
+            return ApiError::EntityTooLarge;
+        }
+        cur = err.source();
+    }
+    ApiError::IncompleteBody
 }
 
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::LengthMismatch { .. } | BlobError::Body(_) => ApiError::IncompleteBody,
+            BlobError::LengthMismatch { .. } => ApiError::IncompleteBody,
+            BlobError::Body(b) => {
+                let e = body_error(&*b);
+                tracing::debug!(error = %b, answer = ?e, "request body failed");
+                e
+            }
             BlobError::Io(e) if disk::io_is_full(&e) => ApiError::DiskFull(format!("blob: {e}")),
             BlobError::Io(e) => ApiError::Internal(format!("blob: {e}")),
             BlobError::Format(e) => ApiError::Internal(format!("blob format: {e}")),
@@ -132,65 +578,80 @@ impl From<EnvelopeError> for ApiError {
     }
 }
 
+impl From<FormError> for ApiError {
+    fn from(e: FormError) -> Self {
+        match e {
+            FormError::Write(e) => e,
+            other => ApiError::Form(Box::new(other)),
+        }
+    }
+}
+
+/// Account for an error about to be answered: log what the answer does not say, and mark the
+/// data dir full on a full disk (for `/ready`).
+pub(crate) fn note(state: &crate::state::NodeState, e: &ApiError) {
+    e.log();
+    if let ApiError::DiskFull(_) = e.innermost() {
+        state.blobs.disk().mark_full();
+    }
+}
+
+/// The S3 error s3s answers for `e` (status, code, message and headers from [`ApiError::wire`]).
 impl From<ApiError> for S3Error {
     fn from(e: ApiError) -> Self {
-        use S3ErrorCode as C;
-        let (code, msg): (S3ErrorCode, String) = match &e {
-            ApiError::NoSuchBucket => (C::NoSuchBucket, "The specified bucket does not exist".into()),
-            ApiError::NoSuchKey => (C::NoSuchKey, "The specified key does not exist.".into()),
-            ApiError::NoSuchVersion => (C::NoSuchVersion, "The specified version does not exist.".into()),
-            ApiError::NoSuchUpload => (C::NoSuchUpload, "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.".into()),
-            ApiError::BucketNotEmpty => (C::BucketNotEmpty, "The bucket you tried to delete is not empty".into()),
-            ApiError::InvalidBucketName => (C::InvalidBucketName, "The specified bucket is not valid.".into()),
-            ApiError::Sse(s) => (S3ErrorCode::from_bytes(s.code().as_bytes()).unwrap_or(C::InvalidArgument), s.message().into()),
-            ApiError::SseCKeyRequired => (C::InvalidRequest, "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.".into()),
-            ApiError::SseCNotApplicable => (C::InvalidRequest, "The encryption parameters are not applicable to this object.".into()),
-            ApiError::AccessDenied => (C::AccessDenied, "Access Denied".into()),
-            ApiError::PartEncryptionRequired => (C::InvalidRequest, "The multipart upload initiate requested encryption. Subsequent part requests must include the appropriate encryption parameters.".into()),
-            ApiError::KmsNotImplemented => (C::NotImplemented, "SSE-KMS (aws:kms) is not implemented yet; use AES256 (SSE-S3) or SSE-C.".into()),
-            ApiError::NotImplemented(m) => (C::NotImplemented, (*m).into()),
-            ApiError::NoKms => (C::NotImplemented, "Server-side encryption was requested but this node has no KMS configured.".into()),
-            ApiError::KmsUnavailable(_) => (C::ServiceUnavailable, "The key service is unavailable. Please retry.".into()),
-            ApiError::DiskFull(cause) => {
-                tracing::warn!(%cause, "write refused: disk full");
-                (C::ServiceUnavailable, "The storage node is out of disk space. Please retry later.".into())
-            }
-            ApiError::InvalidRequest(m) => (C::InvalidRequest, (*m).into()),
-            ApiError::InvalidArgument(m) => (C::InvalidArgument, m.clone()),
-            ApiError::BadDigest => (C::BadDigest, "The Content-MD5 you specified did not match what we received.".into()),
-            ApiError::InvalidRange => (C::InvalidRange, "The requested range is not satisfiable".into()),
-            ApiError::InvalidPart => (C::InvalidPart, "One or more of the specified parts could not be found.".into()),
-            ApiError::InvalidPartOrder => (C::InvalidPartOrder, "The list of parts was not in ascending order.".into()),
-            ApiError::EntityTooSmall => (C::EntityTooSmall, "Your proposed upload is smaller than the minimum allowed object size.".into()),
-            ApiError::MalformedXml => (C::MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema.".into()),
-            ApiError::MetadataTooLarge => (C::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size.".into()),
-            ApiError::PreconditionFailed => (C::PreconditionFailed, "At least one of the pre-conditions you specified did not hold".into()),
-            ApiError::NotModified { .. } => (C::NotModified, "Not Modified".into()),
-            ApiError::NoEncryptionConfig => (C::ServerSideEncryptionConfigurationNotFoundError, "The server side encryption configuration was not found".into()),
-            ApiError::IncompleteBody => (C::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header.".into()),
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                (C::InternalError, "We encountered an internal error. Please try again.".into())
-            }
-        };
-        let mut err = S3Error::with_message(code, msg);
-        if let ApiError::AccessDenied = e {
-            err.set_status_code(http::StatusCode::FORBIDDEN);
+        let wire = e.wire();
+        let code =
+            S3ErrorCode::from_bytes(wire.code.as_bytes()).unwrap_or(S3ErrorCode::InternalError);
+        let mut err = S3Error::with_message(code, wire.message.clone());
+        err.set_status_code(wire.status);
+        let headers = e.headers(&wire);
+        if !headers.is_empty() {
+            err.set_headers(headers);
         }
-        if let ApiError::Sse(_) = e {
-            err.set_status_code(http::StatusCode::BAD_REQUEST);
-        }
-        if let ApiError::NoEncryptionConfig = e {
-            err.set_status_code(http::StatusCode::NOT_FOUND);
-        }
-        if let ApiError::NotModified { .. } = e {
-            err.set_status_code(http::StatusCode::NOT_MODIFIED);
-        }
-        if let ApiError::KmsUnavailable(_) | ApiError::DiskFull(_) = e {
-            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+        if let ApiError::Db(source) = e {
+            err.set_source(Box::new(source));
         }
         err
     }
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `e` as a ready S3 XML answer, for refusals made outside s3s (`Resource` and `RequestId` are
+/// added by `crate::error_body`).
+pub(crate) fn http_response(e: &ApiError) -> axum::response::Response {
+    let wire = e.wire();
+    let region = wire
+        .region
+        .as_deref()
+        .map(|r| format!("<Region>{}</Region>", xml_escape(r)))
+        .unwrap_or_default();
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>{}</Message>{region}</Error>",
+        wire.code,
+        xml_escape(&wire.message)
+    );
+    let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+    *resp.status_mut() = wire.status;
+    let mut headers = e.headers(&wire);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    resp.headers_mut().extend(headers);
+    resp
 }
 
 /// Shorthand for handler results.
@@ -200,77 +661,431 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
-    /// Every variant's S3 code and HTTP status, pinned (AWS values).
-    #[test]
-    fn each_error_maps_to_its_s3_code_and_status() {
-        let cases: Vec<(ApiError, &str, u16)> = vec![
-            (ApiError::NoSuchBucket, "NoSuchBucket", 404),
-            (ApiError::NoSuchKey, "NoSuchKey", 404),
-            (ApiError::NoSuchUpload, "NoSuchUpload", 404),
-            (ApiError::NoSuchVersion, "NoSuchVersion", 404),
-            (ApiError::BucketNotEmpty, "BucketNotEmpty", 409),
-            (ApiError::InvalidBucketName, "InvalidBucketName", 400),
+    /// The variant's position; a `match` with no catch-all, so a new variant does not compile
+    /// until it is added here, and the table test then fails until it is in the table.
+    fn variant(e: &ApiError) -> usize {
+        match e {
+            ApiError::NoSuchBucket => 0,
+            ApiError::NoSuchKey => 1,
+            ApiError::NoSuchUpload => 2,
+            ApiError::NoSuchVersion => 3,
+            ApiError::BucketNotEmpty => 4,
+            ApiError::InvalidBucketName => 5,
+            ApiError::Sse(_) => 6,
+            ApiError::SseCKeyRequired => 7,
+            ApiError::SseCNotApplicable => 8,
+            ApiError::AccessDenied => 9,
+            ApiError::PartEncryptionRequired => 10,
+            ApiError::KmsNotImplemented => 11,
+            ApiError::NotImplemented(_) => 12,
+            ApiError::NoKms => 13,
+            ApiError::KmsUnavailable(_) => 14,
+            ApiError::DiskFull(_) => 15,
+            ApiError::InvalidRequest(_) => 16,
+            ApiError::InvalidArgument(_) => 17,
+            ApiError::BadDigest => 18,
+            ApiError::InvalidRange => 19,
+            ApiError::InvalidPart => 20,
+            ApiError::InvalidPartOrder => 21,
+            ApiError::EntityTooSmall => 22,
+            ApiError::EntityTooLarge => 23,
+            ApiError::SignatureDoesNotMatch => 24,
+            ApiError::InvalidAccessKeyId => 25,
+            ApiError::MethodNotAllowed => 26,
+            ApiError::MalformedXml => 27,
+            ApiError::MetadataTooLarge => 36,
+            ApiError::PreconditionFailed => 28,
+            ApiError::NotModified { .. } => 29,
+            ApiError::NoEncryptionConfig => 30,
+            ApiError::IncompleteBody => 31,
+            ApiError::Refused(_) => 32,
+            ApiError::Form(_) => 33,
+            ApiError::Db(_) => 34,
+            ApiError::Internal(_) => 35,
+        }
+    }
+    const VARIANTS: usize = 37;
+
+    fn form(f: FormError) -> ApiError {
+        ApiError::from(f)
+    }
+
+    /// Every error the node answers: (error, status, code, Retry-After), AWS values.
+    fn table() -> Vec<(ApiError, u16, &'static str, Option<&'static str>)> {
+        let region = || ("eu-west-1".to_string(), "us-east-1".to_string());
+        vec![
+            (ApiError::NoSuchBucket, 404, "NoSuchBucket", None),
+            (ApiError::NoSuchKey, 404, "NoSuchKey", None),
+            (ApiError::NoSuchUpload, 404, "NoSuchUpload", None),
+            (ApiError::NoSuchVersion, 404, "NoSuchVersion", None),
+            (ApiError::BucketNotEmpty, 409, "BucketNotEmpty", None),
+            (ApiError::InvalidBucketName, 400, "InvalidBucketName", None),
             (
                 ApiError::Sse(SseError::InsecureTransport),
-                "InvalidRequest",
                 400,
+                "InvalidRequest",
+                None,
             ),
-            (ApiError::SseCKeyRequired, "InvalidRequest", 400),
-            (ApiError::SseCNotApplicable, "InvalidRequest", 400),
-            (ApiError::AccessDenied, "AccessDenied", 403),
-            (ApiError::PartEncryptionRequired, "InvalidRequest", 400),
-            (ApiError::KmsNotImplemented, "NotImplemented", 501),
-            (ApiError::NoKms, "NotImplemented", 501),
-            (ApiError::NotImplemented("x"), "NotImplemented", 501),
+            (
+                ApiError::Sse(SseError::BadAlgorithm),
+                400,
+                "InvalidEncryptionAlgorithmError",
+                None,
+            ),
+            (
+                ApiError::Sse(SseError::BadKey),
+                400,
+                "InvalidArgument",
+                None,
+            ),
+            (ApiError::SseCKeyRequired, 400, "InvalidRequest", None),
+            (ApiError::SseCNotApplicable, 400, "InvalidRequest", None),
+            (ApiError::AccessDenied, 403, "AccessDenied", None),
+            (
+                ApiError::PartEncryptionRequired,
+                400,
+                "InvalidRequest",
+                None,
+            ),
+            (ApiError::KmsNotImplemented, 501, "NotImplemented", None),
+            (ApiError::NotImplemented("x"), 501, "NotImplemented", None),
+            (ApiError::NoKms, 501, "NotImplemented", None),
             (
                 ApiError::KmsUnavailable("down".into()),
-                "ServiceUnavailable",
                 503,
+                "ServiceUnavailable",
+                Some("1"),
             ),
             (
                 ApiError::DiskFull("cause".into()),
-                "ServiceUnavailable",
                 503,
+                "ServiceUnavailable",
+                Some("10"),
             ),
-            (ApiError::InvalidRequest("x"), "InvalidRequest", 400),
+            (ApiError::InvalidRequest("x"), 400, "InvalidRequest", None),
             (
                 ApiError::InvalidArgument("x".into()),
-                "InvalidArgument",
                 400,
+                "InvalidArgument",
+                None,
             ),
-            (ApiError::BadDigest, "BadDigest", 400),
-            (ApiError::InvalidRange, "InvalidRange", 416),
-            (ApiError::InvalidPart, "InvalidPart", 400),
-            (ApiError::InvalidPartOrder, "InvalidPartOrder", 400),
-            (ApiError::EntityTooSmall, "EntityTooSmall", 400),
-            (ApiError::MalformedXml, "MalformedXML", 400),
-            (ApiError::MetadataTooLarge, "MetadataTooLarge", 400),
-            (ApiError::PreconditionFailed, "PreconditionFailed", 412),
+            (ApiError::BadDigest, 400, "BadDigest", None),
+            (ApiError::InvalidRange, 416, "InvalidRange", None),
+            (ApiError::InvalidPart, 400, "InvalidPart", None),
+            (ApiError::InvalidPartOrder, 400, "InvalidPartOrder", None),
+            (ApiError::EntityTooSmall, 400, "EntityTooSmall", None),
+            (ApiError::EntityTooLarge, 400, "EntityTooLarge", None),
+            (
+                ApiError::SignatureDoesNotMatch,
+                403,
+                "SignatureDoesNotMatch",
+                None,
+            ),
+            (
+                ApiError::InvalidAccessKeyId,
+                403,
+                "InvalidAccessKeyId",
+                None,
+            ),
+            (ApiError::MethodNotAllowed, 405, "MethodNotAllowed", None),
+            (ApiError::MalformedXml, 400, "MalformedXML", None),
+            (ApiError::MetadataTooLarge, 400, "MetadataTooLarge", None),
+            (
+                ApiError::PreconditionFailed,
+                412,
+                "PreconditionFailed",
+                None,
+            ),
             (
                 ApiError::NotModified {
                     etag: "e".into(),
                     last_modified_ms: 0,
                 },
-                "NotModified",
                 304,
+                "NotModified",
+                None,
             ),
             (
                 ApiError::NoEncryptionConfig,
-                "ServerSideEncryptionConfigurationNotFoundError",
                 404,
+                "ServerSideEncryptionConfigurationNotFoundError",
+                None,
             ),
-            (ApiError::IncompleteBody, "IncompleteBody", 400),
-            (ApiError::Internal("cause".into()), "InternalError", 500),
-        ];
-        for (e, code, status) in cases {
+            (ApiError::IncompleteBody, 400, "IncompleteBody", None),
+            (
+                ApiError::Refused(Refusal::SigV2),
+                400,
+                "InvalidRequest",
+                None,
+            ),
+            (
+                ApiError::Refused(Refusal::QueryParameters("x".into())),
+                400,
+                "AuthorizationQueryParametersError",
+                None,
+            ),
+            (
+                ApiError::Refused(Refusal::Expired),
+                403,
+                "AccessDenied",
+                None,
+            ),
+            (
+                ApiError::Refused(Refusal::HeaderRegion {
+                    got: region().0,
+                    expected: region().1,
+                }),
+                400,
+                "AuthorizationHeaderMalformed",
+                None,
+            ),
+            (
+                ApiError::Refused(Refusal::QueryRegion {
+                    got: region().0,
+                    expected: region().1,
+                }),
+                400,
+                "AuthorizationQueryParametersError",
+                None,
+            ),
+            (
+                form(FormError::Malformed),
+                400,
+                "MalformedPOSTRequest",
+                None,
+            ),
+            (
+                form(FormError::NoFile),
+                400,
+                "IncorrectNumberOfFilesInPostRequest",
+                None,
+            ),
+            (
+                form(FormError::PreDataTooLarge),
+                400,
+                "MaxPostPreDataLengthExceededError",
+                None,
+            ),
+            (form(FormError::BadField), 400, "InvalidArgument", None),
+            (form(FormError::BadExpires), 400, "InvalidArgument", None),
+            (form(FormError::EmptyKey), 400, "InvalidArgument", None),
+            (form(FormError::TooLarge), 400, "EntityTooLarge", None),
+            (form(FormError::TooSmall), 400, "EntityTooSmall", None),
+            (
+                form(FormError::Post(PostError::SigV2)),
+                400,
+                "InvalidRequest",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Anonymous)),
+                403,
+                "AccessDenied",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::MissingField("key"))),
+                400,
+                "InvalidArgument",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Algorithm)),
+                400,
+                "InvalidArgument",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Malformed("x"))),
+                400,
+                "InvalidArgument",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Region {
+                    got: region().0,
+                    expected: region().1,
+                })),
+                400,
+                "AuthorizationQueryParametersError",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::AccessKey)),
+                403,
+                "InvalidAccessKeyId",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Signature)),
+                403,
+                "SignatureDoesNotMatch",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::PolicyDocument("x"))),
+                400,
+                "InvalidPolicyDocument",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Expired)),
+                403,
+                "AccessDenied",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::Condition("c".into()))),
+                403,
+                "AccessDenied",
+                None,
+            ),
+            (
+                form(FormError::Post(PostError::ExtraField("f".into()))),
+                403,
+                "AccessDenied",
+                None,
+            ),
+            // A form's write error is answered as the PUT would be (Retry-After included).
+            (
+                ApiError::Form(Box::new(FormError::Write(ApiError::KmsUnavailable(
+                    "d".into(),
+                )))),
+                503,
+                "ServiceUnavailable",
+                Some("1"),
+            ),
+            (
+                ApiError::Db(sqlx::Error::PoolClosed),
+                500,
+                "InternalError",
+                None,
+            ),
+            (
+                ApiError::Internal("cause".into()),
+                500,
+                "InternalError",
+                None,
+            ),
+        ]
+    }
+
+    /// Every variant's (status, code, Retry-After), through both ways an error leaves the node:
+    /// s3s's `S3Error` and the XML answer made before s3s.
+    #[test]
+    fn error_table() {
+        let mut seen = [false; VARIANTS];
+        for (e, status, code, retry_after) in table() {
             let what = format!("{e:?}");
+            seen[variant(&e)] = true;
+            let wire = e.wire();
+            assert_eq!(
+                (wire.status.as_u16(), wire.code, wire.retry_after),
+                (status, code, retry_after),
+                "{what}"
+            );
+            assert!(
+                !wire.message.contains("cause") && !wire.message.is_empty(),
+                "internal causes are not answered: {what}"
+            );
+            let resp = http_response(&e);
+            assert_eq!(resp.status().as_u16(), status, "{what}");
+            assert_eq!(
+                resp.headers()
+                    .get(http::header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap_or_default()),
+                retry_after,
+                "{what}"
+            );
             let s3 = S3Error::from(e);
             assert_eq!(s3.code().as_str(), code, "{what}");
             assert_eq!(s3.status_code().map(|s| s.as_u16()), Some(status), "{what}");
-            assert!(
-                !s3.message().unwrap_or_default().contains("cause"),
-                "internal causes are not answered: {what}"
+            assert_eq!(
+                s3.headers()
+                    .and_then(|h| h.get(http::header::RETRY_AFTER))
+                    .map(|v| v.to_str().unwrap_or_default()),
+                retry_after,
+                "{what}"
             );
         }
+        let missing: Vec<usize> = (0..VARIANTS).filter(|i| !seen[*i]).collect();
+        assert!(missing.is_empty(), "variants not in the table: {missing:?}");
+    }
+
+    #[test]
+    fn not_modified_carries_validators() {
+        let s3 = S3Error::from(ApiError::NotModified {
+            etag: "abc".into(),
+            last_modified_ms: 1_000,
+        });
+        let h = s3.headers().expect("headers");
+        assert_eq!(h[http::header::ETAG], "\"abc\"");
+        assert_eq!(
+            h[http::header::LAST_MODIFIED],
+            "Thu, 01 Jan 1970 00:00:01 GMT"
+        );
+    }
+
+    #[test]
+    fn database_errors_keep_their_source() {
+        let e = ApiError::from(sqlx::Error::PoolClosed);
+        assert!(matches!(e, ApiError::Db(_)));
+        assert!(e.source().is_some());
+        let s3 = S3Error::from(e);
+        assert_eq!(s3.code().as_str(), "InternalError");
+        assert!(s3.source().is_some());
+    }
+
+    #[test]
+    fn region_refusals_name_the_expected_region() {
+        let e = ApiError::Refused(Refusal::HeaderRegion {
+            got: "eu-west-1".into(),
+            expected: "us-east-1".into(),
+        });
+        assert_eq!(e.wire().region.as_deref(), Some("us-east-1"));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("AwsChunkedStreamError: SignatureMismatch")]
+    struct ChunkSignature;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] BoxedError);
+    type BoxedError = Box<dyn StdError + Send + Sync>;
+
+    /// Body-stream failures stay typed on the way up.
+    #[tokio::test]
+    async fn body_stream_failures_keep_their_kind() {
+        use http_body_util::BodyExt;
+        let over = http_body_util::Limited::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"0123456789")),
+            4,
+        )
+        .collect()
+        .await
+        .expect_err("over the cap");
+        let cases: Vec<(BoxedError, &str)> = vec![
+            (over, "EntityTooLarge"),
+            (Box::new(ChunkSignature), "SignatureDoesNotMatch"),
+            (
+                Box::new(Wrapped(Box::new(ChunkSignature))),
+                "SignatureDoesNotMatch",
+            ),
+            (
+                Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )),
+                "IncompleteBody",
+            ),
+        ];
+        for (b, code) in cases {
+            let what = b.to_string();
+            let e = ApiError::from(BlobError::Body(b));
+            assert_eq!(e.wire().code, code, "{what}");
+        }
+        let short = ApiError::from(BlobError::LengthMismatch { got: 1, want: 2 });
+        assert_eq!(short.wire().code, "IncompleteBody");
     }
 }

@@ -51,52 +51,12 @@ fn request_id<T>(req: &S3Request<T>) -> String {
         .unwrap_or_default()
 }
 
-/// The S3 error answering `e`. Transient refusals carry `Retry-After`: 1 s for an
-/// unavailable KMS, 10 s for a full disk (freeing space takes an operator); a full disk also
-/// marks the data dir full for `/ready`.
+/// The S3 error answering `e` (see [`errors::ApiError::wire`]); a full disk also marks the
+/// data dir full for `/ready`.
 pub(crate) fn s3_error(state: &NodeState, op: &'static str, e: ApiError) -> S3Error {
     tracing::debug!(op, error = %e, "request failed");
-    let retry_after = match e {
-        ApiError::KmsUnavailable(_) => Some("1"),
-        ApiError::DiskFull(_) => {
-            state.blobs.disk().mark_full();
-            Some("10")
-        }
-        _ => None,
-    };
-    // A 304 carries the validators a cache needs (RFC 7232 4.1).
-    let validators = match &e {
-        ApiError::NotModified {
-            etag,
-            last_modified_ms,
-        } => Some((format!("\"{etag}\""), *last_modified_ms)),
-        _ => None,
-    };
-    let mut err = S3Error::from(e);
-    if let Some(secs) = retry_after {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static(secs),
-        );
-        err.set_headers(h);
-    }
-    if let Some((etag, ms)) = validators {
-        let mut h = http::HeaderMap::new();
-        if let Ok(v) = http::HeaderValue::from_str(&etag) {
-            h.insert(http::header::ETAG, v);
-        }
-        let mut date = Vec::new();
-        if common::ts(ms)
-            .format(s3s::dto::TimestampFormat::HttpDate, &mut date)
-            .is_ok()
-            && let Ok(v) = http::HeaderValue::from_bytes(&date)
-        {
-            h.insert(http::header::LAST_MODIFIED, v);
-        }
-        err.set_headers(h);
-    }
-    err
+    errors::note(state, &e);
+    S3Error::from(e)
 }
 
 impl CofferS3 {

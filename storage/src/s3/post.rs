@@ -17,8 +17,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use s3s::S3Request;
 use s3s::dto::{PutObjectInput, StreamingBlob, Timestamp, TimestampFormat};
-use s3s::{S3Error, S3Request};
+
+use super::errors::ApiError;
 
 use crate::post_policy::{self, Fields, PostError};
 use crate::state::NodeState;
@@ -97,7 +99,7 @@ pub(crate) fn form_post_target(
 
 /// Why a form upload is refused (this boundary's one error enum).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FormError {
+pub enum FormError {
     /// Not well-formed multipart/form-data (also: the file part ends early).
     #[error("malformed form")]
     Malformed,
@@ -127,82 +129,7 @@ pub(crate) enum FormError {
     Post(#[from] PostError),
     /// The write itself (SSE fields, bucket, checksums, KMS, disk...), answered as a PUT is.
     #[error("write refused: {0}")]
-    Write(S3Error),
-}
-
-impl FormError {
-    fn code_message(&self) -> (u16, &'static str, String) {
-        match self {
-            FormError::Malformed => (
-                400,
-                "MalformedPOSTRequest",
-                "The body of your POST request is not well-formed multipart/form-data.".into(),
-            ),
-            FormError::NoFile => (
-                400,
-                "IncorrectNumberOfFilesInPostRequest",
-                "POST requires exactly one file upload per request.".into(),
-            ),
-            FormError::PreDataTooLarge => (
-                400,
-                "MaxPostPreDataLengthExceededError",
-                "Your POST request fields preceding the upload file were too large.".into(),
-            ),
-            FormError::BadField => (
-                400,
-                "InvalidArgument",
-                "A form field is not a valid header name or value.".into(),
-            ),
-            FormError::BadExpires => (
-                400,
-                "InvalidArgument",
-                "The Expires field is not an HTTP date.".into(),
-            ),
-            FormError::EmptyKey => (
-                400,
-                "InvalidArgument",
-                "User key must have a length greater than 0.".into(),
-            ),
-            FormError::TooLarge => (
-                400,
-                "EntityTooLarge",
-                "Your proposed upload exceeds the maximum allowed size".into(),
-            ),
-            FormError::TooSmall => (
-                400,
-                "EntityTooSmall",
-                "Your proposed upload is smaller than the minimum allowed size".into(),
-            ),
-            FormError::Post(e) => e.parts(),
-            FormError::Write(_) => (500, "InternalError", String::new()),
-        }
-    }
-
-    /// The S3 XML error answer.
-    pub(crate) fn into_response(self) -> Response {
-        let err = match self {
-            FormError::Write(err) => err,
-            other => {
-                let (status, code, message) = other.code_message();
-                let mut err = S3Error::with_message(
-                    s3s::S3ErrorCode::from_bytes(code.as_bytes())
-                        .unwrap_or(s3s::S3ErrorCode::InvalidRequest),
-                    message,
-                );
-                err.set_status_code(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                );
-                err
-            }
-        };
-        match err.to_http_response() {
-            Ok(r) => {
-                let (parts, body) = r.into_parts();
-                Response::from_parts(parts, Body::new(body))
-            }
-            Err(_) => empty(StatusCode::INTERNAL_SERVER_ERROR),
-        }
-    }
+    Write(ApiError),
 }
 
 /// An answer with a status and no body.
@@ -219,9 +146,11 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn early(e: FormError) -> Self {
+    fn early(state: &NodeState, e: FormError) -> Self {
+        let e = ApiError::from(e);
+        super::errors::note(state, &e);
         Answer {
-            response: e.into_response(),
+            response: super::errors::http_response(&e),
             body_consumed: false,
         }
     }
@@ -470,7 +399,7 @@ pub(crate) async fn post_object(
         .and_then(|v| v.to_str().ok())
         .map(multer::parse_boundary)
     else {
-        return Answer::early(FormError::Malformed);
+        return Answer::early(state, FormError::Malformed);
     };
     let stream = Budgeted {
         inner: body.into_data_stream(),
@@ -484,7 +413,7 @@ pub(crate) async fn post_object(
         .map(str::to_string);
     let stored = match upload(state, &mut multipart, &bucket, parts.uri, parts.extensions).await {
         Ok(s) => s,
-        Err(e) => return Answer::early(e),
+        Err(e) => return Answer::early(state, e),
     };
     let body_consumed = drain_rest(&mut multipart).await;
     Answer {
@@ -573,7 +502,7 @@ async fn upload(
         (Err(_), Some(FileProblem::TooLarge)) => Err(FormError::TooLarge),
         (Err(_), Some(FileProblem::TooSmall)) => Err(FormError::TooSmall),
         (Err(_), Some(FileProblem::Malformed)) => Err(FormError::Malformed),
-        (Err(e), None) => Err(FormError::Write(super::s3_error(state, "PostObject", e))),
+        (Err(e), None) => Err(FormError::Write(e)),
     }
 }
 

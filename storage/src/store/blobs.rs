@@ -19,13 +19,18 @@ use crate::crypto::format::{
     self, BATCH_BYTES, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SegmentReader,
 };
 
+/// A request body stream's error, as it came.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a blob could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("blob I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The request body stream failed; the source is kept for the S3 edge to classify (size
+    /// cap, chunk signature, client gone).
     #[error("request body: {0}")]
-    Body(String),
+    Body(BodyError),
     #[error("blob format: {0}")]
     Format(#[from] format::FormatError),
     #[error("body length {got} does not match Content-Length {want}")]
@@ -107,7 +112,7 @@ impl BlobStore {
     ) -> Result<WrittenBlob, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<BodyError>,
     {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let tmp_path = self.tmp.join(&name);
@@ -124,7 +129,7 @@ impl BlobStore {
         let mut batch = Batch::new(0);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            let chunk = chunk.map_err(|e| BlobError::Body(e.into()))?;
             observe(&chunk);
             size += chunk.len() as u64;
             let mut rest: &[u8] = &chunk;

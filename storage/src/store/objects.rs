@@ -14,7 +14,7 @@ use bytes::Bytes;
 use coffer_common::secret::SecretKey32;
 use futures::{Stream, StreamExt};
 
-use super::blobs::{BlobError, BlobStore, WrittenBlob};
+use super::blobs::{BlobError, BlobStore, BodyError, WrittenBlob};
 use super::conditions::{ConditionFailed, WriteCondition};
 use super::meta::{BlobRow, Completion, DbError, Meta, Object, Upload};
 use crate::crypto::format::{FormatError, PartCipher};
@@ -64,7 +64,7 @@ pub async fn write_part<S, E>(
 ) -> Result<WrittenBlob, BlobError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<BodyError>,
 {
     let cipher = match enc {
         Encryption::Keyed(k) => Some(PartCipher::for_write(k, part_number)),
