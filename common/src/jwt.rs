@@ -1,15 +1,30 @@
-//! Compact EdDSA (Ed25519) JSON Web Tokens, as used on every KMS request.
+//! EdDSA (Ed25519) JSON Web Tokens, as used on every KMS request, through `jsonwebtoken`.
 //!
-//! A token binds subject (identity name), audience, issue/expiry time (at most five minutes
-//! apart), a unique id (`jti`, for replay refusal by the verifier's cache), and the HTTP method
-//! (`htm`) and path (`htp`) of the one request it authorizes. Only `alg: EdDSA` is accepted, so
-//! "none", HMAC or RSA headers (algorithm confusion) are refused before any key is used.
+//! A token names its identity in the `kid` header: the verifier looks that identity's public key
+//! up *before* verifying, and the verified `sub` claim must equal `kid`. It binds audience,
+//! issue/expiry time (at most five minutes apart), a unique id (`jti`, for replay refusal by the
+//! verifier's cache), and the HTTP method (`htm`) and path (`htp`) of the one request it
+//! authorizes.
+//!
+//! `jsonwebtoken` parses the token, checks the algorithm against an EdDSA-only allow list, the
+//! signature, `exp` (no leeway), `aud` and `sub`. Its crypto backend is the provider installed
+//! here, which knows Ed25519 and nothing else (signing with ed25519-dalek, verifying with
+//! `verify_strict`), so "none", HMAC or RSA headers (algorithm confusion) are refused before any
+//! key is used. Coffer's own policy on top ([`Unverified::verify`]): lifetime at most
+//! [`MAX_LIFETIME_SECS`] computed with checked arithmetic, `iat` at most [`MAX_SKEW_SECS`] in the
+//! future, method and path binding. Replay and issued-before-start are the KMS's checks
+//! (`kms/src/auth.rs`), since they need its state.
+//!
 //! Secret here: the signing key passed to [`sign`]; tokens themselves are short-lived bearer
 //! credentials and must not be logged.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Audience of service tokens (storage nodes calling the key API).
@@ -24,7 +39,7 @@ pub const MAX_SKEW_SECS: i64 = 30;
 /// The claims Coffer puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Identity name.
+    /// Identity name (equal to the header's `kid`).
     pub sub: String,
     /// [`AUD_SERVICE`] or [`AUD_ADMIN`].
     pub aud: String,
@@ -48,7 +63,7 @@ impl Claims {
             sub: sub.to_string(),
             aud: aud.to_string(),
             iat: now,
-            exp: now + lifetime_secs.clamp(1, MAX_LIFETIME_SECS),
+            exp: now.saturating_add(lifetime_secs.clamp(1, MAX_LIFETIME_SECS)),
             // A random (v4) UUID from the thread-local CSPRNG (seeded from the OS): one token
             // per request, so no system call per token.
             jti: uuid::Builder::from_random_bytes(rand::random())
@@ -60,13 +75,6 @@ impl Claims {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-}
-
 /// Why a token was refused. Every variant maps to 401 at the KMS boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -74,8 +82,12 @@ pub enum JwtError {
     Malformed,
     #[error("token algorithm is not EdDSA")]
     WrongAlgorithm,
+    #[error("token header names no identity (kid)")]
+    MissingKeyId,
     #[error("token signature is invalid")]
     BadSignature,
+    #[error("token subject is not the identity its header names")]
+    WrongSubject,
     #[error("token audience is wrong")]
     WrongAudience,
     #[error("token has expired")]
@@ -84,6 +96,8 @@ pub enum JwtError {
     BadLifetime,
     #[error("token is bound to another method or path")]
     WrongRequest,
+    #[error("the JWT crypto provider could not be installed")]
+    Provider,
 }
 
 /// Current Unix time in seconds.
@@ -91,60 +105,160 @@ pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Sign claims into a compact JWT.
-pub fn sign(key: &SigningKey, claims: &Claims) -> String {
-    let header = Header {
-        alg: "EdDSA".into(),
-        typ: Some("JWT".into()),
-    };
-    let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
-    let c = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let signing_input = format!("{h}.{c}");
-    let sig = key.sign(signing_input.as_bytes());
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+/// The process-wide `jsonwebtoken` crypto backend: Ed25519 only.
+static ED25519_ONLY: CryptoProvider = CryptoProvider {
+    signer_factory: ed25519_signer,
+    verifier_factory: ed25519_verifier,
+    // JWK helpers are never used (keys come from credential files and the KMS database).
+    key_utils: KeyUtils::new_unimplemented(),
+};
+
+/// Install [`ED25519_ONLY`] (idempotent); refuse if another provider got there first.
+fn provider() -> Result<(), JwtError> {
+    let _ = ED25519_ONLY.install_default();
+    match CryptoProvider::try_get_default() {
+        Some(p) if std::ptr::eq(p, &ED25519_ONLY) => Ok(()),
+        _ => Err(JwtError::Provider),
+    }
 }
 
-/// A compact token split into its three parts, with its claims decoded and nothing verified yet.
-/// [`decode`] once, look up the key of `claims.sub`, then [`Unverified::verify`]: the claims are
-/// parsed once per request.
+struct Ed25519Signer(SigningKey);
+
+impl jsonwebtoken::signature::Signer<Vec<u8>> for Ed25519Signer {
+    fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, jsonwebtoken::signature::Error> {
+        Ok(self.0.sign(msg).to_bytes().to_vec())
+    }
+}
+
+impl JwtSigner for Ed25519Signer {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
+fn ed25519_signer(
+    alg: &Algorithm,
+    key: &EncodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+    if *alg != Algorithm::EdDSA {
+        return Err(ErrorKind::InvalidAlgorithm.into());
+    }
+    let key = SigningKey::from_pkcs8_der(key.as_bytes()).map_err(|_| ErrorKind::InvalidEddsaKey)?;
+    Ok(Box::new(Ed25519Signer(key)))
+}
+
+struct Ed25519Verifier(VerifyingKey);
+
+impl jsonwebtoken::signature::Verifier<Vec<u8>> for Ed25519Verifier {
+    fn verify(
+        &self,
+        msg: &[u8],
+        signature: &Vec<u8>,
+    ) -> Result<(), jsonwebtoken::signature::Error> {
+        let sig =
+            Signature::from_slice(signature).map_err(|_| jsonwebtoken::signature::Error::new())?;
+        self.0
+            .verify_strict(msg, &sig)
+            .map_err(|_| jsonwebtoken::signature::Error::new())
+    }
+}
+
+impl JwtVerifier for Ed25519Verifier {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
+fn ed25519_verifier(
+    alg: &Algorithm,
+    key: &DecodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+    if *alg != Algorithm::EdDSA {
+        return Err(ErrorKind::InvalidAlgorithm.into());
+    }
+    let bytes: &[u8; 32] = key
+        .try_get_as_bytes()?
+        .try_into()
+        .map_err(|_| ErrorKind::InvalidEddsaKey)?;
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| ErrorKind::InvalidEddsaKey)?;
+    Ok(Box::new(Ed25519Verifier(key)))
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> JwtError {
+    match e.kind() {
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEddsaKey => JwtError::BadSignature,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidAlgorithmName => JwtError::WrongAlgorithm,
+        ErrorKind::ExpiredSignature => JwtError::Expired,
+        ErrorKind::InvalidAudience => JwtError::WrongAudience,
+        ErrorKind::InvalidSubject => JwtError::WrongSubject,
+        _ => JwtError::Malformed,
+    }
+}
+
+/// Sign claims into a compact JWT whose `kid` header is `claims.sub`. The only failures (no
+/// provider, a key that cannot be PKCS#8-encoded) cannot happen with a valid [`SigningKey`];
+/// should one happen, the result is an empty string, which every verifier refuses.
+pub fn sign(key: &SigningKey, claims: &Claims) -> String {
+    try_sign(key, claims).unwrap_or_default()
+}
+
+fn try_sign(key: &SigningKey, claims: &Claims) -> Result<String, JwtError> {
+    provider()?;
+    let der = key.to_pkcs8_der().map_err(|_| JwtError::Malformed)?;
+    let key = EncodingKey::from_ed_der(der.as_bytes());
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(claims.sub.clone());
+    jsonwebtoken::encode(&header, claims, &key).map_err(map_error)
+}
+
+/// A compact token whose header says EdDSA and names an identity, nothing verified yet.
+/// [`decode`], look up the key of [`Unverified::kid`], then [`Unverified::verify`].
 pub struct Unverified<'a> {
     token: &'a str,
-    header: &'a str,
-    signature: &'a str,
-    signing_input_len: usize,
-    /// Unverified: only to find which identity's key to verify with.
-    pub claims: Claims,
+    /// Unverified: the identity whose key the token must verify under.
+    pub kid: String,
 }
 
-/// Split a compact token and decode its claims, verifying nothing.
+/// Read the header (nothing verified): refuse any algorithm but EdDSA and a missing `kid`.
 pub fn decode(token: &str) -> Result<Unverified<'_>, JwtError> {
-    let mut parts = token.split('.');
-    let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(c), Some(s), None) => (h, c, s),
-        _ => return Err(JwtError::Malformed),
-    };
-    let claims = URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(JwtError::Malformed)?;
-    Ok(Unverified {
-        token,
-        header: h,
-        signature: s,
-        signing_input_len: h.len() + 1 + c.len(),
-        claims,
-    })
+    let header = jsonwebtoken::decode_header(token).map_err(|_| unparsable_header(token))?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(JwtError::WrongAlgorithm);
+    }
+    let kid = header.kid.ok_or(JwtError::MissingKeyId)?;
+    Ok(Unverified { token, kid })
 }
 
-/// Read the claims without verifying anything: only to find which identity's key to verify with.
+/// A header `jsonwebtoken` cannot parse is still a wrong algorithm when it is JSON with an
+/// `alg` it does not know (such as "none"); otherwise the token is malformed.
+fn unparsable_header(token: &str) -> JwtError {
+    #[derive(Deserialize)]
+    struct AlgOnly {
+        alg: String,
+    }
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|b| serde_json::from_slice::<AlgOnly>(&b).ok());
+    match alg {
+        Some(a) if a.alg != "EdDSA" => JwtError::WrongAlgorithm,
+        _ => JwtError::Malformed,
+    }
+}
+
+/// Read the claims without verifying anything (for audit records of refused requests).
 pub fn peek_claims(token: &str) -> Result<Claims, JwtError> {
-    decode(token).map(|t| t.claims)
+    jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| JwtError::Malformed)
 }
 
 impl Unverified<'_> {
-    /// Verify signature, algorithm, audience, lifetime and request binding; the claims on
-    /// success. Replay (jti) is the caller's job, since it needs shared state.
+    /// Verify (by `jsonwebtoken`) algorithm, signature under `key`, expiry, audience and
+    /// `sub == kid`; then Coffer's lifetime and request binding. The claims on success. Replay
+    /// (jti) and issued-before-start are the caller's job, since they need shared state.
     pub fn verify(
         self,
         key: &VerifyingKey,
@@ -153,39 +267,43 @@ impl Unverified<'_> {
         path: &str,
         now: i64,
     ) -> Result<Claims, JwtError> {
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(self.header)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(JwtError::Malformed)?;
-        if header.alg != "EdDSA" {
-            return Err(JwtError::WrongAlgorithm);
-        }
-        let sig_bytes = URL_SAFE_NO_PAD
-            .decode(self.signature)
-            .map_err(|_| JwtError::Malformed)?;
-        let sig = Signature::from_slice(&sig_bytes).map_err(|_| JwtError::BadSignature)?;
-        let signing_input = self
-            .token
-            .get(..self.signing_input_len)
-            .ok_or(JwtError::Malformed)?;
-        key.verify_strict(signing_input.as_bytes(), &sig)
-            .map_err(|_| JwtError::BadSignature)?;
-        let claims = self.claims;
-        if claims.aud != audience {
-            return Err(JwtError::WrongAudience);
-        }
-        if claims.exp <= now {
-            return Err(JwtError::Expired);
-        }
-        if claims.exp - claims.iat > MAX_LIFETIME_SECS || claims.iat > now + MAX_SKEW_SECS {
-            return Err(JwtError::BadLifetime);
-        }
-        if !claims.htm.eq_ignore_ascii_case(method) || claims.htp != path {
-            return Err(JwtError::WrongRequest);
-        }
+        provider()?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.set_audience(&[audience]);
+        validation.sub = Some(self.kid);
+        let claims = jsonwebtoken::decode::<Claims>(
+            self.token,
+            &DecodingKey::from_ed_der(key.as_bytes()),
+            &validation,
+        )
+        .map_err(map_error)?
+        .claims;
+        check_policy(&claims, method, path, now)?;
         Ok(claims)
     }
+}
+
+/// Coffer's policy on verified claims, against the caller's clock `now`.
+fn check_policy(claims: &Claims, method: &str, path: &str, now: i64) -> Result<(), JwtError> {
+    if claims.exp <= now {
+        return Err(JwtError::Expired);
+    }
+    let lifetime = claims.exp.checked_sub(claims.iat);
+    if !matches!(lifetime, Some(l) if l > 0 && l <= MAX_LIFETIME_SECS) {
+        return Err(JwtError::BadLifetime);
+    }
+    if !matches!(now.checked_add(MAX_SKEW_SECS), Some(latest) if claims.iat <= latest) {
+        return Err(JwtError::BadLifetime);
+    }
+    if !claims.htm.eq_ignore_ascii_case(method) || claims.htp != path {
+        return Err(JwtError::WrongRequest);
+    }
+    Ok(())
 }
 
 /// [`decode`] then [`Unverified::verify`].
@@ -316,5 +434,115 @@ mod tests {
             ),
             Err(JwtError::Malformed)
         );
+    }
+
+    /// Sign `claims` under an arbitrary header (kid, alg), with `key`, bypassing [`sign`].
+    fn sign_with_header(key: &SigningKey, header_json: &str, claims: &Claims) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header_json);
+        let c = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let input = format!("{h}.{c}");
+        let sig = key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    #[test]
+    fn kid_header_names_the_identity_and_must_match_sub() {
+        let a = key();
+        let b = SigningKey::from_bytes(&[9u8; 32]);
+        let now = now_unix();
+        let c = Claims::new("node-a", AUD_SERVICE, "POST", "/p", 60);
+        let t = tok(&c);
+        let u = decode(&t).unwrap();
+        assert_eq!(u.kid, "node-a");
+        assert_eq!(
+            u.verify(&a.verifying_key(), AUD_SERVICE, "POST", "/p", now),
+            Ok(c.clone())
+        );
+        // kid names A, signed by B: the verifier looks up A's key, so B's signature fails.
+        let forged = sign(&b, &c);
+        assert_eq!(decode(&forged).unwrap().kid, "node-a");
+        assert_eq!(
+            verify(&forged, &a.verifying_key(), AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadSignature)
+        );
+        // Signed by B under B's own kid but claiming A as subject: sub != kid.
+        let cross = sign_with_header(&b, r#"{"alg":"EdDSA","kid":"node-b"}"#, &c);
+        assert_eq!(decode(&cross).unwrap().kid, "node-b");
+        assert_eq!(
+            verify(&cross, &b.verifying_key(), AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::WrongSubject)
+        );
+        // No kid at all.
+        let nokid = sign_with_header(&a, r#"{"alg":"EdDSA","typ":"JWT"}"#, &c);
+        assert_eq!(decode(&nokid).err(), Some(JwtError::MissingKeyId));
+    }
+
+    #[test]
+    fn alg_none_and_hs256_are_refused_even_when_validly_formed() {
+        let c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
+        let now = now_unix();
+        let vk = key().verifying_key();
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default());
+        // alg none with an empty signature.
+        let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"n"}"#);
+        let none = format!("{h}.{body}.");
+        assert_eq!(
+            verify(&none, &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::WrongAlgorithm)
+        );
+        // HS256 keyed with the public key bytes (the classic confusion attack).
+        let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"n"}"#);
+        let input = format!("{h}.{body}");
+        let mac = {
+            use hmac::Mac;
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(vk.as_bytes()).unwrap();
+            m.update(input.as_bytes());
+            m.finalize().into_bytes()
+        };
+        let hs = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac));
+        assert_eq!(
+            verify(&hs, &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::WrongAlgorithm)
+        );
+        // Even past `decode`, the library's allow list and the Ed25519-only provider refuse it.
+        let u = Unverified {
+            token: &hs,
+            kid: "n".into(),
+        };
+        assert_eq!(
+            u.verify(&vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::WrongAlgorithm)
+        );
+    }
+
+    #[test]
+    fn lifetime_is_checked_without_overflow() {
+        let vk = key().verifying_key();
+        let now = now_unix();
+        let mut c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
+        c.iat = i64::MIN;
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadLifetime)
+        );
+        let mut c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
+        c.iat = c.exp;
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadLifetime)
+        );
+        let c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", i64::MAX - 1),
+            Err(JwtError::Expired)
+        );
+        let mut c = Claims::new("n", AUD_SERVICE, "POST", "/p", 60);
+        c.iat = now + 31;
+        c.exp = now + 60;
+        assert_eq!(
+            verify(&tok(&c), &vk, AUD_SERVICE, "POST", "/p", now),
+            Err(JwtError::BadLifetime)
+        );
+        assert_eq!(peek_claims(&tok(&c)), Ok(c));
     }
 }

@@ -1,5 +1,6 @@
-//! Request authentication and authorization: EdDSA JWTs verified against the identity's stored
-//! public key (audience, expiry, method/path binding via `coffer_common::jwt`), replay refusal
+//! Request authentication and authorization: EdDSA JWTs verified against the stored public key
+//! of the identity their `kid` header names, looked up before any verification (audience,
+//! expiry, `sub == kid`, method/path binding via `coffer_common::jwt`), replay refusal
 //! through a cache of seen token ids, and scopes (bucket glob, operations). The order of the
 //! checks and what a captured token allows: `docs/design.md` ("The KMS API and its
 //! authentication").
@@ -158,9 +159,14 @@ impl Identities {
     }
 }
 
-/// Claimed subject of a token (unverified), for audit records of refused requests.
+/// Claimed identity of a token (unverified: its `kid`, else its `sub`), for audit records of
+/// refused requests.
 pub fn claimed_subject(token: Option<&str>) -> Option<String> {
-    let sub = jwt::peek_claims(token?).ok()?.sub;
+    let token = token?;
+    let sub = match jwt::decode(token) {
+        Ok(t) => t.kid,
+        Err(_) => jwt::peek_claims(token).ok()?.sub,
+    };
     // Bound and sanitize: this is attacker-controlled text.
     Some(sub.chars().filter(|c| !c.is_control()).take(128).collect())
 }
@@ -185,7 +191,7 @@ impl AuthContext<'_> {
         let token = jwt::decode(token).map_err(AuthError::Token)?;
         let id = self
             .identities
-            .get(&token.claims.sub)
+            .get(&token.kid)
             .ok_or(AuthError::UnknownIdentity)?;
         let audience = match kind {
             Kind::Admin => jwt::AUD_ADMIN,
@@ -326,6 +332,56 @@ mod tests {
         assert_eq!(
             ctx.authenticate(Some(&t), Kind::Admin, "GET", "/a").err(),
             Some(AuthError::IssuedBeforeStart)
+        );
+    }
+
+    #[test]
+    fn key_is_looked_up_by_kid_and_sub_must_match_it() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use ed25519_dalek::Signer;
+        let (ids, svc, _) = setup();
+        let replay = ReplayCache::default();
+        let ctx = AuthContext {
+            identities: &ids,
+            replay: &replay,
+            started_unix: jwt::now_unix() - 10,
+        };
+        let forge = |kid: &str, claims: &Claims, key: &SigningKey| {
+            let h = B64.encode(format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#));
+            let c = B64.encode(serde_json::to_vec(claims).unwrap());
+            let input = format!("{h}.{c}");
+            format!(
+                "{input}.{}",
+                B64.encode(key.sign(input.as_bytes()).to_bytes())
+            )
+        };
+        // kid names the admin, signed by the node's key: verified under the admin's key.
+        let c = Claims::new("admin", AUD_ADMIN, "GET", "/a", 60);
+        assert_eq!(
+            ctx.authenticate(Some(&forge("admin", &c, &svc)), Kind::Admin, "GET", "/a")
+                .err(),
+            Some(AuthError::Token(JwtError::BadSignature))
+        );
+        // kid names the node (so its key verifies) while sub claims the admin.
+        assert_eq!(
+            ctx.authenticate(Some(&forge("node", &c, &svc)), Kind::Admin, "GET", "/a")
+                .err(),
+            Some(AuthError::Token(JwtError::WrongSubject))
+        );
+        // alg none / HS256 never reach a key lookup.
+        for alg in ["none", "HS256"] {
+            let h = B64.encode(format!(r#"{{"alg":"{alg}","kid":"node"}}"#));
+            let c = B64.encode(serde_json::to_vec(&c).unwrap());
+            assert_eq!(
+                ctx.authenticate(Some(&format!("{h}.{c}.")), Kind::Admin, "GET", "/a")
+                    .err(),
+                Some(AuthError::Token(JwtError::WrongAlgorithm))
+            );
+        }
+        assert_eq!(
+            claimed_subject(Some(&forge("node", &c, &svc))).as_deref(),
+            Some("node")
         );
     }
 
