@@ -127,3 +127,33 @@ def test_aws_chunked_trailer_checksums(node, s3, bucket, name, fn):
     r = _chunked_put(node, bucket, "chunked-bad", data, name, b64(fn(b"not the data")))
     assert r.status_code == 400 and b"<Code>BadDigest</Code>" in r.content, r.text
     expect_error(404, None, s3.head_object, Bucket=bucket, Key="chunked-bad")
+
+
+@pytest.mark.parametrize("extra", [
+    {"ContentMD5": b64(hashlib.md5(b"something else").digest())},
+    {"ChecksumSHA256": b64(hashlib.sha256(b"something else").digest())},
+])
+def test_wrong_digest_never_reaches_blobs(node, s3, bucket, extra):
+    """A refused digest is found before the blob is made durable and renamed: `blobs/` never
+    holds the rejected body, not even for a moment (watched while the PUT runs)."""
+    import threading
+    blobs = node.data_dir / "blobs"
+    before = len(list(blobs.iterdir()))
+    peak = [before]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], len(list(blobs.iterdir())))
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for i in range(3):
+            expect_error(400, "BadDigest", s3.put_object, Bucket=bucket, Key=f"wrong-{i}",
+                         Body=os.urandom(8 << 20), **extra)
+    finally:
+        done.set()
+        t.join()
+    assert peak[0] == before
+    assert len(list(blobs.iterdir())) == before

@@ -263,10 +263,11 @@ pub fn resolve_range(r: &s3s::dto::Range, size: u64) -> ApiResult<(u64, u64)> {
     }
 }
 
-/// Stream a request body into a new blob for part `part_number` and verify `Content-MD5` and
-/// `x-amz-checksum-*` (headers or trailers) before anything is committed; on a mismatch the
-/// blob is removed and the answer is 400 BadDigest. The plaintext MD5 is computed when the ETag
-/// needs it (`stored`) or `Content-MD5` was sent.
+/// Stream a request body into a new blob for part `part_number`, verifying `Content-MD5` and
+/// `x-amz-checksum-*` (headers or trailers) once the last byte is hashed and before the blob is
+/// made durable and renamed into `blobs/`: on a mismatch nothing reaches `blobs/` and the answer
+/// is 400 BadDigest. The plaintext MD5 is computed when the ETag needs it (`stored`) or
+/// `Content-MD5` was sent.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_request_body(
     state: &NodeState,
@@ -280,11 +281,36 @@ pub(crate) async fn write_request_body(
     trailers: Option<&s3s::TrailingHeaders>,
 ) -> ApiResult<crate::store::blobs::WrittenBlob> {
     let md5 = etag_needs_md5(stored) || content_md5.is_some();
-    let mut sums = super::checksum::Checksums::for_request(headers);
-    let mut observe = |b: &[u8]| sums.update(b);
+    // Fed by `observe` while the body streams, taken by `verify` after its last byte.
+    let sums = std::sync::Mutex::new(Some(super::checksum::Checksums::for_request(headers)));
+    let mut observe = |b: &[u8]| {
+        if let Ok(mut g) = sums.lock()
+            && let Some(s) = g.as_mut()
+        {
+            s.update(b);
+        }
+    };
+    let mut verify = |got: Option<&[u8; 16]>| {
+        let md5_ok = content_md5.is_none_or(|g| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(g.trim())
+                .is_ok_and(|d| got.is_some_and(|m| d.as_slice() == m))
+        });
+        let trailer_map = trailers.and_then(|t| t.take());
+        let taken = sums.lock().ok().and_then(|mut g| g.take());
+        let sums_ok = match taken {
+            Some(s) => s.verify(headers, trailer_map.as_ref()),
+            None => Err("checksum state lost"),
+        };
+        if let Err(name) = sums_ok {
+            tracing::debug!(checksum = name, "checksum mismatch");
+        }
+        md5_ok && sums_ok.is_ok()
+    };
     let blob = match body {
         Some(body) => {
-            objects::write_part(
+            objects::write_part_verified(
                 &state.blobs,
                 body,
                 part_number,
@@ -292,12 +318,13 @@ pub(crate) async fn write_request_body(
                 expected_len,
                 md5,
                 &mut observe,
+                &mut verify,
             )
             .await?
         }
         None => {
             let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
-            objects::write_part(
+            objects::write_part_verified(
                 &state.blobs,
                 empty,
                 part_number,
@@ -305,24 +332,10 @@ pub(crate) async fn write_request_body(
                 expected_len,
                 md5,
                 &mut observe,
+                &mut verify,
             )
             .await?
         }
     };
-    let md5_ok = content_md5.is_none_or(|g| {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(g.trim())
-            .is_ok_and(|d| blob.md5.is_some_and(|m| d.as_slice() == m))
-    });
-    let trailer_map = trailers.and_then(|t| t.take());
-    let sums_ok = sums.verify(headers, trailer_map.as_ref());
-    if !md5_ok || sums_ok.is_err() {
-        objects::discard(&state.blobs, &blob.file).await;
-        if let Err(name) = sums_ok {
-            tracing::debug!(checksum = name, "checksum mismatch");
-        }
-        return Err(ApiError::BadDigest);
-    }
     Ok(blob)
 }

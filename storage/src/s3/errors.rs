@@ -532,6 +532,7 @@ impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
             BlobError::LengthMismatch { .. } => ApiError::IncompleteBody,
+            BlobError::DigestMismatch => ApiError::BadDigest,
             BlobError::Body(b) => {
                 let e = body_error(&*b);
                 tracing::debug!(error = %b, answer = ?e, "request body failed");

@@ -33,6 +33,10 @@ pub enum BlobError {
     Body(BodyError),
     #[error("blob format: {0}")]
     Format(#[from] format::FormatError),
+    /// A digest the request declared (`Content-MD5`, `x-amz-checksum-*`) does not match the
+    /// body; nothing was made durable.
+    #[error("digest mismatch")]
+    DigestMismatch,
     #[error("body length {got} does not match Content-Length {want}")]
     LengthMismatch { got: u64, want: u64 },
 }
@@ -104,11 +108,32 @@ impl BlobStore {
     /// hold the part's last segment.
     pub async fn write<S, E>(
         &self,
+        body: S,
+        cipher: Option<PartCipher>,
+        expected_len: Option<u64>,
+        md5: bool,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<WrittenBlob, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<BodyError>,
+    {
+        self.write_verified(body, cipher, expected_len, md5, observe, &mut |_| true)
+            .await
+    }
+
+    /// [`write`](Self::write), with the request's digests checked before the blob is made
+    /// durable: once the last byte is hashed, `verify` is given the plaintext MD5 (when `md5`
+    /// was asked for); if it refuses, the temporary file is removed and nothing is renamed
+    /// into `blobs/` ([`BlobError::DigestMismatch`]). Only then is the file fsynced and renamed.
+    pub async fn write_verified<S, E>(
+        &self,
         mut body: S,
         cipher: Option<PartCipher>,
         expected_len: Option<u64>,
         md5: bool,
         observe: &mut (dyn FnMut(&[u8]) + Send),
+        verify: &mut (dyn FnMut(Option<&[u8; 16]>) -> bool + Send),
     ) -> Result<WrittenBlob, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -157,13 +182,17 @@ impl BlobStore {
             return Err(BlobError::LengthMismatch { got: size, want });
         }
         let sink = stage.ready(&mut spare).await?;
-        let (sink, _) = join(tokio::task::spawn_blocking(move || {
-            let (sink, batch) = sink.put(batch, true)?;
-            sink.file.sync_all()?;
-            Ok((sink, batch))
-        }))
-        .await?;
-        drop(sink.file);
+        let (mut sink, _) =
+            join(tokio::task::spawn_blocking(move || sink.put(batch, true))).await?;
+        let digest: Option<[u8; 16]> = sink.md5.take().map(|m| m.finalize().into());
+        if !verify(digest.as_ref()) {
+            // `guard` removes the temporary file; nothing reached `blobs/`.
+            return Err(BlobError::DigestMismatch);
+        }
+        let file = sink.file;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(std::io::Error::other)??;
         let final_path = self.path(&name);
         tokio::fs::rename(&tmp_path, &final_path).await?;
         guard.0 = None;
@@ -174,7 +203,7 @@ impl BlobStore {
         Ok(WrittenBlob {
             file: name,
             size,
-            md5: sink.md5.map(|m| m.finalize().into()),
+            md5: digest,
         })
     }
 

@@ -66,11 +66,43 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Into<BodyError>,
 {
+    write_part_verified(
+        blobs,
+        body,
+        part_number,
+        enc,
+        expected_len,
+        md5,
+        observe,
+        &mut |_| true,
+    )
+    .await
+}
+
+/// [`write_part`], with the request's digests checked by `verify` before the blob is made
+/// durable (see `BlobStore::write_verified`): a refused digest leaves nothing in `blobs/`.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_part_verified<S, E>(
+    blobs: &BlobStore,
+    body: S,
+    part_number: u32,
+    enc: Encryption<'_>,
+    expected_len: Option<u64>,
+    md5: bool,
+    observe: &mut (dyn FnMut(&[u8]) + Send),
+    verify: &mut (dyn FnMut(Option<&[u8; 16]>) -> bool + Send),
+) -> Result<WrittenBlob, BlobError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BodyError>,
+{
     let cipher = match enc {
         Encryption::Keyed(k) => Some(PartCipher::for_write(k, part_number)),
         Encryption::None => None,
     };
-    blobs.write(body, cipher, expected_len, md5, observe).await
+    blobs
+        .write_verified(body, cipher, expected_len, md5, observe, verify)
+        .await
 }
 
 /// Remove a blob that will not be published (checksum mismatch, failed commit).

@@ -493,3 +493,52 @@ async fn prune_forgets_aborted_versions_and_old_completed_uploads() {
     );
     assert!(meta.object("b", "mp").await.unwrap().is_some());
 }
+
+/// Digests are checked after the last byte is hashed and before the blob is made durable and
+/// renamed: at the check nothing is in `blobs/`, and a refused digest leaves nothing at all.
+#[tokio::test]
+async fn digest_checked_before_the_blob_is_renamed_into_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let want: [u8; 16] = {
+        use md5::Digest;
+        md5::Md5::digest(&data).into()
+    };
+    let blobs_dir = blobs.blobs_dir().to_path_buf();
+    let count = |p: &std::path::Path| std::fs::read_dir(p).unwrap().count();
+    for accept in [false, true] {
+        let before = count(&blobs_dir);
+        let mut seen_at_check = None;
+        let mut checked = None;
+        let r = blobs
+            .write_verified(
+                body(&data, 65_536),
+                None,
+                Some(data.len() as u64),
+                true,
+                &mut |_| {},
+                &mut |md5| {
+                    seen_at_check = Some(count(&blobs_dir));
+                    checked = md5.copied();
+                    accept
+                },
+            )
+            .await;
+        assert_eq!(
+            seen_at_check,
+            Some(before),
+            "nothing renamed before the check"
+        );
+        assert_eq!(checked, Some(want), "the check sees the whole body's MD5");
+        assert_eq!(count(blobs.tmp_dir()), 0);
+        if accept {
+            let w = r.unwrap();
+            assert_eq!(w.md5, Some(want));
+            assert_eq!(count(&blobs_dir), before + 1);
+        } else {
+            assert!(matches!(r, Err(super::blobs::BlobError::DigestMismatch)));
+            assert_eq!(count(&blobs_dir), before, "a refused digest leaves no blob");
+        }
+    }
+}
