@@ -13,9 +13,12 @@ use super::object::{self, ContentHeaders, bucket_or_404};
 use super::precondition;
 use crate::crypto::envelope::{self, StoredSse};
 use crate::crypto::keys::{Binding, SealMode};
+use crate::crypto::sse::CustomerKey;
 use crate::state::NodeState;
-use crate::store::meta::{self, BlobRow, Meta, Object};
+use crate::store::conditions::WriteCondition;
+use crate::store::meta::{self, BlobRow, Bucket, Meta, Object};
 use crate::store::objects;
+use coffer_common::secret::SecretKey32;
 
 /// Parse `CopySource` into (bucket, key, versionId).
 pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String, Option<String>)> {
@@ -35,6 +38,9 @@ pub(crate) fn copy_source(cs: &CopySource) -> ApiResult<(String, String, Option<
     }
 }
 
+/// CopyObject, top to bottom: read the request, resolve and check the source, refuse a copy
+/// that changes nothing, then either re-seal in place (an encrypted self-copy) or stream a
+/// re-encrypted copy into a new object.
 pub(crate) async fn copy_object(
     state: &NodeState,
     req: S3Request<CopyObjectInput>,
@@ -48,12 +54,7 @@ pub(crate) async fn copy_object(
     let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
     let cond = precondition::write_condition_from_headers(&req.headers)?;
     // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
-    let same_customer_key = match (&plan, src_customer.as_ref()) {
-        (WritePlan::SseC(dst), Some(src)) => {
-            bool::from(src.key.expose_secret().ct_eq(dst.key.expose_secret()))
-        }
-        _ => false,
-    };
+    let same_customer_key = same_customer_key(&plan, src_customer.as_ref());
     let src = object::resolve(
         state,
         &sb,
@@ -77,21 +78,82 @@ pub(crate) async fn copy_object(
         .as_ref()
         .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
     let self_copy = sb == input.bucket && sk == input.key;
-    let unchanged_encryption = match (&plan, &src.obj.sse) {
-        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
-        (WritePlan::SseC(_), StoredSse::SseC(_)) => same_customer_key,
-        _ => false,
-    };
-    if self_copy && !replace && unchanged_encryption {
+    if self_copy && !replace && unchanged_encryption(&plan, &src.obj.sse, same_customer_key) {
         return Err(ApiError::InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
         ));
     }
-    let now = meta::now_ms();
-    if replace {
-        object::check_metadata(input.metadata.as_ref())?;
+    let attrs = Attributes::of_copy(&input, &src.obj, replace)?;
+    let dst = Destination {
+        state,
+        bucket: &dst_bucket,
+        key: &input.key,
+        plan: &plan,
+        request_id,
+        now: meta::now_ms(),
+    };
+    let (etag, sse) = match (self_copy, src.key.as_ref(), &plan) {
+        (true, Some(ok), WritePlan::SseS3 | WritePlan::SseC(_)) => {
+            reseal_in_place(&dst, &src, ok, attrs).await?
+        }
+        _ => copy_reencrypting(&dst, &src, attrs, &cond).await?,
+    };
+    let dst_md5 = match &plan {
+        WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
+        _ => None,
+    };
+    let (s, a, m) = common::sse_out(&sse, dst_md5);
+    Ok(S3Response::new(CopyObjectOutput {
+        copy_object_result: Some(CopyObjectResult {
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(common::ts(dst.now)),
+            ..Default::default()
+        }),
+        server_side_encryption: s,
+        sse_customer_algorithm: a,
+        sse_customer_key_md5: m,
+        copy_source_version_id: sv,
+        ..Default::default()
+    }))
+}
+
+/// Whether the destination's SSE-C key is the source's (compared in constant time).
+fn same_customer_key(plan: &WritePlan, src: Option<&CustomerKey>) -> bool {
+    match (plan, src) {
+        (WritePlan::SseC(dst), Some(src)) => {
+            bool::from(src.key.expose_secret().ct_eq(dst.key.expose_secret()))
+        }
+        _ => false,
     }
-    let (content_type, headers, metadata) = if replace {
+}
+
+/// Whether writing under `plan` keeps the source's encryption as it is.
+fn unchanged_encryption(plan: &WritePlan, src: &StoredSse, same_customer_key: bool) -> bool {
+    match (plan, src) {
+        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
+        (WritePlan::SseC(_), StoredSse::SseC(_)) => same_customer_key,
+        _ => false,
+    }
+}
+
+/// The copy's content type, content headers and user metadata: the request's (REPLACE) or the
+/// source's (COPY).
+struct Attributes {
+    content_type: Option<String>,
+    headers: String,
+    metadata: String,
+}
+
+impl Attributes {
+    fn of_copy(input: &CopyObjectInput, src: &Object, replace: bool) -> ApiResult<Self> {
+        if !replace {
+            return Ok(Attributes {
+                content_type: src.content_type.clone(),
+                headers: src.headers.clone(),
+                metadata: src.metadata.clone(),
+            });
+        }
+        object::check_metadata(input.metadata.as_ref())?;
         let h = ContentHeaders::of(
             &input.cache_control,
             &input.content_disposition,
@@ -99,102 +161,103 @@ pub(crate) async fn copy_object(
             &input.content_language,
             &input.expires,
         );
-        (
-            input.content_type.as_ref().map(|c| c.to_string()),
-            h.to_json(),
-            object::metadata_json(input.metadata.as_ref()),
-        )
-    } else {
-        (
-            src.obj.content_type.clone(),
-            src.obj.headers.clone(),
-            src.obj.metadata.clone(),
-        )
-    };
-    let dst_md5 = match &plan {
-        WritePlan::SseC(k) => Some(k.key_md5_b64.clone()),
-        _ => None,
-    };
-
-    // Self-copy between encrypted forms: re-seal the object key only.
-    if let (true, Some(ok), false) = (
-        self_copy,
-        src.key.as_ref(),
-        matches!(plan, WritePlan::Plain),
-    ) {
-        let binding = Binding {
-            bucket_id: &dst_bucket.id,
-            object_key: &input.key,
-            version_id: &src.obj.version_id,
-        };
-        let sse = match &plan {
-            WritePlan::SseS3 => {
-                let bk = common::bucket_key(state, &dst_bucket, request_id).await?;
-                envelope::reseal(SealMode::SseS3, &bk, &binding, ok)
-            }
-            WritePlan::SseC(ck) => envelope::reseal(SealMode::SseC, &ck.key, &binding, ok),
-            WritePlan::Plain => return Err(ApiError::Internal("unreachable plain reseal".into())),
-        };
-        // An SSE-C object's ETag never derives from its plaintext (issue 11 B6): re-sealing an
-        // MD5-tagged object under a customer key gives it, and its parts, random ETags.
-        let (etag, part_etags) = if sse.is_sse_c() && !src.obj.sse.is_sse_c() {
-            let parts: Vec<(u32, String)> = src
-                .parts
-                .iter()
-                .map(|p| (p.part_number, common::random_etag()))
-                .collect();
-            let etag = if src.obj.multipart {
-                common::multipart_etag(&parts.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>())
-            } else {
-                common::random_etag()
-            };
-            (etag, parts)
-        } else {
-            (src.obj.etag.clone(), Vec::new())
-        };
-        let updated = Object {
-            sse,
-            etag,
-            content_type,
-            headers,
-            metadata,
-            last_modified_ms: now,
-            ..src.obj.clone()
-        };
-        if !state
-            .meta
-            .update_object_in_place(&updated, &part_etags)
-            .await?
-        {
-            return Err(ApiError::NoSuchKey);
-        }
-        let (s, a, m) = common::sse_out(&updated.sse, dst_md5.as_deref());
-        return Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(ETag::Strong(updated.etag.clone())),
-                last_modified: Some(common::ts(now)),
-                ..Default::default()
-            }),
-            server_side_encryption: s,
-            sse_customer_algorithm: a,
-            sse_customer_key_md5: m,
-            copy_source_version_id: sv.clone(),
-            ..Default::default()
-        }));
+        Ok(Attributes {
+            content_type: input.content_type.as_ref().map(|c| c.to_string()),
+            headers: h.to_json(),
+            metadata: object::metadata_json(input.metadata.as_ref()),
+        })
     }
+}
 
-    // Re-encrypting copy: stream plaintext from the source into a new single-part object.
+/// Where a copy goes.
+struct Destination<'a> {
+    state: &'a NodeState,
+    bucket: &'a Bucket,
+    key: &'a str,
+    plan: &'a WritePlan,
+    request_id: &'a str,
+    now: i64,
+}
+
+/// Self-copy between encrypted forms: re-seal the object key only (the blob is not rewritten).
+/// Answers the new ETag and stored encryption.
+async fn reseal_in_place(
+    dst: &Destination<'_>,
+    src: &object::Resolved,
+    ok: &SecretKey32,
+    attrs: Attributes,
+) -> ApiResult<(String, StoredSse)> {
+    let binding = Binding {
+        bucket_id: &dst.bucket.id,
+        object_key: dst.key,
+        version_id: &src.obj.version_id,
+    };
+    let sse = match dst.plan {
+        WritePlan::SseS3 => {
+            let bk = common::bucket_key(dst.state, dst.bucket, dst.request_id).await?;
+            envelope::reseal(SealMode::SseS3, &bk, &binding, ok)
+        }
+        WritePlan::SseC(ck) => envelope::reseal(SealMode::SseC, &ck.key, &binding, ok),
+        WritePlan::Plain => return Err(ApiError::Internal("unreachable plain reseal".into())),
+    };
+    // An SSE-C object's ETag never derives from its plaintext (issue 11 B6): re-sealing an
+    // MD5-tagged object under a customer key gives it, and its parts, random ETags.
+    let (etag, part_etags) = if sse.is_sse_c() && !src.obj.sse.is_sse_c() {
+        let parts: Vec<(u32, String)> = src
+            .parts
+            .iter()
+            .map(|p| (p.part_number, common::random_etag()))
+            .collect();
+        let etag = if src.obj.multipart {
+            common::multipart_etag(&parts.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>())
+        } else {
+            common::random_etag()
+        };
+        (etag, parts)
+    } else {
+        (src.obj.etag.clone(), Vec::new())
+    };
+    let updated = Object {
+        sse,
+        etag,
+        content_type: attrs.content_type,
+        headers: attrs.headers,
+        metadata: attrs.metadata,
+        last_modified_ms: dst.now,
+        ..src.obj.clone()
+    };
+    if !dst
+        .state
+        .meta
+        .update_object_in_place(&updated, &part_etags)
+        .await?
+    {
+        return Err(ApiError::NoSuchKey);
+    }
+    Ok((updated.etag, updated.sse))
+}
+
+/// Re-encrypting copy: stream plaintext from the source into a new single-part object,
+/// published if `cond` still holds. Answers the new ETag and stored encryption.
+async fn copy_reencrypting(
+    dst: &Destination<'_>,
+    src: &object::Resolved,
+    attrs: Attributes,
+    cond: &WriteCondition,
+) -> ApiResult<(String, StoredSse)> {
+    let state = dst.state;
     let version_id = Meta::new_version_id();
     let binding = Binding {
-        bucket_id: &dst_bucket.id,
-        object_key: &input.key,
+        bucket_id: &dst.bucket.id,
+        object_key: dst.key,
         version_id: &version_id,
     };
     // The key first: while the KMS is unavailable this 503s before any row is written.
-    let (ok, stored) = common::seal_for(state, &dst_bucket, &plan, &binding, request_id).await?;
+    let (ok, stored) =
+        common::seal_for(state, dst.bucket, dst.plan, &binding, dst.request_id).await?;
     let writing = state
         .meta
-        .begin_version(&dst_bucket, &input.key, &version_id)
+        .begin_version(dst.bucket, dst.key, &version_id)
         .await?
         .ok_or(ApiError::NoSuchBucket)?;
     let stream =
@@ -211,15 +274,15 @@ pub(crate) async fn copy_object(
     .await?;
     let etag = common::new_etag(&stored, blob.md5.as_ref());
     let obj = Object {
-        bucket: dst_bucket.name.clone(),
-        key: input.key.clone(),
+        bucket: dst.bucket.name.clone(),
+        key: dst.key.to_string(),
         version_id,
         size: blob.size,
         etag: etag.clone(),
-        content_type,
-        headers,
-        metadata,
-        last_modified_ms: now,
+        content_type: attrs.content_type,
+        headers: attrs.headers,
+        metadata: attrs.metadata,
+        last_modified_ms: dst.now,
         sse: stored,
         part_count: 1,
         multipart: false,
@@ -229,23 +292,11 @@ pub(crate) async fn copy_object(
         size: blob.size,
         etag: etag.clone(),
         file: blob.file.clone(),
-        created_ms: now,
+        created_ms: dst.now,
     };
-    objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, &cond)
+    objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, cond)
         .await?
         .map_err(precondition::failed)?;
     writing.published();
-    let (s, a, m) = common::sse_out(&obj.sse, dst_md5.as_deref());
-    Ok(S3Response::new(CopyObjectOutput {
-        copy_object_result: Some(CopyObjectResult {
-            e_tag: Some(ETag::Strong(etag)),
-            last_modified: Some(common::ts(now)),
-            ..Default::default()
-        }),
-        server_side_encryption: s,
-        sse_customer_algorithm: a,
-        sse_customer_key_md5: m,
-        copy_source_version_id: sv,
-        ..Default::default()
-    }))
+    Ok((etag, obj.sse))
 }

@@ -265,6 +265,8 @@ pub(crate) async fn upload_part_copy(
     }))
 }
 
+/// CompleteMultipartUpload, top to bottom: check the upload and its SSE-C key, answer a
+/// completed upload as it was answered, else choose the parts and publish the object.
 pub(crate) async fn complete(
     state: &NodeState,
     req: S3Request<CompleteMultipartUploadInput>,
@@ -281,45 +283,11 @@ pub(crate) async fn complete(
         .await?
         .filter(|u| u.bucket == input.bucket && u.key == input.key)
         .ok_or(ApiError::NoSuchUpload)?;
-    let md5 = customer.as_ref().map(|c| c.key_md5_b64.clone());
     if let Some(ck) = customer.as_ref() {
-        if !up.sse.is_sse_c() {
-            return Err(ApiError::PartEncryptionRequired);
-        }
-        let binding = Binding {
-            bucket_id: &b.id,
-            object_key: &up.key,
-            version_id: &up.version_id,
-        };
-        common::open_key(state, &b, &up.sse, &binding, Some(ck), request_id).await?;
+        check_upload_key(state, &b, &up, ck, request_id).await?;
     }
-    let (s, a, m) = common::sse_out(&up.sse, md5.as_deref());
-    // The output type has no SSE-C fields; echo them as headers like PutObject does.
-    let respond = |etag: String| {
-        let mut resp = S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(up.bucket.clone()),
-            key: Some(up.key.clone()),
-            e_tag: Some(ETag::Strong(etag)),
-            location: Some(format!("/{}/{}", up.bucket, up.key)),
-            server_side_encryption: s.clone(),
-            ..Default::default()
-        });
-        for (name, value) in [
-            (
-                "x-amz-server-side-encryption-customer-algorithm",
-                a.as_deref(),
-            ),
-            (
-                "x-amz-server-side-encryption-customer-key-md5",
-                m.as_deref(),
-            ),
-        ] {
-            if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
-                resp.headers.insert(name, v);
-            }
-        }
-        resp
-    };
+    let customer_md5 = customer.as_ref().map(|c| c.key_md5_b64.as_str());
+    let respond = |etag: String| completed(&up, customer_md5, etag);
     if let Some(done) = up.completed_etag.clone() {
         return Ok(respond(done));
     }
@@ -340,13 +308,45 @@ pub(crate) async fn complete(
             return Err(e);
         }
     };
-    let etag = common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>());
-    let obj = Object {
+    let obj = completed_object(&up, &chosen);
+    let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
+    match objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers, &cond).await? {
+        Completion::Published(_) => Ok(respond(obj.etag)),
+        Completion::AlreadyCompleted(done) => Ok(respond(done)),
+        Completion::Gone => Err(ApiError::NoSuchUpload),
+        Completion::BucketGone => Err(ApiError::NoSuchBucket),
+        Completion::ConditionFailed(f) => Err(precondition::failed(f)),
+    }
+}
+
+/// A Complete that sends an SSE-C key: the upload must be SSE-C and the key its own.
+async fn check_upload_key(
+    state: &NodeState,
+    b: &Bucket,
+    up: &Upload,
+    ck: &CustomerKey,
+    request_id: &str,
+) -> ApiResult<()> {
+    if !up.sse.is_sse_c() {
+        return Err(ApiError::PartEncryptionRequired);
+    }
+    let binding = Binding {
+        bucket_id: &b.id,
+        object_key: &up.key,
+        version_id: &up.version_id,
+    };
+    common::open_key(state, b, &up.sse, &binding, Some(ck), request_id).await?;
+    Ok(())
+}
+
+/// The object a Complete publishes from the chosen parts.
+fn completed_object(up: &Upload, chosen: &[BlobRow]) -> Object {
+    Object {
         bucket: up.bucket.clone(),
         key: up.key.clone(),
         version_id: up.version_id.clone(),
         size: chosen.iter().map(|r| r.size).sum(),
-        etag: etag.clone(),
+        etag: common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>()),
         content_type: up.content_type.clone(),
         headers: up.headers.clone(),
         metadata: up.metadata.clone(),
@@ -354,15 +354,40 @@ pub(crate) async fn complete(
         sse: up.sse.clone(),
         part_count: chosen.len() as u32,
         multipart: true,
-    };
-    let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
-    match objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers, &cond).await? {
-        Completion::Published(_) => Ok(respond(etag)),
-        Completion::AlreadyCompleted(done) => Ok(respond(done)),
-        Completion::Gone => Err(ApiError::NoSuchUpload),
-        Completion::BucketGone => Err(ApiError::NoSuchBucket),
-        Completion::ConditionFailed(f) => Err(precondition::failed(f)),
     }
+}
+
+/// The answer to a Complete. The output type has no SSE-C fields; they are echoed as headers
+/// like PutObject does.
+fn completed(
+    up: &Upload,
+    customer_md5: Option<&str>,
+    etag: String,
+) -> S3Response<CompleteMultipartUploadOutput> {
+    let (s, a, m) = common::sse_out(&up.sse, customer_md5);
+    let mut resp = S3Response::new(CompleteMultipartUploadOutput {
+        bucket: Some(up.bucket.clone()),
+        key: Some(up.key.clone()),
+        e_tag: Some(ETag::Strong(etag)),
+        location: Some(format!("/{}/{}", up.bucket, up.key)),
+        server_side_encryption: s,
+        ..Default::default()
+    });
+    for (name, value) in [
+        (
+            "x-amz-server-side-encryption-customer-algorithm",
+            a.as_deref(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key-md5",
+            m.as_deref(),
+        ),
+    ] {
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            resp.headers.insert(name, v);
+        }
+    }
+    resp
 }
 
 /// The stored parts a Complete names, validated as AWS does (ascending numbers, known parts
