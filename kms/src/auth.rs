@@ -89,6 +89,27 @@ pub enum AuthError {
     NotService,
 }
 
+impl AuthError {
+    /// True when the token's signature verified against a known identity's key, so the refused
+    /// call is that identity's (audited one-to-one); false for callers that proved nothing (no
+    /// token, an unparsable or wrongly signed one, an unknown identity), whose refusals are
+    /// audited in aggregate (`audit::refusals`).
+    pub fn from_known_identity(&self) -> bool {
+        match self {
+            AuthError::Missing | AuthError::UnknownIdentity => false,
+            AuthError::Token(j) => !matches!(
+                j,
+                JwtError::Malformed | JwtError::WrongAlgorithm | JwtError::BadSignature
+            ),
+            AuthError::Replayed
+            | AuthError::IssuedBeforeStart
+            | AuthError::Revoked
+            | AuthError::NotAdmin
+            | AuthError::NotService => true,
+        }
+    }
+}
+
 /// Seen token ids until they expire. Bounded by token lifetime (at most five minutes).
 #[derive(Default)]
 pub struct ReplayCache {

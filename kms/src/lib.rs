@@ -56,6 +56,8 @@ pub struct KmsState {
     pub local_ca: Option<certs::LocalCa>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<metrics::KmsMetrics>,
+    /// Refused calls of unauthenticated callers, audited in aggregate.
+    pub refusals: audit::refusals::Refusals,
 }
 
 impl KmsState {
@@ -116,7 +118,8 @@ fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
 }
 
 /// Open an initialized data dir: unseal every root key and the audit key with the passphrase,
-/// load identities, start the audit writer and the re-wrap worker.
+/// load identities, start the audit writer, the re-wrap worker and the flusher of aggregated
+/// refusals.
 pub async fn open(
     data_dir: &Path,
     passphrase: &Passphrase,
@@ -182,7 +185,9 @@ pub async fn open(
         rewrap_notify: Notify::new(),
         local_ca,
         metrics,
+        refusals: audit::refusals::Refusals::default(),
     });
+    tokio::spawn(audit::refusals::flusher(Arc::downgrade(&state)));
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
     state.rewrap_notify.notify_one();
     Ok((
@@ -210,6 +215,7 @@ pub async fn serve(
         coffer_common::server::serve_with_limits(listener, tls, app, limits, shutdown).await;
     tasks.rewrap.abort();
     let _ = tasks.rewrap.await;
+    audit::refusals::flush(&state, true).await;
     // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(10), tasks.writer).await;

@@ -173,3 +173,132 @@ async fn export_verifies_and_each_tampering_is_detected() {
         std::fs::read_to_string(kms.audit_pub()).unwrap().trim()
     );
 }
+
+/// Issue 11 D12: refused calls of callers that proved no identity are counted in aggregate
+/// records (one per source, operation and answer per minute, with the count), written at the
+/// latest at shutdown; every call by a known identity, refused or not, keeps its own record; the
+/// chain still verifies.
+#[tokio::test]
+async fn unauthenticated_refusals_are_aggregated_known_identities_are_not() {
+    use coffer_common::kms_api::{PATH_GENERATE, PATH_UNWRAP};
+    let mut kms = Kms::init().await;
+    kms.start().await;
+    let node = kms.create_client("node", "t-*", "generate,unwrap").await;
+    let c = kms.client();
+    let stranger =
+        coffer_common::credential::Credential::generate("node", coffer_common::jwt::AUD_SERVICE);
+    let body = serde_json::json!({"bucket_id": "t-1"});
+    let unwrap_body =
+        serde_json::json!({"bucket_id": "t-1", "wrapped_key": "AAAA", "key_version": 1});
+    let mut calls = Vec::new();
+    for i in 0..500 {
+        let c = c.clone();
+        let (body, unwrap_body) = (body.clone(), unwrap_body.clone());
+        let forged = stranger.token("POST", PATH_UNWRAP);
+        calls.push(tokio::spawn(async move {
+            match i % 3 {
+                // No token at all.
+                0 => c.post_raw(PATH_GENERATE, "", &body).await.0,
+                // A token claiming the known identity, signed by another key.
+                1 => c.post_raw(PATH_UNWRAP, &forged, &unwrap_body).await.0,
+                // Garbage.
+                _ => c.post_raw(PATH_UNWRAP, "not-a-jwt", &unwrap_body).await.0,
+            }
+        }));
+        if calls.len() >= 16 {
+            for h in calls.drain(..) {
+                assert_eq!(h.await.unwrap(), 401);
+            }
+        }
+    }
+    for h in calls.drain(..) {
+        assert_eq!(h.await.unwrap(), 401);
+    }
+    // Known identity: a call out of its scope, a replayed token, an expired one: each its own
+    // record.
+    let e = c.generate(&node, "other-bucket").await.unwrap_err();
+    assert_eq!(e.status, 403);
+    let t = node.token("POST", PATH_GENERATE);
+    assert_eq!(c.post_raw(PATH_GENERATE, &t, &body).await.0, 200);
+    assert_eq!(c.post_raw(PATH_GENERATE, &t, &body).await.0, 401);
+    // A known identity's malformed body is its own record too.
+    let (s, _) = c
+        .post_raw(
+            PATH_UNWRAP,
+            &node.token("POST", PATH_UNWRAP),
+            &serde_json::json!({"x": 1}),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // The pending aggregates are written at shutdown.
+    assert!(kms.stop().await.success());
+    kms.start().await;
+    let file = kms.export_audit("audit.jsonl").await;
+    let (ok, out) = kms.verify_audit(&file).await;
+    assert!(ok, "{out}");
+    let records: Vec<AuditRecord> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| match serde_json::from_str::<ExportLine>(l).ok()? {
+            ExportLine::Record(r) => Some(r),
+            ExportLine::Checkpoint(_) => None,
+        })
+        .collect();
+    let aggregated: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|r| {
+            r.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("aggregated count="))
+        })
+        .collect();
+    let count = |r: &AuditRecord| -> u64 {
+        let d = r.detail.as_deref().unwrap();
+        d["aggregated count=".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let total: u64 = aggregated.iter().map(|r| count(r)).sum();
+    assert_eq!(total, 500, "{aggregated:#?}");
+    // One per operation and answer (per minute: the calls may straddle a minute boundary).
+    assert!(
+        (2..=4).contains(&aggregated.len()),
+        "{} aggregate records: {aggregated:#?}",
+        aggregated.len()
+    );
+    for r in &aggregated {
+        assert_eq!(r.identity, "-");
+        assert_eq!(r.client, "127.0.0.1");
+        assert_eq!(r.result, "invalid_token");
+        assert!(r.detail.as_deref().unwrap().contains("/60s"), "{r:?}");
+    }
+    assert!(
+        records.len() < 30,
+        "{} records for 500 unauthenticated calls",
+        records.len()
+    );
+    let one = |result: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r.result == result
+                    && r.detail
+                        .as_deref()
+                        .is_none_or(|d| !d.starts_with("aggregated"))
+            })
+            .count()
+    };
+    assert_eq!(one("forbidden_scope"), 1);
+    assert_eq!(one("token_replayed"), 1);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.identity == "node" && r.result == "invalid_request")
+            .count(),
+        1
+    );
+}

@@ -410,6 +410,7 @@ async fn query_audit(
     ctx: Ctx,
 ) -> Result<Response, Failure> {
     let mut ev = admin(&st, &ctx, "audit.query").await?;
+    crate::audit::refusals::flush(&st, true).await;
     let filter = match filter_from(&q) {
         Ok(f) => f,
         Err(e) => return Err(refuse(&st, &ctx, ev, e).await),
@@ -427,6 +428,7 @@ async fn query_audit(
 /// checkpoint signed now over the last record.
 async fn export_audit(State(st): State<Arc<KmsState>>, ctx: Ctx) -> Result<Response, Failure> {
     let ev = admin(&st, &ctx, "audit.export").await?;
+    crate::audit::refusals::flush(&st, true).await;
     record(&st, &ctx, ev).await?;
     let (head, final_cp) = st.audit.final_checkpoint().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);

@@ -216,9 +216,30 @@ impl Ctx {
 }
 
 /// Audit a refused request, then answer the refusal (or 503 if even that cannot be audited).
-pub async fn refuse(state: &KmsState, ctx: &Ctx, mut ev: AuditEvent, error: ApiError) -> Failure {
+/// A caller that proved no identity (identity `-`, and no token signed by a known identity) is
+/// counted in the aggregate of its source and minute instead (`audit::refusals`).
+pub async fn refuse(state: &KmsState, ctx: &Ctx, ev: AuditEvent, error: ApiError) -> Failure {
+    let known = matches!(&error, ApiError::Auth(a) if a.from_known_identity());
+    refuse_with(state, ctx, ev, error, known).await
+}
+
+/// [`refuse`], told whether the caller's token was signed by a known identity (then the record
+/// is one-to-one even though the identity was refused).
+pub async fn refuse_with(
+    state: &KmsState,
+    ctx: &Ctx,
+    mut ev: AuditEvent,
+    error: ApiError,
+    known_identity: bool,
+) -> Failure {
     ev.result = error.code().to_string();
-    if matches!(error, ApiError::Auth(_)) && ev.identity == "-" {
+    if ev.identity == "-" && !known_identity {
+        state
+            .refusals
+            .add(&ctx.client, &ev.operation, &ev.result, &ctx.request_id);
+        return ctx.fail(error);
+    }
+    if (known_identity || matches!(error, ApiError::Auth(_))) && ev.identity == "-" {
         ev.detail = crate::auth::claimed_subject(ctx.token.as_deref())
             .map(|s| format!("claimed identity {s}"));
     }

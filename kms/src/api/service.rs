@@ -1,8 +1,10 @@
 //! Service routes, called by storage nodes: `generate_data_key` and `unwrap_data_key`.
 //!
 //! Secret: the plaintext data keys, which exist only in the response body (base64) and in
-//! zeroizing buffers. Every call, refused or not, gets exactly one audit record, written durably
-//! before the response; a generated key is registered (wrapped) in the same transaction.
+//! zeroizing buffers. Every call by a known identity, refused or not, gets exactly one audit
+//! record, written durably before the response (refusals of callers that proved no identity are
+//! counted in aggregate records, `audit::refusals`); a generated key is registered (wrapped) in
+//! the same transaction.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use coffer_common::kms_api::{
 };
 use coffer_common::secret::SecretKey32;
 
-use super::{ApiError, Ctx, Failure, refuse};
+use super::{ApiError, Ctx, Failure, refuse, refuse_with};
 use crate::KmsState;
 use crate::auth::{Identity, Kind, Op};
 use crate::keyring::{UnwrapError, wrapped_fingerprint, wrapping_lookup};
@@ -62,6 +64,28 @@ async fn authorize(
     Ok(id)
 }
 
+/// Refuse a body that does not parse. The token is checked first so that the record names the
+/// caller when its token proves who it is (then it is recorded one-to-one, not aggregated).
+async fn refuse_body(
+    st: &KmsState,
+    ctx: &Ctx,
+    mut ev: crate::audit::AuditEvent,
+    path: &str,
+    e: ApiError,
+) -> Failure {
+    let known = match st
+        .auth()
+        .authenticate(ctx.token.as_deref(), Kind::Service, "POST", path)
+    {
+        Ok(id) => {
+            ev.identity = id.name;
+            true
+        }
+        Err(a) => a.from_known_identity(),
+    };
+    refuse_with(st, ctx, ev, e, known).await
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("JSON body: {e}")))
 }
@@ -75,16 +99,7 @@ pub async fn generate_data_key(
     let mut ev = ctx.event("generate");
     let req: GenerateDataKeyRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            // Authenticate first so that the record names the caller when it can.
-            if let Ok(id) =
-                st.auth()
-                    .authenticate(ctx.token.as_deref(), Kind::Service, "POST", PATH_GENERATE)
-            {
-                ev.identity = id.name;
-            }
-            return Err(refuse(&st, &ctx, ev, e).await);
-        }
+        Err(e) => return Err(refuse_body(&st, &ctx, ev, PATH_GENERATE, e).await),
     };
     authorize(
         &st,
@@ -138,7 +153,7 @@ pub async fn unwrap_data_key(
     let mut ev = ctx.event("unwrap");
     let req: UnwrapDataKeyRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return Err(refuse(&st, &ctx, ev, e).await),
+        Err(e) => return Err(refuse_body(&st, &ctx, ev, PATH_UNWRAP, e).await),
     };
     authorize(&st, &ctx, &mut ev, PATH_UNWRAP, Op::Unwrap, &req.bucket_id).await?;
     ev.key_version = Some(req.key_version);

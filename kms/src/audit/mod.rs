@@ -9,6 +9,7 @@
 //! versions, fingerprints of wrapped keys, results and request ids. Secret: the audit signing key.
 //! Overview: `docs/design.md` ("The audit log").
 
+pub mod refusals;
 pub mod verify;
 pub mod writer;
 
