@@ -4,6 +4,10 @@
 //! keys in responses, which are turned into [`SecretKey32`] at once and never logged. Every call
 //! has a timeout; failures are classified so the S3 edge can answer 503 (unreachable or slow)
 //! or 500 (refused, malformed) and never falls back to plaintext.
+//!
+//! What the KMS answers is bounded before it is believed: at most [`MAX_RESPONSE_BYTES`] are read
+//! (a larger or endless body is `Malformed`, not buffered), and a generated wrapped key must be
+//! exactly [`WRAPPED_KEY_LEN`] bytes before the node stores it.
 
 use std::time::Duration;
 
@@ -15,6 +19,11 @@ use coffer_common::kms_api::{
     UnwrapDataKeyRequest, UnwrapDataKeyResponse,
 };
 use coffer_common::secret::SecretKey32;
+
+/// Most bytes read from one KMS response (its answers are a few hundred bytes).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Length of a wrapped bucket key: AES-KW (RFC 3394) of a 32-byte key.
+pub const WRAPPED_KEY_LEN: usize = 40;
 
 /// Why a KMS call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,10 +159,7 @@ impl KmsClient {
             .await
             .map_err(|e| KmsError::Unavailable(classify(&e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| KmsError::Unavailable(classify(&e)))?;
+        let bytes = read_bounded(resp).await?;
         if status != 200 {
             let code = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.code)
@@ -194,6 +200,13 @@ impl KmsClient {
         let wrapped = STANDARD
             .decode(&resp.wrapped_key)
             .map_err(|_| KmsError::Malformed)?;
+        if wrapped.len() != WRAPPED_KEY_LEN {
+            tracing::error!(
+                len = wrapped.len(),
+                "the KMS returned a wrapped key of unexpected length: refused"
+            );
+            return Err(KmsError::Malformed);
+        }
         Ok(GeneratedKey {
             plaintext,
             wrapped,
@@ -217,6 +230,28 @@ impl KmsClient {
         let resp: UnwrapDataKeyResponse = self.call(PATH_UNWRAP, &req, request_id).await?;
         SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)
     }
+}
+
+/// The body of `resp`, refused (`Malformed`) as soon as it exceeds [`MAX_RESPONSE_BYTES`].
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, KmsError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(KmsError::Malformed);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| KmsError::Unavailable(classify(&e)))?
+    {
+        if out.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(KmsError::Malformed);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// The TLS error inside a transport error, if the failure was the handshake.
@@ -248,5 +283,147 @@ fn classify(e: &reqwest::Error) -> String {
         "connection failed".into()
     } else {
         "transport error".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot-per-connection fake KMS over plain HTTP that answers every request with
+    /// `respond(stream)`.
+    async fn fake_kms<F, Fut>(respond: F) -> String
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let respond = std::sync::Arc::new(respond);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    // Read the request head and its (small) body.
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    loop {
+                        let n = s.read(&mut tmp).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&tmp[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    respond(s).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(url: String) -> KmsClient {
+        KmsClient::new(KmsClientConfig {
+            url,
+            credential: Credential::generate("node", coffer_common::jwt::AUD_SERVICE),
+            ca_pem: None,
+            client_identity_pem: None,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn json_response(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn generated(wrapped_len: usize) -> String {
+        serde_json::json!({
+            "plaintext_key": STANDARD.encode([7u8; 32]),
+            "wrapped_key": STANDARD.encode(vec![9u8; wrapped_len]),
+            "key_version": 1,
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn wrapped_keys_of_unexpected_length_are_refused() {
+        for (len, ok) in [
+            (40, true),
+            (41, false),
+            (39, false),
+            (0, false),
+            (4096, false),
+        ] {
+            let body = json_response(&generated(len));
+            let url = fake_kms(move |mut s| {
+                let body = body.clone();
+                async move {
+                    let _ = s.write_all(&body).await;
+                }
+            })
+            .await;
+            let r = client(url).generate("b", "req").await;
+            match (ok, r) {
+                (true, Ok(g)) => assert_eq!(g.wrapped.len(), WRAPPED_KEY_LEN),
+                (false, Err(KmsError::Malformed)) => {}
+                (ok, r) => panic!(
+                    "wrapped key of {len} bytes: expected ok={ok}, got {:?}",
+                    r.err()
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_and_endless_responses_are_refused_without_buffering_them() {
+        // Declared too large.
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_RESPONSE_BYTES));
+        let body = json_response(&big);
+        let url = fake_kms(move |mut s| {
+            let body = body.clone();
+            async move {
+                let _ = s.write_all(&body).await;
+            }
+        })
+        .await;
+        let e = client(url).generate("b", "req").await.err();
+        assert_eq!(e, Some(KmsError::Malformed));
+
+        // Endless chunked body: refused once the bound is passed, not read until the timeout.
+        let url = fake_kms(|mut s| async move {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if s.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 8192, " ".repeat(8192));
+            while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let e = client(url.clone()).generate("b", "req").await.err();
+        assert_eq!(e, Some(KmsError::Malformed));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        // Error answers are bounded the same way.
+        let e = client(url).unwrap("b", &[0u8; 40], 1, "req").await.err();
+        assert_eq!(e, Some(KmsError::Malformed));
     }
 }
