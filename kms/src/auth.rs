@@ -99,7 +99,11 @@ impl AuthError {
             AuthError::Missing | AuthError::UnknownIdentity => false,
             AuthError::Token(j) => !matches!(
                 j,
-                JwtError::Malformed | JwtError::WrongAlgorithm | JwtError::BadSignature
+                JwtError::Malformed
+                    | JwtError::WrongAlgorithm
+                    | JwtError::MissingKeyId
+                    | JwtError::BadSignature
+                    | JwtError::Provider
             ),
             AuthError::Replayed
             | AuthError::IssuedBeforeStart
