@@ -7,7 +7,8 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 use subtle::ConstantTimeEq;
 
-use super::common::{self, WritePlan};
+use super::common;
+use super::encryption::{self, EncryptionParams, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use super::object::{self, ContentHeaders, bucket_or_404};
 use super::precondition;
@@ -46,12 +47,12 @@ pub(crate) async fn copy_object(
     req: S3Request<CopyObjectInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<CopyObjectOutput>> {
-    let src_customer = common::copy_source_key(state, &req.headers)?;
+    let src_customer = encryption::copy_source_key(state, &req.headers)?;
     let input = req.input;
     let (sb, sk, sv) = copy_source(&input.copy_source)?;
     let dst_bucket = bucket_or_404(state, &input.bucket).await?;
     object::check_new_key(&input.key)?;
-    let plan = common::plan_write(state, &dst_bucket, &req.headers)?;
+    let plan = encryption::plan_write(state, &dst_bucket, &req.headers)?;
     let cond = precondition::write_condition_from_headers(&req.headers)?;
     // Compared before the source trio is consumed: an SSE-C self-copy with the same key changes nothing.
     let same_customer_key = same_customer_key(&plan, src_customer.as_ref());
@@ -102,16 +103,16 @@ pub(crate) async fn copy_object(
         WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,
     };
-    let (s, a, m) = common::sse_out(&sse, dst_md5);
+    let enc = EncryptionParams::new(&sse, dst_md5);
     Ok(S3Response::new(CopyObjectOutput {
         copy_object_result: Some(CopyObjectResult {
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(common::ts(dst.now)),
             ..Default::default()
         }),
-        server_side_encryption: s,
-        sse_customer_algorithm: a,
-        sse_customer_key_md5: m,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         copy_source_version_id: sv,
         ..Default::default()
     }))
@@ -268,11 +269,11 @@ async fn copy_reencrypting(
         1,
         ok.as_ref().into(),
         Some(src.obj.size),
-        common::etag_needs_md5(&stored),
+        EncryptionParams::new(&stored, None).needs_md5(),
         &mut |_| {},
     )
     .await?;
-    let etag = common::new_etag(&stored, blob.md5.as_ref());
+    let etag = EncryptionParams::new(&stored, None).etag(blob.md5.as_ref());
     let obj = Object {
         bucket: dst.bucket.name.clone(),
         key: dst.key.to_string(),

@@ -6,6 +6,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::common;
+use super::encryption::{self, EncryptionParams};
 use super::errors::{ApiError, ApiResult};
 use super::object::{ContentHeaders, metadata_from_json, part_range, resolve};
 use crate::state::NodeState;
@@ -65,7 +66,7 @@ pub(crate) async fn get_object(
     req: S3Request<GetObjectInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<GetObjectOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     if input.part_number.is_some() && input.range.is_some() {
         return Err(ApiError::InvalidRequest(
@@ -102,7 +103,7 @@ pub(crate) async fn get_object(
     let content_length = range.map_or(size, |(s, e)| e - s + 1);
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
     let stored_expires = headers.expires();
-    let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
+    let enc = EncryptionParams::new(&r.obj.sse, r.customer_md5.as_deref());
     let out = GetObjectOutput {
         body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(body))),
         content_length: Some(content_length as i64),
@@ -137,9 +138,9 @@ pub(crate) async fn get_object(
         } else {
             None
         },
-        server_side_encryption: sse,
-        sse_customer_algorithm: alg,
-        sse_customer_key_md5: kmd5,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     };
     let mut resp = S3Response::new(out);
@@ -154,7 +155,7 @@ pub(crate) async fn head_object(
     req: S3Request<HeadObjectInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<HeadObjectOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     if input.part_number.is_some() && input.range.is_some() {
         return Err(ApiError::InvalidRequest(
@@ -191,7 +192,7 @@ pub(crate) async fn head_object(
     }
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
     let stored_expires = headers.expires();
-    let (sse, alg, kmd5) = common::sse_out(&r.obj.sse, r.customer_md5.as_deref());
+    let enc = EncryptionParams::new(&r.obj.sse, r.customer_md5.as_deref());
     Ok(S3Response::new(HeadObjectOutput {
         content_length: Some(len as i64),
         content_range,
@@ -210,9 +211,9 @@ pub(crate) async fn head_object(
         } else {
             None
         },
-        server_side_encryption: sse,
-        sse_customer_algorithm: alg,
-        sse_customer_key_md5: kmd5,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     }))
 }
@@ -222,7 +223,7 @@ pub(crate) async fn get_object_attributes(
     req: S3Request<GetObjectAttributesInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<GetObjectAttributesOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     let r = resolve(
         state,

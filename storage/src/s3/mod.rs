@@ -1,6 +1,6 @@
 //! The S3 edge: the only module that knows s3s types. [`CofferS3`] implements the `s3s::S3`
 //! trait by delegating each operation to its family file (`bucket`, `list`, `put`, `get`,
-//! `copy`, `delete`, `multipart`; shared helpers in `object` and `common`) and mapping [`errors::ApiError`] to S3 errors in one place.
+//! `copy`, `delete`, `multipart`; shared helpers in `object`, `common` and `encryption`) and mapping [`errors::ApiError`] to S3 errors in one place.
 //! Operations not listed here answer 501 NotImplemented (s3s's default).
 
 mod bucket;
@@ -8,6 +8,7 @@ mod checksum;
 mod common;
 mod copy;
 mod delete;
+mod encryption;
 pub mod errors;
 mod get;
 mod list;

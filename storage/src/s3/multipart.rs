@@ -6,8 +6,9 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
-use super::common::{self, WritePlan};
+use super::common;
 use super::copy::copy_source;
+use super::encryption::{self, EncryptionParams, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use super::list::Names;
 use super::object::{self, ContentHeaders, bucket_or_404};
@@ -29,7 +30,7 @@ pub(crate) async fn create(
     let bucket = bucket_or_404(state, &input.bucket).await?;
     object::check_new_key(&input.key)?;
     object::check_metadata(input.metadata.as_ref())?;
-    let plan = common::plan_write(state, &bucket, &req.headers)?;
+    let plan = encryption::plan_write(state, &bucket, &req.headers)?;
     let version_id = uuid::Uuid::new_v4().to_string();
     let upload_id = uuid::Uuid::new_v4().simple().to_string();
     let binding = Binding {
@@ -64,14 +65,14 @@ pub(crate) async fn create(
         WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,
     };
-    let (s, a, m) = common::sse_out(&up.sse, md5);
+    let enc = EncryptionParams::new(&up.sse, md5);
     Ok(S3Response::new(CreateMultipartUploadOutput {
         bucket: Some(bucket.name),
         key: Some(input.key),
         upload_id: Some(upload_id),
-        server_side_encryption: s,
-        sse_customer_algorithm: a,
-        sse_customer_key_md5: m,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     }))
 }
@@ -110,7 +111,7 @@ async fn store_part(
     part_number: i32,
     blob: crate::store::blobs::WrittenBlob,
 ) -> ApiResult<String> {
-    let etag = common::new_etag(&up.sse, blob.md5.as_ref());
+    let etag = EncryptionParams::new(&up.sse, None).etag(blob.md5.as_ref());
     let row = BlobRow {
         part_number: part_number as u32,
         size: blob.size,
@@ -142,7 +143,7 @@ pub(crate) async fn upload_part(
     req: S3Request<UploadPartInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<UploadPartOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     check_part_number(input.part_number)?;
     let (_b, up, key) = open_upload(
@@ -168,12 +169,12 @@ pub(crate) async fn upload_part(
     )
     .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
-    let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
+    let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(ETag::Strong(etag)),
-        server_side_encryption: s,
-        sse_customer_algorithm: a,
-        sse_customer_key_md5: m,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     }))
 }
@@ -202,8 +203,8 @@ pub(crate) async fn upload_part_copy(
     req: S3Request<UploadPartCopyInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<UploadPartCopyOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
-    let src_customer = common::copy_source_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
+    let src_customer = encryption::copy_source_key(state, &req.headers)?;
     let input = req.input;
     check_part_number(input.part_number)?;
     let (_b, up, key) = open_upload(
@@ -246,21 +247,21 @@ pub(crate) async fn upload_part_copy(
         input.part_number as u32,
         key.as_ref().into(),
         Some(len),
-        common::etag_needs_md5(&up.sse),
+        EncryptionParams::new(&up.sse, None).needs_md5(),
         &mut |_| {},
     )
     .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
-    let (s, a, m) = common::sse_out(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
+    let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(common::ts(meta::now_ms())),
             ..Default::default()
         }),
-        server_side_encryption: s,
-        sse_customer_algorithm: a,
-        sse_customer_key_md5: m,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     }))
 }
@@ -272,7 +273,7 @@ pub(crate) async fn complete(
     req: S3Request<CompleteMultipartUploadInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<CompleteMultipartUploadOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     let cond =
         precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
@@ -364,26 +365,17 @@ fn completed(
     customer_md5: Option<&str>,
     etag: String,
 ) -> S3Response<CompleteMultipartUploadOutput> {
-    let (s, a, m) = common::sse_out(&up.sse, customer_md5);
+    let enc = EncryptionParams::new(&up.sse, customer_md5);
     let mut resp = S3Response::new(CompleteMultipartUploadOutput {
         bucket: Some(up.bucket.clone()),
         key: Some(up.key.clone()),
         e_tag: Some(ETag::Strong(etag)),
         location: Some(format!("/{}/{}", up.bucket, up.key)),
-        server_side_encryption: s,
+        server_side_encryption: enc.server_side_encryption(),
         ..Default::default()
     });
-    for (name, value) in [
-        (
-            "x-amz-server-side-encryption-customer-algorithm",
-            a.as_deref(),
-        ),
-        (
-            "x-amz-server-side-encryption-customer-key-md5",
-            m.as_deref(),
-        ),
-    ] {
-        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+    for (name, value) in enc.customer_headers() {
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
             resp.headers.insert(name, v);
         }
     }
@@ -453,7 +445,7 @@ pub(crate) async fn list_parts(
     req: S3Request<ListPartsInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<ListPartsOutput>> {
-    let customer = common::read_key(state, &req.headers)?;
+    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
     let b = bucket_or_404(state, &input.bucket).await?;
     let up = state

@@ -7,6 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::common;
+use super::encryption::{self, EncryptionParams};
 use super::errors::{ApiError, ApiResult};
 use super::object::{ContentHeaders, bucket_or_404, check_metadata, check_new_key, metadata_json};
 use super::precondition;
@@ -24,7 +25,7 @@ pub(crate) async fn put_object(
     let bucket = bucket_or_404(state, &input.bucket).await?;
     check_new_key(&input.key)?;
     check_metadata(input.metadata.as_ref())?;
-    let plan = common::plan_write(state, &bucket, &req.headers)?;
+    let plan = encryption::plan_write(state, &bucket, &req.headers)?;
     let cond =
         precondition::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
     precondition::precheck(state, &bucket.name, &input.key, &cond).await?;
@@ -54,7 +55,7 @@ pub(crate) async fn put_object(
         req.trailing_headers.as_ref(),
     )
     .await?;
-    let etag = common::new_etag(&stored, blob.md5.as_ref());
+    let etag = EncryptionParams::new(&stored, None).etag(blob.md5.as_ref());
     let headers = ContentHeaders::of(
         &input.cache_control,
         &input.content_disposition,
@@ -89,15 +90,15 @@ pub(crate) async fn put_object(
         .map_err(precondition::failed)?;
     writing.published();
     let md5 = match &plan {
-        common::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
+        encryption::WritePlan::SseC(k) => Some(k.key_md5_b64.as_str()),
         _ => None,
     };
-    let (sse, alg, kmd5) = common::sse_out(&obj.sse, md5);
+    let enc = EncryptionParams::new(&obj.sse, md5);
     Ok(S3Response::new(PutObjectOutput {
         e_tag: Some(ETag::Strong(etag)),
-        server_side_encryption: sse,
-        sse_customer_algorithm: alg,
-        sse_customer_key_md5: kmd5,
+        server_side_encryption: enc.server_side_encryption(),
+        sse_customer_algorithm: enc.customer_algorithm(),
+        sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
     }))
 }

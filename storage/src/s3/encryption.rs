@@ -1,0 +1,206 @@
+//! An object's encryption at the S3 edge, in one place: reading the SSE request headers
+//! ([`read_key`], [`copy_source_key`], [`plan_write`], request first, then the bucket default),
+//! and, for a stored object or upload, [`EncryptionParams`]: the SSE response fields every
+//! output carries and the ETag policy (an SSE-C ETag never derives from the plaintext). See
+//! docs/s3-encryption.md. Secret: customer keys pass through here and are dropped (zeroized)
+//! at the end of each request; none is ever put in a response.
+
+use http::HeaderMap;
+use s3s::dto::ServerSideEncryption;
+
+use super::common::{hdr, random_etag};
+use super::errors::{ApiError, ApiResult};
+use crate::crypto::envelope::StoredSse;
+use crate::crypto::sse::{self, CustomerKey, SseHeaders, WriteSse};
+use crate::state::NodeState;
+use crate::store::meta::Bucket;
+
+/// The SSE headers of the request (`copy_source` selects the copy-source trio).
+pub(crate) fn sse_headers(h: &HeaderMap, copy_source: bool) -> SseHeaders<'_> {
+    if copy_source {
+        SseHeaders {
+            sse: None,
+            kms_key_id: None,
+            algorithm: hdr(
+                h,
+                "x-amz-copy-source-server-side-encryption-customer-algorithm",
+            ),
+            key: hdr(h, "x-amz-copy-source-server-side-encryption-customer-key"),
+            key_md5: hdr(
+                h,
+                "x-amz-copy-source-server-side-encryption-customer-key-md5",
+            ),
+        }
+    } else {
+        SseHeaders {
+            sse: hdr(h, "x-amz-server-side-encryption"),
+            kms_key_id: hdr(h, "x-amz-server-side-encryption-aws-kms-key-id"),
+            algorithm: hdr(h, "x-amz-server-side-encryption-customer-algorithm"),
+            key: hdr(h, "x-amz-server-side-encryption-customer-key"),
+            key_md5: hdr(h, "x-amz-server-side-encryption-customer-key-md5"),
+        }
+    }
+}
+
+/// The trio of a read-like request (GET, HEAD, UploadPart, ...).
+pub(crate) fn read_key(state: &NodeState, h: &HeaderMap) -> ApiResult<Option<CustomerKey>> {
+    Ok(sse::parse_read(
+        &sse_headers(h, false),
+        state.ssec_allowed(),
+    )?)
+}
+
+/// The copy-source trio.
+pub(crate) fn copy_source_key(state: &NodeState, h: &HeaderMap) -> ApiResult<Option<CustomerKey>> {
+    Ok(sse::parse_read(
+        &sse_headers(h, true),
+        state.ssec_allowed(),
+    )?)
+}
+
+/// How a new object or upload is encrypted.
+pub(crate) enum WritePlan {
+    Plain,
+    SseS3,
+    SseC(CustomerKey),
+}
+
+/// Request headers first, then the bucket default; SSE-C is never a default.
+pub(crate) fn plan_write(
+    state: &NodeState,
+    bucket: &Bucket,
+    h: &HeaderMap,
+) -> ApiResult<WritePlan> {
+    match sse::parse_write(&sse_headers(h, false), state.ssec_allowed())? {
+        WriteSse::SseS3 => Ok(WritePlan::SseS3),
+        WriteSse::SseKms => Err(ApiError::KmsNotImplemented),
+        WriteSse::SseC(k) => Ok(WritePlan::SseC(k)),
+        WriteSse::Unspecified => Ok(match bucket_default(bucket) {
+            Some(BucketDefault::SseS3) => WritePlan::SseS3,
+            Some(BucketDefault::SseKms) => return Err(ApiError::KmsNotImplemented),
+            None => WritePlan::Plain,
+        }),
+    }
+}
+
+pub(crate) enum BucketDefault {
+    SseS3,
+    SseKms,
+}
+
+/// The bucket's default encryption as stored (`AES256` or `aws:kms[:key]`).
+pub(crate) fn bucket_default(bucket: &Bucket) -> Option<BucketDefault> {
+    match bucket.encryption_config.as_deref() {
+        Some("AES256") => Some(BucketDefault::SseS3),
+        Some(s) if s.starts_with("aws:kms") => Some(BucketDefault::SseKms),
+        _ => None,
+    }
+}
+
+/// The encryption of a stored object or upload as the S3 answers show it: its SSE response
+/// fields and its ETag policy.
+pub(crate) struct EncryptionParams<'a> {
+    stored: &'a StoredSse,
+    /// The request's SSE-C key MD5 (base64), echoed for SSE-C objects.
+    customer_key_md5: Option<&'a str>,
+}
+
+impl<'a> EncryptionParams<'a> {
+    pub(crate) fn new(stored: &'a StoredSse, customer_key_md5: Option<&'a str>) -> Self {
+        Self {
+            stored,
+            customer_key_md5,
+        }
+    }
+
+    /// `x-amz-server-side-encryption` (SSE-S3 objects only).
+    pub(crate) fn server_side_encryption(&self) -> Option<ServerSideEncryption> {
+        match self.stored {
+            StoredSse::SseS3(_) => Some(ServerSideEncryption::from_static(
+                ServerSideEncryption::AES256,
+            )),
+            StoredSse::None | StoredSse::SseC(_) => None,
+        }
+    }
+
+    /// `x-amz-server-side-encryption-customer-algorithm` (SSE-C objects only).
+    pub(crate) fn customer_algorithm(&self) -> Option<String> {
+        match self.stored {
+            StoredSse::SseC(_) => Some("AES256".into()),
+            StoredSse::None | StoredSse::SseS3(_) => None,
+        }
+    }
+
+    /// `x-amz-server-side-encryption-customer-key-MD5` (SSE-C objects only).
+    pub(crate) fn customer_key_md5(&self) -> Option<String> {
+        match self.stored {
+            StoredSse::SseC(_) => self.customer_key_md5.map(str::to_string),
+            StoredSse::None | StoredSse::SseS3(_) => None,
+        }
+    }
+
+    /// The SSE-C response fields as headers, for outputs that have no fields for them.
+    pub(crate) fn customer_headers(&self) -> [(&'static str, Option<String>); 2] {
+        [
+            (
+                "x-amz-server-side-encryption-customer-algorithm",
+                self.customer_algorithm(),
+            ),
+            (
+                "x-amz-server-side-encryption-customer-key-md5",
+                self.customer_key_md5(),
+            ),
+        ]
+    }
+
+    /// Whether a write needs the MD5 of its plaintext for its ETag (SSE-C ETags are random, so
+    /// an SSE-C write hashes only to check a `Content-MD5` header).
+    pub(crate) fn needs_md5(&self) -> bool {
+        !self.stored.is_sse_c()
+    }
+
+    /// The ETag of a new part or single-part object: the plaintext MD5, or (SSE-C) a random
+    /// value. `md5` is present whenever [`needs_md5`](Self::needs_md5) said so.
+    pub(crate) fn etag(&self, md5: Option<&[u8; 16]>) -> String {
+        match md5 {
+            Some(m) if !self.stored.is_sse_c() => hex::encode(m),
+            _ => random_etag(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::{SEALED_LEN, SealedKey};
+
+    fn sealed() -> SealedKey {
+        SealedKey {
+            salt: [0; 32],
+            sealed: [0; SEALED_LEN],
+        }
+    }
+
+    /// Each stored form's response fields and ETag policy (docs/s3-encryption.md).
+    #[test]
+    fn response_fields_and_etag_policy() {
+        let md5 = [7u8; 16];
+        let plain = StoredSse::None;
+        let s3 = StoredSse::SseS3(sealed());
+        let c = StoredSse::SseC(sealed());
+        for (stored, sse, alg, key_md5, md5_etag) in [
+            (&plain, None, None, None, true),
+            (&s3, Some("AES256"), None, None, true),
+            (&c, None, Some("AES256"), Some("k=="), false),
+        ] {
+            let e = EncryptionParams::new(stored, Some("k=="));
+            assert_eq!(e.server_side_encryption().as_ref().map(|s| s.as_str()), sse);
+            assert_eq!(e.customer_algorithm().as_deref(), alg);
+            assert_eq!(e.customer_key_md5().as_deref(), key_md5);
+            assert_eq!(e.needs_md5(), md5_etag);
+            let etag = e.etag(Some(&md5));
+            assert_eq!(etag == hex::encode(md5), md5_etag, "SSE-C ETags are random");
+            assert_eq!(etag.len(), 32);
+        }
+    }
+}
