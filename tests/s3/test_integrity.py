@@ -157,3 +157,56 @@ def test_wrong_digest_never_reaches_blobs(node, s3, bucket, extra):
         t.join()
     assert peak[0] == before
     assert len(list(blobs.iterdir())) == before
+
+
+def _signed_chunked_put(node, bucket, key, data: bytes, tamper: bool):
+    """PUT with `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` (each chunk signed, chained from the seed
+    signature); `tamper` spoils the last data chunk's signature."""
+    import hmac
+
+    import requests
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from .conftest import SECRET_KEY
+
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)] + [b""]
+    body_len = sum(len(f"{len(p):x};chunk-signature=".encode()) + 64 + 2 + len(p) + 2 for p in pieces)
+    url = f"{node.endpoint}/{bucket}/{key}"
+    req = AWSRequest(method="PUT", url=url, headers={
+        "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
+        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "Content-Length": str(body_len)})
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(req)
+    stamp = req.headers["X-Amz-Date"]
+    scope = f"{stamp[:8]}/{REGION}/s3/aws4_request"
+    prev = req.headers["Authorization"].rsplit("Signature=", 1)[1]
+    k = ("AWS4" + SECRET_KEY).encode()
+    for part in (stamp[:8], REGION, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    empty = hashlib.sha256(b"").hexdigest()
+    body = b""
+    for i, p in enumerate(pieces):
+        to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", stamp, scope, prev, empty,
+                             hashlib.sha256(p).hexdigest()])
+        sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+        prev = sig
+        if tamper and i == len(pieces) - 2:
+            sig = "0" * 64
+        body += f"{len(p):x};chunk-signature={sig}\r\n".encode() + p + b"\r\n"
+    assert len(body) == body_len
+    return requests.put(url, data=body, headers=dict(req.headers), timeout=10)
+
+
+def test_bad_chunk_signature_is_signature_does_not_match(node, s3, bucket):
+    """A body-stream failure keeps its kind: a spoiled chunk signature is 403
+    SignatureDoesNotMatch (was 400 IncompleteBody), and nothing is stored."""
+    data = os.urandom(200_000)
+    ok = _signed_chunked_put(node, bucket, "signed-chunks", data, tamper=False)
+    assert ok.status_code == 200, ok.text
+    assert s3.get_object(Bucket=bucket, Key="signed-chunks")["Body"].read() == data
+    bad = _signed_chunked_put(node, bucket, "signed-chunks-bad", data, tamper=True)
+    assert bad.status_code == 403, bad.text
+    assert "<Code>SignatureDoesNotMatch</Code>" in bad.text
+    expect_error(404, "NoSuchKey", s3.get_object, Bucket=bucket, Key="signed-chunks-bad")
