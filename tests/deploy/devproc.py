@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 
 import boto3
 import botocore.config
@@ -43,6 +44,36 @@ class Dev:
             aws_secret_access_key=self.env["SECRET_KEY"], region_name="us-east-1", verify=self.env["CA_BUNDLE"],
             config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
+    def wait_line(self, prefix, timeout=60):
+        """The first stdout line starting with ``prefix`` (dev's stdout is read by a thread)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {prefix!r} line from dev:\n" + "".join(self.lines + self.err))
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(timeout=30) == 0, "".join(self.err)
+
+
+def gone(pid):
+    """True once process ``pid`` has exited (no such process, or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gone(pid):
+            return True
+        time.sleep(0.05)
+    return False

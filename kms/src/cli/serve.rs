@@ -92,6 +92,10 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_KMS_BODY_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
+    /// Stop (as on SIGTERM) when standard input reaches end of file: `coffer-storage dev` runs
+    /// its KMS child this way, so the child stops when dev dies, however it dies.
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_eof: bool,
 }
 
 impl ServeArgs {
@@ -175,9 +179,42 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         pass,
         tls,
         cfg,
-        a.limits(),
+        Connections {
+            limits: a.limits(),
+            exit_on_stdin_eof: a.exit_on_stdin_eof,
+        },
     )
     .await
+}
+
+/// How the listeners treat connections, and what else stops them.
+struct Connections {
+    limits: coffer_common::server::Limits,
+    exit_on_stdin_eof: bool,
+}
+
+/// Resolves when standard input reaches end of file (or fails): the parent holding its other
+/// end is gone. A plain thread, not Tokio's stdin, so that a read still blocked at exit does not
+/// hold up the runtime's shutdown.
+fn stdin_closed() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+    async move {
+        if spawned.is_ok() {
+            let _ = rx.await;
+            tracing::info!("standard input closed (the parent process is gone): shutting down");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn serve(
@@ -187,8 +224,10 @@ async fn serve(
     pass: Passphrase,
     tls: Option<Arc<rustls::ServerConfig>>,
     cfg: WriterConfig,
-    limits: coffer_common::server::Limits,
+    conn: Connections,
 ) -> Result<ExitCode> {
+    let limits = conn.limits;
+    let parent_gone = conn.exit_on_stdin_eof.then(stdin_closed);
     let (state, tasks) = crate::open(data_dir, &pass, cfg)
         .await
         .with_context(|| format!("cannot unseal {}", data_dir.display()))?;
@@ -228,8 +267,17 @@ async fn serve(
             coffer_common::server::serve_with_limits(l, None, app, limits, stop).await
         })
     });
+    let signal = coffer_common::server::shutdown_signal();
     let shutdown = async move {
-        coffer_common::server::shutdown_signal().await;
+        match parent_gone {
+            Some(gone) => {
+                tokio::select! {
+                    () = signal => {}
+                    () = gone => {}
+                }
+            }
+            None => signal.await,
+        }
         let _ = stop_tx.send(true);
     };
     let main = crate::serve(listener, tls, state, tasks, limits, shutdown);

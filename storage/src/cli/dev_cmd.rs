@@ -38,7 +38,9 @@ pub async fn run(a: DevArgs) -> Result<()> {
     let creds = dev::prepare(&p)?;
     let kms_bin = dev::kms_binary()?;
     dev::init_kms_if_needed(&p, &kms_bin).await?;
-    let (mut child, kms_url) = dev::start_kms(&p, &kms_bin, &a.kms_listen).await?;
+    dev::replace_stale_kms(&p).await?;
+    let child = dev::start_kms(&p, &kms_bin, &a.kms_listen).await?;
+    let kms_url = child.url.clone();
     dev::enroll_if_needed(&p, &kms_bin, &kms_url).await?;
     let kms = super::serve::kms_client(&kms_url, &p.service_credential, Some(&p.ca_cert), 2000)?;
     let tls = coffer_common::tls::load_server_config(&p.s3_cert, &p.s3_key, None)?;
@@ -74,10 +76,8 @@ pub async fn run(a: DevArgs) -> Result<()> {
     println!("  S3 endpoint : {endpoint}");
     println!("  access key  : {}", creds.access_key);
     println!("  secret key  : {}", creds.secret_key);
-    println!(
-        "  KMS         : {kms_url} (child pid {})",
-        child.id().unwrap_or(0)
-    );
+    let kms_pid = child.child.id().unwrap_or(0);
+    println!("  KMS         : {kms_url} (child pid {kms_pid})");
     println!("  CA bundle   : {}", p.ca_cert.display());
     println!(
         "  settings    : {} (source it: . {})",
@@ -85,35 +85,13 @@ pub async fn run(a: DevArgs) -> Result<()> {
         p.env_file.display()
     );
     println!("ready");
-    let keys = state.keys.clone();
-    let kms_pid = child.id();
-    // Set once `dev` itself stops the child: its exit is then expected, not an ERROR.
-    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping_seen = stopping.clone();
-    let watcher = tokio::spawn(async move {
-        let status = child.wait().await;
-        if stopping_seen.load(std::sync::atomic::Ordering::SeqCst) {
-            tracing::info!(?status, "the KMS child process stopped");
-        } else {
-            tracing::error!(
-                ?status,
-                "the KMS child process exited: key-dependent requests now answer 503"
-            );
-            keys.disable();
-        }
-        child
-    });
+    let supervisor = dev::Supervisor::start(
+        dev::DevPaths::new(&a.data_dir),
+        kms_bin.clone(),
+        child,
+        state.keys.clone(),
+    );
     crate::server::serve(listener, state, Some(tls), shutdown).await?;
-    // Ask the KMS child to stop cleanly (it signs a last audit checkpoint), then wait for it;
-    // kill_on_drop is the fallback if it does not exit in time.
-    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Some(pid) = kms_pid.and_then(|p| i32::try_from(p).ok()) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on the pid of our own child process; no memory is involved.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
+    supervisor.stop().await;
     Ok(())
 }

@@ -62,6 +62,11 @@ impl BucketKeys {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// The KMS is back (the dev child was restarted): key requests reach it again.
+    pub fn enable(&self) {
+        self.disabled.store(false, Ordering::SeqCst);
+    }
+
     fn check_enabled(&self) -> Result<(), KmsError> {
         if self.disabled.load(Ordering::SeqCst) {
             return Err(KmsError::Unavailable("KMS process is not running".into()));
