@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response};
 use super::common;
 use super::encryption::{self, EncryptionParams};
 use super::errors::{ApiError, ApiResult};
-use super::object::{ContentHeaders, metadata_from_json, part_range, resolve};
+use super::object::{ContentHeaders, Resolved, metadata_from_json, part_range, resolve};
 use crate::state::NodeState;
 use crate::store::meta::Object;
 use crate::store::objects;
@@ -61,35 +61,76 @@ fn check_conditions(
     Ok(())
 }
 
-pub(crate) async fn get_object(
+/// What GET and HEAD name in their requests before answering.
+struct Preamble<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    version_id: Option<&'a str>,
+    part_number: Option<i32>,
+    has_range: bool,
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// The preamble GET and HEAD share: the SSE-C trio, Range and partNumber not both, the
+/// visible version resolved (its key opened), then the conditional headers.
+async fn read_preamble(
     state: &NodeState,
-    req: S3Request<GetObjectInput>,
+    headers: &http::HeaderMap,
+    p: Preamble<'_>,
     request_id: &str,
-) -> ApiResult<S3Response<GetObjectOutput>> {
-    let customer = encryption::read_key(state, &req.headers)?;
-    let input = req.input;
-    if input.part_number.is_some() && input.range.is_some() {
+) -> ApiResult<Resolved> {
+    let customer = encryption::read_key(state, headers)?;
+    if p.part_number.is_some() && p.has_range {
         return Err(ApiError::InvalidRequest(
             "Cannot specify both Range header and partNumber query parameter.",
         ));
     }
     let r = resolve(
         state,
-        &input.bucket,
-        &input.key,
-        input.version_id.as_deref(),
+        p.bucket,
+        p.key,
+        p.version_id,
         customer,
-        input.part_number,
+        p.part_number,
         request_id,
     )
     .await?;
     check_conditions(
         &r.obj,
-        input.if_match.as_ref(),
-        input.if_none_match.as_ref(),
-        input.if_modified_since.as_ref(),
-        input.if_unmodified_since.as_ref(),
+        p.if_match,
+        p.if_none_match,
+        p.if_modified_since,
+        p.if_unmodified_since,
     )?;
+    Ok(r)
+}
+
+pub(crate) async fn get_object(
+    state: &NodeState,
+    req: S3Request<GetObjectInput>,
+    request_id: &str,
+) -> ApiResult<S3Response<GetObjectOutput>> {
+    let input = req.input;
+    let r = read_preamble(
+        state,
+        &req.headers,
+        Preamble {
+            bucket: &input.bucket,
+            key: &input.key,
+            version_id: input.version_id.as_deref(),
+            part_number: input.part_number,
+            has_range: input.range.is_some(),
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        },
+        request_id,
+    )
+    .await?;
     let size = r.obj.size;
     let range = match (input.part_number, input.range.as_ref()) {
         (Some(n), _) if r.obj.multipart || n != 1 => {
@@ -155,30 +196,24 @@ pub(crate) async fn head_object(
     req: S3Request<HeadObjectInput>,
     request_id: &str,
 ) -> ApiResult<S3Response<HeadObjectOutput>> {
-    let customer = encryption::read_key(state, &req.headers)?;
     let input = req.input;
-    if input.part_number.is_some() && input.range.is_some() {
-        return Err(ApiError::InvalidRequest(
-            "Cannot specify both Range header and partNumber query parameter.",
-        ));
-    }
-    let r = resolve(
+    let r = read_preamble(
         state,
-        &input.bucket,
-        &input.key,
-        input.version_id.as_deref(),
-        customer,
-        input.part_number,
+        &req.headers,
+        Preamble {
+            bucket: &input.bucket,
+            key: &input.key,
+            version_id: input.version_id.as_deref(),
+            part_number: input.part_number,
+            has_range: input.range.is_some(),
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        },
         request_id,
     )
     .await?;
-    check_conditions(
-        &r.obj,
-        input.if_match.as_ref(),
-        input.if_none_match.as_ref(),
-        input.if_modified_since.as_ref(),
-        input.if_unmodified_since.as_ref(),
-    )?;
     let mut len = r.obj.size;
     let mut content_range = None;
     if let Some(n) = input.part_number.filter(|_| r.obj.multipart) {
