@@ -1,40 +1,65 @@
-//! Prometheus metrics of the KMS (`GET /metrics`, text format): requests by route, method and
-//! status with latency histograms, key operations by type and result, audit write latency and
-//! failures, and the sealed / audit-healthy state.
+//! Prometheus metrics of the KMS (`GET /metrics`), registered with `prometheus-client`:
+//! requests by route, method and status with latency histograms, key operations by type and
+//! result, audit write latency and failures, and the sealed / audit-healthy state.
 //!
 //! Nothing secret: labels are route templates (`/v1/admin/clients/{name}/revoke`, never the
 //! name), methods, status codes, operation names and stable error codes; never bucket ids,
 //! identities, keys or tokens. The route is unauthenticated (see README: serve it on a private
 //! port with `--metrics-listen`, or scrape it through TLS).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_common::metrics::{Counter, CounterVec, Gauge, HistogramVec, LATENCY_BUCKETS, Registry};
+use coffer_common::metrics::{encode, latency_histogram};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyOperationLabels {
+    operation: &'static str,
+    result: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The KMS's metric families.
 pub struct KmsMetrics {
     registry: Registry,
-    requests: Arc<CounterVec>,
-    request_seconds: Arc<HistogramVec>,
-    key_operations: Arc<CounterVec>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: HistogramFamily<RouteLabels>,
+    key_operations: Family<KeyOperationLabels, Counter>,
     audit: AuditObserver,
-    sealed: Arc<Gauge>,
-    audit_healthy: Arc<Gauge>,
+    sealed: Gauge,
+    audit_healthy: Gauge,
 }
 
 /// What the audit log reports about each write: its latency (queueing and the group commit)
 /// and whether it failed (the operation was refused with 503).
 #[derive(Clone)]
 pub struct AuditObserver {
-    seconds: Arc<HistogramVec>,
-    failures: Arc<Counter>,
+    seconds: Histogram,
+    failures: Counter,
 }
 
 impl AuditObserver {
     /// Record one audit write.
     pub fn observe(&self, elapsed: Duration, ok: bool) {
-        self.seconds.observe(&[], elapsed.as_secs_f64());
+        self.seconds.observe(elapsed.as_secs_f64());
         if !ok {
             self.failures.inc();
         }
@@ -50,42 +75,51 @@ impl Default for KmsMetrics {
 impl KmsMetrics {
     /// Register every family.
     pub fn new() -> Self {
-        let r = Registry::new();
-        let requests = r.counter_vec(
-            "coffer_kms_requests_total",
+        let mut r = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "coffer_kms_requests",
             "HTTP requests by route template, method and status.",
-            &["route", "method", "status"],
+            requests.clone(),
         );
-        let request_seconds = r.histogram_vec(
+        let request_seconds =
+            HistogramFamily::<RouteLabels>::new_with_constructor(latency_histogram as fn() -> _);
+        r.register(
             "coffer_kms_request_duration_seconds",
             "HTTP request latency by route template (audit write included).",
-            &["route"],
-            LATENCY_BUCKETS,
+            request_seconds.clone(),
         );
-        let key_operations = r.counter_vec(
-            "coffer_kms_key_operations_total",
+        let key_operations = Family::<KeyOperationLabels, Counter>::default();
+        r.register(
+            "coffer_kms_key_operations",
             "Key operations (generate, unwrap, rotate, seal, client_certificate) by result: ok or the error code.",
-            &["operation", "result"],
+            key_operations.clone(),
         );
         let audit = AuditObserver {
-            seconds: r.histogram_vec(
-                "coffer_kms_audit_write_duration_seconds",
-                "Time from submitting an audit record to its durable commit.",
-                &[],
-                LATENCY_BUCKETS,
-            ),
-            failures: r.counter(
-                "coffer_kms_audit_write_failures_total",
-                "Audit records that could not be made durable (their operations were refused with 503).",
-            ),
+            seconds: latency_histogram(),
+            failures: Counter::default(),
         };
-        let sealed = r.gauge(
+        r.register(
+            "coffer_kms_audit_write_duration_seconds",
+            "Time from submitting an audit record to its durable commit.",
+            audit.seconds.clone(),
+        );
+        r.register(
+            "coffer_kms_audit_write_failures",
+            "Audit records that could not be made durable (their operations were refused with 503).",
+            audit.failures.clone(),
+        );
+        let sealed = Gauge::default();
+        r.register(
             "coffer_kms_sealed",
             "1 when the root keys are not in memory (key operations answer 503).",
+            sealed.clone(),
         );
-        let audit_healthy = r.gauge(
+        let audit_healthy = Gauge::default();
+        r.register(
             "coffer_kms_audit_healthy",
             "1 when the last audit commit succeeded.",
+            audit_healthy.clone(),
         );
         Self {
             registry: r,
@@ -112,21 +146,34 @@ impl KmsMetrics {
         error_code: Option<&str>,
         elapsed: Duration,
     ) {
-        let status_s = status.to_string();
-        self.requests.inc(&[route, method, &status_s]);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status,
+            })
+            .inc();
         self.request_seconds
-            .observe(&[route], elapsed.as_secs_f64());
-        if let Some(op) = key_operation(route, method) {
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(operation) = key_operation(route, method) {
             let result = error_code.unwrap_or(if status < 400 { "ok" } else { "error" });
-            self.key_operations.inc(&[op, result]);
+            self.key_operations
+                .get_or_create(&KeyOperationLabels {
+                    operation,
+                    result: result.to_string(),
+                })
+                .inc();
         }
     }
 
-    /// Every family, with the state gauges read now.
+    /// Every family, with the state gauges read now, in the OpenMetrics text format.
     pub fn render(&self, sealed: bool, audit_healthy: bool) -> String {
         self.sealed.set(i64::from(sealed));
         self.audit_healthy.set(i64::from(audit_healthy));
-        self.registry.render()
+        encode(&[&self.registry])
     }
 }
 

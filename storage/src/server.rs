@@ -16,6 +16,7 @@ use coffer_common::data_dir_lock::DataDirLock;
 
 use crate::crypto::key_cache::BucketKeys;
 use crate::crypto::kms_client::KmsClient;
+use crate::metrics::{OperationSlot, UNKNOWN_OPERATION};
 use crate::s3::CofferS3;
 use crate::s3::errors::ApiError;
 use crate::state::{NodeConfig, NodeState};
@@ -160,11 +161,14 @@ async fn health() -> &'static str {
     "ok"
 }
 
-fn metrics(state: &NodeState) -> axum::response::Response {
+fn metrics(state: &NodeState, headers: &http::HeaderMap) -> axum::response::Response {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
     (
         [(
             http::header::CONTENT_TYPE,
-            coffer_common::metrics::CONTENT_TYPE,
+            coffer_common::metrics::content_type(accept),
         )],
         state.metrics.render(&state.keys),
     )
@@ -204,37 +208,69 @@ fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"))
 }
 
-/// Refuse a body whose declared size exceeds `max` (400 EntityTooLarge, as AWS does above
-/// 5 GiB) and cap what is read on the wire (a body that stalls fails after the listener's body
-/// timeout, `coffer_common::server::Limits`).
-/// Both declared sizes count: `x-amz-decoded-content-length` is only believed (and given the
-/// framing allowance) for an aws-chunked body, whose decoder stops at the declared length.
-fn limit_body(req: axum::extract::Request, max: u64) -> Result<axum::extract::Request, TooLarge> {
+/// Most bytes a body may take on the wire when the object may take `max`: aws-chunked framing
+/// adds well under 1/64 to the payload.
+fn wire_max(headers: &http::HeaderMap, max: u64) -> u64 {
+    if is_aws_chunked(headers) {
+        max.saturating_add(max / 64).saturating_add(1 << 20)
+    } else {
+        max
+    }
+}
+
+/// A declared body size above `max` (400 EntityTooLarge, as AWS does above 5 GiB). Both
+/// declared sizes count: `x-amz-decoded-content-length` is only believed (and given the framing
+/// allowance) for an aws-chunked body, whose decoder stops at the declared length.
+fn declared_too_large(headers: &http::HeaderMap, max: u64) -> Result<(), TooLarge> {
     let declared = |name: &str| {
-        req.headers()
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let chunked = is_aws_chunked(req.headers());
-    // aws-chunked framing adds well under 1/64 to the payload.
-    let wire_max = if chunked {
-        max.saturating_add(max / 64).saturating_add(1 << 20)
-    } else {
-        max
-    };
     let decoded = declared("x-amz-decoded-content-length");
     let wire = declared(http::header::CONTENT_LENGTH.as_str());
-    if decoded.is_some_and(|n| n > max) || wire.is_some_and(|n| n > wire_max) {
+    if decoded.is_some_and(|n| n > max) || wire.is_some_and(|n| n > wire_max(headers, max)) {
         return Err(TooLarge);
     }
+    Ok(())
+}
+
+/// Cap what is read of the body on the wire (see [`wire_max`]; a body that stalls fails after
+/// the listener's body timeout, `coffer_common::server::Limits`). A declared size above the cap
+/// is refused before the body is read, by [`declared_too_large`].
+fn limit_body(req: axum::extract::Request, max: u64) -> axum::extract::Request {
     // An empty body stays as it is: s3s reads the length of a body without Content-Length
     // (GET, HEAD, DELETE) from its size hint, which the wrappers below do not carry.
     if http_body::Body::size_hint(req.body()).exact() == Some(0) {
-        return Ok(req);
+        return req;
     }
-    let cap = usize::try_from(wire_max).unwrap_or(usize::MAX);
-    Ok(req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, cap))))
+    let cap = usize::try_from(wire_max(req.headers(), max)).unwrap_or(usize::MAX);
+    req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, cap)))
+}
+
+/// The node's access hook, run by s3s once it has routed a request (after the signature check,
+/// before the body is read): it names the operation for the metrics (the request's
+/// [`OperationSlot`]), refuses a declared body above the node's limit (EntityTooLarge) and then,
+/// as s3s's default hook does, refuses anonymous requests (AccessDenied).
+struct Access {
+    max_body_bytes: u64,
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Access {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if let Some(slot) = cx.extensions_mut().get::<OperationSlot>().cloned() {
+            slot.set(cx.s3_op().name());
+        }
+        if declared_too_large(cx.headers(), self.max_body_bytes).is_err() {
+            return Err(ApiError::EntityTooLarge.into());
+        }
+        match cx.credentials() {
+            Some(_) => Ok(()),
+            None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
+        }
+    }
 }
 
 /// A HEAD answer carries headers only. HTTP/1.1 drops a body by itself, but over HTTP/2 a
@@ -252,6 +288,9 @@ pub fn router(state: Arc<NodeState>) -> Router {
     builder.set_auth(StaticAuth {
         access_key: state.cfg.access_key.clone(),
         secret_key: SecretKey::from(state.cfg.secret_key.as_str()),
+    });
+    builder.set_access(Access {
+        max_body_bytes: state.cfg.max_body_bytes,
     });
     if let Some(Ok(hosts)) = virtual_hosts(&state.cfg.virtual_host_domains) {
         builder.set_host(hosts);
@@ -271,7 +310,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             if req.method() == http::Method::GET && !signed {
                 match req.uri().path() {
                     "/health" => return Ok(health().await.into_response()),
-                    "/metrics" => return Ok(metrics(&state)),
+                    "/metrics" => return Ok(metrics(&state, req.headers())),
                     "/ready" => return Ok(ready(&state).await),
                     _ => {}
                 }
@@ -287,17 +326,6 @@ pub fn router(state: Arc<NodeState>) -> Router {
             let path = req.uri().path().to_string();
             let started = std::time::Instant::now();
             let head = req.method() == http::Method::HEAD;
-            let operation = crate::metrics::operation(
-                req.method(),
-                &path,
-                req.uri().query(),
-                req.headers().contains_key("x-amz-copy-source"),
-                state.bucket_in_host(
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok()),
-                ),
-            );
             let refused = crate::auth_gate::check(
                 req.headers(),
                 req.uri().query(),
@@ -308,18 +336,17 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 Err(r) => Err(ApiError::Refused(r)),
                 Ok(()) => match crate::key_headers::unreadable(req.headers()) {
                     Some(e) => Err(ApiError::Sse(e)),
-                    None => limit_body(req, state.cfg.max_body_bytes)
-                        .map_err(|TooLarge| ApiError::EntityTooLarge),
+                    None => Ok(limit_body(req, state.cfg.max_body_bytes)),
                 },
             };
-            let req = match early {
+            let mut req = match early {
                 Ok(req) => req,
                 Err(e) => {
                     crate::s3::errors::note(&state, &e);
                     let resp = crate::s3::errors::http_response(&e);
                     let resp = crate::error_body::complete(resp, &path, &request_id).await;
                     state.metrics.observe(
-                        operation,
+                        UNKNOWN_OPERATION,
                         resp.status().as_u16(),
                         started.elapsed().as_secs_f64(),
                     );
@@ -330,10 +357,25 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 crate::s3::post::form_post_target(&state, req.method(), req.headers(), &path)
             {
                 let http1 = req.version() < http::Version::HTTP_2;
-                let answer = match target {
-                    Some(bucket) => crate::s3::post::post_object(&state, req, bucket).await,
-                    None => crate::s3::post::Answer {
-                        response: crate::s3::errors::http_response(&ApiError::MethodNotAllowed),
+                let operation = if target.is_some() {
+                    "PostObject"
+                } else {
+                    UNKNOWN_OPERATION
+                };
+                let refusal =
+                    if declared_too_large(req.headers(), state.cfg.max_body_bytes).is_err() {
+                        Some(ApiError::EntityTooLarge)
+                    } else if target.is_none() {
+                        Some(ApiError::MethodNotAllowed)
+                    } else {
+                        None
+                    };
+                let answer = match (refusal, target) {
+                    (None, Some(bucket)) => crate::s3::post::post_object(&state, req, bucket).await,
+                    (e, _) => crate::s3::post::Answer {
+                        response: crate::s3::errors::http_response(
+                            &e.unwrap_or(ApiError::MethodNotAllowed),
+                        ),
                         body_consumed: false,
                     },
                 };
@@ -353,6 +395,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 );
                 return Ok(resp);
             }
+            let slot = OperationSlot::default();
+            req.extensions_mut().insert(slot.clone());
             let resp = match s3.oneshot(req).await {
                 Ok(resp) => {
                     crate::error_body::complete(resp.into_response(), &path, &request_id).await
@@ -365,7 +409,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 }
             };
             state.metrics.observe(
-                operation,
+                slot.name(),
                 resp.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );

@@ -1119,3 +1119,83 @@ async fn listings_page_past_common_prefixes() {
         (400, "InvalidArgument")
     );
 }
+
+/// The node's `/metrics` text.
+async fn scrape(node: &Node) -> String {
+    let url = format!("http://{}/metrics", node.client.host);
+    let resp = node.client.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap()
+}
+
+/// The value of one sample line (`name{labels}`), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn requests_are_counted_under_the_operation_s3s_routed_them_to() {
+    let node = Node::start().await;
+    assert_eq!(
+        node.call("PUT", "/mtrbkt", &[], &[], vec![]).await.status,
+        200
+    );
+    let put = r#"coffer_s3_requests_total{operation="PutObject",status="200"}"#;
+    let get = r#"coffer_s3_requests_total{operation="GetObject",status="200"}"#;
+    let denied = r#"coffer_s3_requests_total{operation="GetObject",status="403"}"#;
+    let unknown = r#"coffer_s3_requests_total{operation="Unknown",status="403"}"#;
+    let before = scrape(&node).await;
+    assert_eq!(sample(&before, put), 0, "{before}");
+    assert_eq!(
+        sample(
+            &before,
+            r#"coffer_s3_requests_total{operation="CreateBucket",status="200"}"#
+        ),
+        1,
+        "{before}"
+    );
+
+    let body = data(1000, 3);
+    let a = node
+        .call("PUT", "/mtrbkt/a/b", &[], &[], body.clone())
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = node.call("GET", "/mtrbkt/a/b", &[], &[], vec![]).await;
+    assert_eq!((a.status, a.body), (200, body));
+    let a = node.call("GET", "/mtrbkt/a/b", &[], &[], vec![]).await;
+    assert_eq!(a.status, 200);
+    // Anonymous: routed by s3s (so named), then refused by the access hook.
+    let url = format!("http://{}/mtrbkt/a/b", node.client.host);
+    let anon = node.client.http.get(url).send().await.unwrap();
+    assert_eq!(anon.status().as_u16(), 403);
+    // A wrong secret fails the signature check, before s3s routes the request.
+    let forged = S3Client::plain(&node.client.host, "rust-test", "not-the-secret");
+    let a = forged.call("GET", "/mtrbkt/a/b", &[], &[], vec![]).await;
+    assert_eq!(
+        (a.status, a.one("Code").as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+
+    let after = scrape(&node).await;
+    assert_eq!(sample(&after, put), 1, "{after}");
+    assert_eq!(sample(&after, get), 2, "{after}");
+    assert_eq!(sample(&after, denied), 1, "{after}");
+    assert_eq!(sample(&after, unknown), 1, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"coffer_s3_request_duration_seconds_count{operation="GetObject"}"#
+        ),
+        3,
+        "{after}"
+    );
+    // No bucket or key names in any sample.
+    assert!(
+        !after
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("mtrbkt")),
+        "{after}"
+    );
+}

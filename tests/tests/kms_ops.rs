@@ -59,7 +59,7 @@ async fn health_ready_and_metrics() {
         "coffer_kms_key_operations_total{operation=\"generate\",result=\"ok\"} 1\n",
         "coffer_kms_key_operations_total{operation=\"unwrap\",result=\"ok\"} 1\n",
         "coffer_kms_key_operations_total{operation=\"unwrap\",result=\"unwrap_failed\"} 1\n",
-        "coffer_kms_request_duration_seconds_bucket{route=\"/v1/keys/unwrap\",le=\"+Inf\"} 2\n",
+        "coffer_kms_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/keys/unwrap\"} 2\n",
         "coffer_kms_audit_write_duration_seconds_count ",
         "coffer_kms_audit_write_failures_total 0\n",
         "coffer_kms_sealed 0\n",

@@ -32,14 +32,17 @@ pub fn not_ready(st: &KmsState) -> Option<ApiError> {
     }
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub async fn metrics(State(st): State<Arc<KmsState>>) -> Response {
+/// `GET /metrics`: OpenMetrics text (content type negotiated, see `coffer_common::metrics`).
+pub async fn metrics(State(st): State<Arc<KmsState>>, headers: axum::http::HeaderMap) -> Response {
     let sealed = st.keyring.read().map(|r| r.is_none()).unwrap_or(true);
     let body = st.metrics.render(sealed, st.audit.healthy());
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            coffer_common::metrics::CONTENT_TYPE,
+            coffer_common::metrics::content_type(accept),
         )],
         body,
     )
