@@ -6,9 +6,9 @@
 //! `S3Access` hook (see `server.rs`) writes it into the request's [`OperationSlot`] before the
 //! request body is read. A form POST, which the node answers before s3s, is `PostObject`;
 //! requests refused before s3s routes them (SigV2, a bad presigned query, an unreadable SSE key
-//! header, a failed signature, a
-//! path s3s does not route) are `Unknown`. Label values are operation names and status codes
-//! only; no bucket or object names (unbounded, and possibly sensitive) reach the metrics.
+//! header, a failed signature, a path s3s does not route) are `Unknown`. Label values are
+//! operation names and status codes only; no bucket or object names (unbounded, and possibly
+//! sensitive) reach the metrics.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
