@@ -89,7 +89,8 @@ def test_declared_body_above_5_gib_is_entity_too_large(node, bucket):
     assert b"<Code>EntityTooLarge</Code>" in body and b"<RequestId>" in body
 
 
-def _chunked_put(node, bucket, key, data: bytes, trailer_name: str, trailer_value: str):
+def _chunked_put(node, bucket, key, data: bytes, trailer_name: str, trailer_value: str,
+                 content_encoding: str = "aws-chunked"):
     """PUT with `STREAMING-UNSIGNED-PAYLOAD-TRAILER` (aws-chunked body, checksum in a trailer),
     the way the AWS SDKs send uploads over HTTPS."""
     import requests
@@ -106,7 +107,7 @@ def _chunked_put(node, bucket, key, data: bytes, trailer_name: str, trailer_valu
     body += f"0\r\n{trailer_name}:{trailer_value}\r\n\r\n".encode()
     url = f"{node.endpoint}/{bucket}/{key}"
     req = AWSRequest(method="PUT", url=url, data=body, headers={
-        "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
+        "Content-Encoding": content_encoding, "x-amz-decoded-content-length": str(len(data)),
         "x-amz-trailer": trailer_name, "Content-Length": str(len(body))})
     req.context["checksum"] = {"request_algorithm": {"in": "trailer", "algorithm": "crc32"}}
     S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(req)
@@ -210,3 +211,19 @@ def test_bad_chunk_signature_is_signature_does_not_match(node, s3, bucket):
     assert bad.status_code == 403, bad.text
     assert "<Code>SignatureDoesNotMatch</Code>" in bad.text
     expect_error(404, "NoSuchKey", s3.get_object, Bucket=bucket, Key="signed-chunks-bad")
+
+
+@pytest.mark.parametrize("sent,stored", [("aws-chunked", None), ("aws-chunked,gzip", "gzip"),
+                                         ("gzip, aws-chunked", "gzip")])
+def test_aws_chunked_is_never_stored_as_content_encoding(node, s3, bucket, sent, stored):
+    """Issue 11 E21: `aws-chunked` frames the request body only; AWS never stores it in the
+    object's Content-Encoding (and stores none when it was the only value)."""
+    data = os.urandom(20000)
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    r = _chunked_put(node, bucket, "enc", data, "x-amz-checksum-crc32", crc, content_encoding=sent)
+    assert r.status_code == 200, r.text
+    head = s3.head_object(Bucket=bucket, Key="enc")
+    assert head.get("ContentEncoding") == stored, head
+    got = s3.get_object(Bucket=bucket, Key="enc")
+    assert got.get("ContentEncoding") == stored
+    assert got["Body"].read() == data

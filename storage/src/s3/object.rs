@@ -32,6 +32,17 @@ pub(crate) struct ContentHeaders {
     pub expires_ms: Option<i64>,
 }
 
+/// The Content-Encoding to store: the sent one without `aws-chunked`, which frames the request
+/// body only (AWS never stores it); none when nothing else was sent.
+fn stored_content_encoding(sent: &str) -> Option<String> {
+    let kept: Vec<&str> = sent
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
 impl ContentHeaders {
     /// The content headers a write request carries.
     pub(crate) fn of(
@@ -44,7 +55,9 @@ impl ContentHeaders {
         Self {
             cache_control: cache_control.clone(),
             content_disposition: content_disposition.clone(),
-            content_encoding: content_encoding.clone(),
+            content_encoding: content_encoding
+                .as_deref()
+                .and_then(stored_content_encoding),
             content_language: content_language.clone(),
             expires_ms: expires.as_ref().map(|t| {
                 let t = time::OffsetDateTime::from(t.clone());
