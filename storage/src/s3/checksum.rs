@@ -63,12 +63,14 @@ impl Checksums {
     }
 
     /// Compare with the values sent in headers or trailers; `Err(name)` names the first mismatch
-    /// (a declared trailer that never arrived counts as a mismatch).
+    /// (a declared trailer that never arrived counts as a mismatch). `Ok` holds the verified
+    /// values, `(header name, base64)`, to store and return.
     pub(crate) fn verify(
         self,
         headers: &HeaderMap,
         trailers: Option<&HeaderMap>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<Vec<(&'static str, String)>, &'static str> {
+        let mut verified = Vec::new();
         let computed: [(usize, Option<Vec<u8>>); 5] = [
             (0, self.crc32.map(|c| c.finalize().to_be_bytes().to_vec())),
             (1, self.crc32c.map(|c| c.to_be_bytes().to_vec())),
@@ -84,11 +86,13 @@ impl Checksums {
                 .get(*name)
                 .or_else(|| trailers.and_then(|t| t.get(*name)))
                 .and_then(|v| v.to_str().ok());
-            if sent.map(str::trim) != Some(STANDARD.encode(&value).as_str()) {
+            let value = STANDARD.encode(&value);
+            if sent.map(str::trim) != Some(value.as_str()) {
                 return Err(name);
             }
+            verified.push((*name, value));
         }
-        Ok(())
+        Ok(verified)
     }
 }
 
@@ -111,7 +115,16 @@ mod tests {
         let mut c = Checksums::for_request(&h);
         c.update(b"hel");
         c.update(b"lo");
-        assert_eq!(c.verify(&h, None), Ok(()));
+        assert_eq!(
+            c.verify(&h, None),
+            Ok(vec![
+                ("x-amz-checksum-crc32", "NhCmhg==".to_string()),
+                (
+                    "x-amz-checksum-sha256",
+                    "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=".to_string()
+                )
+            ])
+        );
         let mut c = Checksums::for_request(&h);
         c.update(b"hellO");
         assert_eq!(c.verify(&h, None), Err("x-amz-checksum-crc32"));

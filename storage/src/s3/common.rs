@@ -162,7 +162,11 @@ pub(crate) async fn write_request_body(
     content_md5: Option<&str>,
     headers: &HeaderMap,
     trailers: Option<&s3s::TrailingHeaders>,
-) -> ApiResult<crate::store::blobs::WrittenBlob> {
+) -> ApiResult<(
+    crate::store::blobs::WrittenBlob,
+    Vec<(&'static str, String)>,
+)> {
+    let mut verified = Vec::new();
     let md5 = EncryptionParams::new(stored, None).needs_md5() || content_md5.is_some();
     // Fed by `observe` while the body streams, taken by `verify` after its last byte.
     let sums = std::sync::Mutex::new(Some(super::checksum::Checksums::for_request(headers)));
@@ -186,10 +190,16 @@ pub(crate) async fn write_request_body(
             Some(s) => s.verify(headers, trailer_map.as_ref()),
             None => Err("checksum state lost"),
         };
-        if let Err(name) = sums_ok {
-            tracing::debug!(checksum = name, "checksum mismatch");
+        match sums_ok {
+            Ok(v) => {
+                verified = v;
+                md5_ok
+            }
+            Err(name) => {
+                tracing::debug!(checksum = name, "checksum mismatch");
+                false
+            }
         }
-        md5_ok && sums_ok.is_ok()
     };
     let blob = match body {
         Some(body) => {
@@ -220,5 +230,5 @@ pub(crate) async fn write_request_body(
             .await?
         }
     };
-    Ok(blob)
+    Ok((blob, verified))
 }

@@ -145,7 +145,17 @@ pub(crate) async fn get_object(
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
     let stored_expires = headers.expires();
     let enc = EncryptionParams::new(&r.obj.sse, r.customer_md5.as_deref());
+    let sums = checksums_for(
+        input.checksum_mode.as_ref(),
+        range.is_some() || input.part_number.is_some(),
+        &headers,
+    );
     let out = GetObjectOutput {
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
         body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(body))),
         content_length: Some(content_length as i64),
         content_range: range.map(|(s, e)| format!("bytes {s}-{e}/{size}")),
@@ -228,7 +238,17 @@ pub(crate) async fn head_object(
     let headers: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
     let stored_expires = headers.expires();
     let enc = EncryptionParams::new(&r.obj.sse, r.customer_md5.as_deref());
+    let sums = checksums_for(
+        input.checksum_mode.as_ref(),
+        content_range.is_some(),
+        &headers,
+    );
     Ok(S3Response::new(HeadObjectOutput {
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
         content_length: Some(len as i64),
         content_range,
         accept_ranges: Some("bytes".into()),
@@ -295,4 +315,17 @@ pub(crate) async fn get_object_attributes(
         last_modified: Some(common::ts(r.obj.last_modified_ms)),
         ..Default::default()
     }))
+}
+
+/// The stored checksums a HEAD or GET returns: with `x-amz-checksum-mode: ENABLED` and for the
+/// whole object only (a range or part has no stored checksum), as AWS.
+fn checksums_for(
+    mode: Option<&ChecksumMode>,
+    partial: bool,
+    headers: &ContentHeaders,
+) -> super::object::StoredChecksums {
+    if partial || mode.is_none_or(|m| m.as_str() != ChecksumMode::ENABLED) {
+        return super::object::StoredChecksums::default();
+    }
+    headers.checksums.clone()
 }

@@ -156,7 +156,7 @@ pub(crate) async fn upload_part(
     )
     .await?;
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let blob = common::write_request_body(
+    let (blob, verified) = common::write_request_body(
         state,
         input.body,
         input.part_number as u32,
@@ -170,8 +170,14 @@ pub(crate) async fn upload_part(
     .await?;
     let etag = store_part(state, &up, input.part_number, blob).await?;
     let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
+    let sums = super::object::StoredChecksums::from_verified(&verified);
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(ETag::Strong(etag)),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
         server_side_encryption: enc.server_side_encryption(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),

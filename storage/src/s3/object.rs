@@ -30,6 +30,53 @@ pub(crate) struct ContentHeaders {
     /// `Expires`, as Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<i64>,
+    /// The `x-amz-checksum-*` values verified on upload (issue 11 E21).
+    #[serde(default, skip_serializing_if = "StoredChecksums::is_empty")]
+    pub checksums: StoredChecksums,
+}
+
+/// The `x-amz-checksum-*` values (base64) an upload sent and the node verified, returned by
+/// PutObject and UploadPart and, with `x-amz-checksum-mode: ENABLED`, by HEAD and GET.
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredChecksums {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl StoredChecksums {
+    /// From the verified `(header name, base64)` pairs.
+    pub(crate) fn from_verified(verified: &[(&str, String)]) -> Self {
+        let get = |name: &str| {
+            verified
+                .iter()
+                .find(|(n, _)| n.strip_prefix("x-amz-checksum-") == Some(name))
+                .map(|(_, v)| v.clone())
+        };
+        Self {
+            crc32: get("crc32"),
+            crc32c: get("crc32c"),
+            crc64nvme: get("crc64nvme"),
+            sha1: get("sha1"),
+            sha256: get("sha256"),
+        }
+    }
+
+    /// True when no checksum was verified.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.crc32.is_none()
+            && self.crc32c.is_none()
+            && self.crc64nvme.is_none()
+            && self.sha1.is_none()
+            && self.sha256.is_none()
+    }
 }
 
 /// The Content-Encoding to store: the sent one without `aws-chunked`, which frames the request
@@ -63,6 +110,7 @@ impl ContentHeaders {
                 let t = time::OffsetDateTime::from(t.clone());
                 (t.unix_timestamp_nanos() / 1_000_000) as i64
             }),
+            checksums: StoredChecksums::default(),
         }
     }
 

@@ -9,7 +9,9 @@ use s3s::{S3Request, S3Response};
 use super::common;
 use super::encryption::{self, EncryptionParams};
 use super::errors::{ApiError, ApiResult};
-use super::object::{ContentHeaders, bucket_or_404, check_metadata, check_new_key, metadata_json};
+use super::object::{
+    ContentHeaders, StoredChecksums, bucket_or_404, check_metadata, check_new_key, metadata_json,
+};
 use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
@@ -43,7 +45,7 @@ pub(crate) async fn put_object(
         .await?
         .ok_or(ApiError::NoSuchBucket)?;
     let expected = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let blob = common::write_request_body(
+    let (blob, verified) = common::write_request_body(
         state,
         input.body,
         1,
@@ -56,13 +58,15 @@ pub(crate) async fn put_object(
     )
     .await?;
     let etag = EncryptionParams::new(&stored, None).etag(blob.md5.as_ref());
-    let headers = ContentHeaders::of(
+    let mut headers = ContentHeaders::of(
         &input.cache_control,
         &input.content_disposition,
         &input.content_encoding,
         &input.content_language,
         &input.expires,
     );
+    headers.checksums = StoredChecksums::from_verified(&verified);
+    let sums = headers.checksums.clone();
     let now = meta::now_ms();
     let obj = Object {
         bucket: bucket.name.clone(),
@@ -99,6 +103,11 @@ pub(crate) async fn put_object(
         server_side_encryption: enc.server_side_encryption(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
         ..Default::default()
     }))
 }

@@ -1,0 +1,49 @@
+"""Issue 11 E21: checksums verified on upload are stored and returned as AWS returns them: in
+the PutObject and UploadPart answers, and on HEAD/GET of the whole object with
+`x-amz-checksum-mode: ENABLED` (not without it, not for a range)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import zlib
+
+import pytest
+
+
+def _sha256(d: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(d).digest()).decode()
+
+
+def _crc32(d: bytes) -> str:
+    return base64.b64encode(zlib.crc32(d).to_bytes(4, "big")).decode()
+
+
+@pytest.mark.parametrize("alg,field,fn", [("SHA256", "ChecksumSHA256", _sha256),
+                                          ("CRC32", "ChecksumCRC32", _crc32)])
+def test_put_checksum_is_stored_and_returned_with_checksum_mode(s3, bucket, alg, field, fn):
+    data = os.urandom(70000)
+    put = s3.put_object(Bucket=bucket, Key="c", Body=data, ChecksumAlgorithm=alg)
+    assert put.get(field) == fn(data), put
+    head = s3.head_object(Bucket=bucket, Key="c", ChecksumMode="ENABLED")
+    assert head.get(field) == fn(data), head
+    got = s3.get_object(Bucket=bucket, Key="c", ChecksumMode="ENABLED")
+    assert got.get(field) == fn(data)
+    assert got["Body"].read() == data
+    # Without the mode, or for a range, no checksum is returned.
+    plain = s3.head_object(Bucket=bucket, Key="c")
+    assert field not in plain, plain
+    ranged = s3.get_object(Bucket=bucket, Key="c", Range="bytes=0-9", ChecksumMode="ENABLED")
+    assert field not in ranged
+    assert ranged["Body"].read() == data[:10]
+
+
+def test_upload_part_returns_its_verified_checksum(s3, bucket):
+    data = os.urandom(5 * 1024 * 1024)
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm="SHA256")
+    try:
+        part = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up["UploadId"], PartNumber=1,
+                              Body=data, ChecksumAlgorithm="SHA256")
+        assert part.get("ChecksumSHA256") == _sha256(data), part
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=up["UploadId"])
