@@ -118,7 +118,7 @@ pub async fn open_state(
         loop {
             tokio::time::sleep(period).await;
             match sweeper.upgrade() {
-                Some(k) => k.sweep(),
+                Some(k) => k.sweep().await,
                 None => break,
             }
         }

@@ -1,26 +1,25 @@
-//! The bounded, time-limited cache of plaintext bucket data keys, in front of the KMS client.
+//! The bounded, time-limited cache of plaintext bucket data keys, in front of the KMS client,
+//! on `moka`'s async cache.
 //!
 //! Secret: the cached keys. They live only here, behind `Arc<SecretKey32>` (zeroized when the
-//! last reference drops), for at most `ttl`; a sweeper drops expired entries. Concurrent misses
-//! for one bucket make one KMS call: callers queue on the bucket's slot, and a caller that was
-//! waiting while the call failed gets that failure at once instead of calling again.
+//! last reference drops), for at most `ttl`, and at most `capacity` of them (least recently
+//! used first out). An evicted key (TTL, capacity, KMS loss) is handed by value to the eviction
+//! listener, which counts it and drops its reference: nothing is copied out. The periodic
+//! [`BucketKeys::sweep`] runs moka's pending maintenance so that expired keys are dropped even
+//! when no request touches the cache. Concurrent misses for one bucket make one KMS call
+//! (`try_get_with`): the other callers wait for it and share its key, or its failure.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use coffer_common::secret::SecretKey32;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 
 use super::kms_client::{KmsClient, KmsError};
-
-#[derive(Default)]
-struct SlotState {
-    key: Option<(Arc<SecretKey32>, Instant)>,
-    last_failure: Option<(Instant, KmsError)>,
-}
-
-type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// Cache counters, exported as metrics.
 #[derive(Default)]
@@ -35,23 +34,36 @@ pub struct CacheStats {
 /// Bucket keys: cache + KMS client.
 pub struct BucketKeys {
     kms: Option<KmsClient>,
-    slots: Mutex<HashMap<String, Slot>>,
-    ttl: Duration,
-    capacity: usize,
-    disabled: std::sync::atomic::AtomicBool,
-    pub stats: CacheStats,
+    cache: Cache<String, Arc<SecretKey32>>,
+    disabled: AtomicBool,
+    pub stats: Arc<CacheStats>,
 }
 
 impl BucketKeys {
     /// `kms = None` means no KMS is configured: every key request fails with `NotConfigured`.
     pub fn new(kms: Option<KmsClient>, ttl: Duration, capacity: usize) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let counted = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(capacity.max(1) as u64)
+            .time_to_live(ttl)
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(
+                move |_bucket: Arc<String>, key: Arc<SecretKey32>, cause: RemovalCause| {
+                    if cause != RemovalCause::Replaced {
+                        counted.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The cache's reference goes here; the key is zeroized once no request
+                    // still holds it.
+                    drop(key);
+                },
+            )
+            .build();
         Self {
             kms,
-            slots: Mutex::new(HashMap::new()),
-            ttl,
-            capacity: capacity.max(1),
-            disabled: Default::default(),
-            stats: CacheStats::default(),
+            cache,
+            disabled: AtomicBool::new(false),
+            stats,
         }
     }
 
@@ -59,7 +71,7 @@ impl BucketKeys {
     /// answer every key request with `Unavailable` from now on.
     pub fn disable(&self) {
         self.disabled.store(true, Ordering::SeqCst);
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache.invalidate_all();
     }
 
     /// The KMS is back (the dev child was restarted): key requests reach it again.
@@ -91,74 +103,48 @@ impl BucketKeys {
         self.kms.is_some()
     }
 
-    fn slot(&self, bucket_id: &str) -> Slot {
-        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(bucket_id) {
-            return s.clone();
-        }
-        if map.len() >= self.capacity {
-            self.evict_locked(&mut map);
-        }
-        let s: Slot = Arc::default();
-        map.insert(bucket_id.to_string(), s.clone());
-        s
+    /// Drop expired and invalidated keys now (run periodically), through the eviction listener.
+    pub async fn sweep(&self) {
+        self.cache.run_pending_tasks().await;
     }
 
-    fn evict_locked(&self, map: &mut HashMap<String, Slot>) {
-        let now = Instant::now();
-        let ttl = self.ttl;
-        let before = map.len();
-        map.retain(|_, s| match s.try_lock() {
-            Ok(st) => st
-                .key
-                .as_ref()
-                .is_some_and(|(_, t)| now.duration_since(*t) < ttl),
-            Err(_) => true,
-        });
-        if map.len() >= self.capacity {
-            // Still full of live keys: drop an arbitrary idle one.
-            let victim = map
-                .iter()
-                .find(|(_, s)| s.try_lock().is_ok())
-                .map(|(k, _)| k.clone());
-            if let Some(v) = victim {
-                map.remove(&v);
-            }
-        }
-        self.stats
-            .evictions
-            .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
-    }
-
-    /// Drop every expired key (run periodically).
-    pub fn sweep(&self) {
-        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let ttl = self.ttl;
-        let mut dropped = 0u64;
-        for s in map.values() {
-            if let Ok(mut st) = s.try_lock()
-                && st
-                    .key
-                    .as_ref()
-                    .is_some_and(|(_, t)| now.duration_since(*t) >= ttl)
-            {
-                st.key = None;
-                dropped += 1;
-            }
-        }
-        map.retain(|_, s| s.try_lock().map(|st| st.key.is_some()).unwrap_or(true));
-        self.stats.evictions.fetch_add(dropped, Ordering::Relaxed);
-    }
-
-    /// Number of keys held.
+    /// Number of keys held (as of moka's last maintenance).
     pub fn len(&self) -> usize {
-        self.slots.lock().map(|m| m.len()).unwrap_or(0)
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
     }
 
     /// True when no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The cached key of `bucket_id`, or the one `load` yields, which is cached. Concurrent
+    /// misses on one bucket run one `load`; the others wait and share its result.
+    async fn get_or_load<F, Fut>(
+        &self,
+        bucket_id: &str,
+        load: F,
+    ) -> Result<Arc<SecretKey32>, KmsError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<SecretKey32, KmsError>>,
+    {
+        let mut loaded = false;
+        let result = self
+            .cache
+            .try_get_with_by_ref(bucket_id, async {
+                loaded = true;
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
+                load().await.map(Arc::new).inspect_err(|_| {
+                    self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .await;
+        if !loaded && result.is_ok() {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        result.map_err(|e| (*e).clone())
     }
 
     /// The plaintext key of a bucket whose wrapped key is stored: from cache, or unwrapped by
@@ -172,35 +158,10 @@ impl BucketKeys {
     ) -> Result<Arc<SecretKey32>, KmsError> {
         let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
         self.check_enabled()?;
-        let started = Instant::now();
-        let slot = self.slot(bucket_id);
-        let mut st = slot.lock().await;
-        if let Some((k, t)) = &st.key
-            && t.elapsed() < self.ttl
-        {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(k.clone());
-        }
-        if let Some((at, err)) = &st.last_failure
-            && *at >= started
-        {
-            return Err(err.clone());
-        }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
-        match kms.unwrap(bucket_id, wrapped, version, request_id).await {
-            Ok(k) => {
-                let k = Arc::new(k);
-                st.key = Some((k.clone(), Instant::now()));
-                st.last_failure = None;
-                Ok(k)
-            }
-            Err(e) => {
-                self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);
-                st.last_failure = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
+        self.get_or_load(bucket_id, || {
+            kms.unwrap(bucket_id, wrapped, version, request_id)
+        })
+        .await
     }
 
     /// A new bucket key from the KMS. The caller persists the wrapped key (first writer wins)
@@ -221,10 +182,136 @@ impl BucketKeys {
     /// Put a known plaintext key in the cache.
     pub async fn insert(&self, bucket_id: &str, key: SecretKey32) -> Arc<SecretKey32> {
         let k = Arc::new(key);
-        let slot = self.slot(bucket_id);
-        let mut st = slot.lock().await;
-        st.key = Some((k.clone(), Instant::now()));
-        st.last_failure = None;
+        self.cache.insert(bucket_id.to_string(), k.clone()).await;
         k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn key(b: u8) -> SecretKey32 {
+        SecretKey32::from_bytes([b; 32])
+    }
+
+    #[tokio::test]
+    async fn keys_expire_after_the_ttl_and_are_evicted() {
+        let keys = BucketKeys::new(None, Duration::from_millis(100), 10);
+        let calls = AtomicUsize::new(0);
+        let load = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(key(1))
+        };
+        keys.get_or_load("b", load).await.unwrap();
+        keys.get_or_load("b", load).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "second lookup is a hit");
+        assert_eq!(keys.stats.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(keys.stats.misses.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        keys.sweep().await;
+        assert_eq!(keys.len(), 0);
+        assert_eq!(keys.stats.evictions.load(Ordering::Relaxed), 1);
+        keys.get_or_load("b", load).await.unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "expired key is loaded again"
+        );
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_the_keys_held() {
+        let keys = BucketKeys::new(None, Duration::from_secs(60), 3);
+        for i in 0..10u8 {
+            keys.insert(&format!("b{i}"), key(i)).await;
+            keys.sweep().await;
+        }
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys.stats.evictions.load(Ordering::Relaxed), 7);
+        // The evicted keys are gone: only the cache held them, so they were dropped.
+        let mut held = Vec::new();
+        for i in 0..10u8 {
+            if keys.cache.get(&format!("b{i}")).await.is_some() {
+                held.push(i);
+            }
+        }
+        assert_eq!(held, [7, 8, 9], "least recently used keys went first");
+    }
+
+    #[tokio::test]
+    async fn evicted_key_is_dropped_not_copied() {
+        let keys = BucketKeys::new(None, Duration::from_secs(60), 1);
+        let k = keys.insert("a", key(1)).await;
+        let weak = Arc::downgrade(&k);
+        drop(k);
+        keys.sweep().await;
+        assert!(weak.upgrade().is_some(), "the cache holds the key");
+        keys.insert("b", key(2)).await;
+        keys.sweep().await;
+        keys.sweep().await;
+        assert!(
+            weak.upgrade().is_none(),
+            "evicted key was dropped (and zeroized)"
+        );
+        keys.disable();
+        keys.sweep().await;
+        assert_eq!(keys.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_on_one_bucket_make_one_load() {
+        let keys = Arc::new(BucketKeys::new(None, Duration::from_secs(60), 10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (keys, calls, gate) = (keys.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    keys.get_or_load("bucket", || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        // Stay in flight while the other callers miss.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(key(7))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().expose_secret(), &[7u8; 32]);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(keys.stats.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(keys.stats.hits.load(Ordering::Relaxed), 15);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_share_one_failure() {
+        let keys = Arc::new(BucketKeys::new(None, Duration::from_secs(60), 10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Barrier::new(8));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (keys, calls, gate) = (keys.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    keys.get_or_load("bucket", || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(KmsError::Unavailable("down".into()))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Err(KmsError::Unavailable(_))));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(keys.stats.kms_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(keys.len(), 0);
     }
 }
