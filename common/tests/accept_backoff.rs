@@ -1,7 +1,7 @@
 //! At the descriptor limit the accept loop backs off instead of spinning, and serves again once
 //! descriptors are free. Its own test binary: it lowers this process's RLIMIT_NOFILE.
 #![cfg(target_os = "linux")]
-#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
@@ -26,16 +26,10 @@ fn open_fds() -> u64 {
 }
 
 fn set_nofile(soft: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        r.rlim_cur = soft;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-    }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut r = getrlimit(Resource::Nofile);
+    r.current = Some(soft);
+    setrlimit(Resource::Nofile, r).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,38 +1,36 @@
 //! Process hardening for a daemon that holds keys: no core dumps (`RLIMIT_CORE = 0`, not
 //! dumpable), memory locked so keys are not swapped out (`mlockall`), and a terminal prompt with
-//! echo off for the passphrase. Each step warns instead of failing when not permitted.
-//!
-//! This is the only module with `unsafe` (libc calls); each block states why it is sound.
-#![allow(unsafe_code)]
+//! echo off for the passphrase. Each step warns instead of failing when not permitted. The
+//! system calls go through `rustix`'s safe wrappers: no `unsafe` here.
 
 use std::io::{BufRead, Write};
 
+use rustix::mm::{MlockAllFlags, mlockall};
+use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+
 /// Disable core dumps and ptrace-style dumping of this process.
 pub fn disable_core_dumps() {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
     };
-    // SAFETY: setrlimit reads a valid, initialized rlimit struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not disable core dumps (RLIMIT_CORE)");
+    if let Err(e) = setrlimit(Resource::Core, zero) {
+        tracing::warn!(error = %std::io::Error::from(e), "could not disable core dumps (RLIMIT_CORE)");
     }
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not mark the process non-dumpable");
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %std::io::Error::from(e), "could not mark the process non-dumpable");
     }
 }
 
 /// Lock current and future memory (`mlockall`); warn when not permitted (e.g. RLIMIT_MEMLOCK).
 pub fn lock_memory() {
-    // SAFETY: mlockall takes integer flags only.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
+    match mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
+        Err(e) => tracing::warn!(
+            error = %std::io::Error::from(e),
             "mlockall failed: keys may be swapped to disk (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
-        );
-    } else {
-        tracing::info!("memory locked (mlockall)");
+        ),
+        Ok(()) => tracing::info!("memory locked (mlockall)"),
     }
 }
 
@@ -43,25 +41,18 @@ pub fn prompt_hidden(prompt: &str) -> Option<String> {
         .write(true)
         .open("/dev/tty")
         .ok()?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&tty);
-    // SAFETY: termios is plain data; tcgetattr fills it for a valid fd or fails.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is an open terminal for the lifetime of `tty`; term is a valid pointer.
-    if unsafe { libc::tcgetattr(fd, &mut term) } != 0 {
-        return None;
-    }
-    let original = term;
-    term.c_lflag &= !libc::ECHO;
-    term.c_lflag |= libc::ECHONL;
-    // SAFETY: as above; we restore `original` below.
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    let original = tcgetattr(&tty).ok()?;
+    let mut term = original.clone();
+    term.local_modes.remove(LocalModes::ECHO);
+    term.local_modes.insert(LocalModes::ECHONL);
+    let _ = tcsetattr(&tty, OptionalActions::Now, &term);
     let mut writer = &tty;
     let _ = writer.write_all(prompt.as_bytes());
     let _ = writer.flush();
     let mut line = String::new();
     let read = std::io::BufReader::new(&tty).read_line(&mut line);
-    // SAFETY: restores the settings read above on the same fd.
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &original) };
+    // Restore the settings read above, whatever the read did.
+    let _ = tcsetattr(&tty, OptionalActions::Now, &original);
     read.ok()?;
     Some(line)
 }

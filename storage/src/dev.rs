@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use coffer_common::secret_file::write_new_secret_file;
 use rand::RngCore;
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -273,7 +274,7 @@ pub async fn replace_stale_kms(p: &DevPaths) -> Result<()> {
         pid = n,
         "a coffer-kms left running by an earlier dev holds the KMS data dir: stopping it"
     );
-    for (signal, wait) in [(libc::SIGTERM, 100), (libc::SIGKILL, 50)] {
+    for (signal, wait) in [(Signal::TERM, 100), (Signal::KILL, 50)] {
         signal_pid(n, signal);
         for _ in 0..wait {
             if kms_dir_locked(&p.kms_dir).is_none() {
@@ -289,14 +290,10 @@ pub async fn replace_stale_kms(p: &DevPaths) -> Result<()> {
     )
 }
 
-/// Send `signal` to process `pid`.
-pub fn signal_pid(pid: u32, signal: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
-        unsafe {
-            libc::kill(pid, signal);
-        }
+/// Send `signal` to process `pid` (errors, such as the process being gone, are ignored).
+pub fn signal_pid(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -396,7 +393,7 @@ impl Supervisor {
         self.wake.notify_one();
         let pid = self.pid();
         if pid != 0 {
-            signal_pid(pid, libc::SIGTERM);
+            signal_pid(pid, Signal::TERM);
         }
         let mut task = self.task;
         if tokio::time::timeout(Duration::from_secs(10), &mut task)

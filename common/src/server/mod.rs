@@ -125,9 +125,10 @@ pub async fn serve(
 
 /// True for accept errors that mean "out of descriptors or memory": retrying at once would spin.
 fn exhausted(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
     matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
 }
 

@@ -23,7 +23,10 @@ const PROBE_BYTES: usize = 64 * 1024;
 pub fn io_is_full(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull
         || e.kind() == std::io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(
+            rustix::io::Errno::from_io_error(e),
+            Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT)
+        )
 }
 
 /// True for a metadata error that means the disk is full (SQLITE_FULL, or ENOSPC below it).
@@ -101,15 +104,14 @@ impl DiskHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::io::Errno;
 
     #[test]
     fn classifies_enospc_and_sqlite_full() {
-        assert!(io_is_full(&std::io::Error::from_raw_os_error(libc::ENOSPC)));
-        assert!(io_is_full(&std::io::Error::from_raw_os_error(libc::EDQUOT)));
-        assert!(!io_is_full(&std::io::Error::from_raw_os_error(libc::EIO)));
-        assert!(db_is_full(&DbError::Io(std::io::Error::from_raw_os_error(
-            libc::ENOSPC
-        ))));
+        assert!(io_is_full(&std::io::Error::from(Errno::NOSPC)));
+        assert!(io_is_full(&std::io::Error::from(Errno::DQUOT)));
+        assert!(!io_is_full(&std::io::Error::from(Errno::IO)));
+        assert!(db_is_full(&DbError::Io(std::io::Error::from(Errno::NOSPC))));
         assert!(!db_is_full(&DbError::RowNotFound));
     }
 
