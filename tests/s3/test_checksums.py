@@ -41,9 +41,19 @@ def test_put_checksum_is_stored_and_returned_with_checksum_mode(s3, bucket, alg,
 def test_upload_part_returns_its_verified_checksum(s3, bucket):
     data = os.urandom(5 * 1024 * 1024)
     up = s3.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm="SHA256")
+    assert up.get("ChecksumAlgorithm") == "SHA256", up
     try:
         part = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up["UploadId"], PartNumber=1,
                               Body=data, ChecksumAlgorithm="SHA256")
         assert part.get("ChecksumSHA256") == _sha256(data), part
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=up["UploadId"])
+
+
+def test_get_object_attributes_returns_the_stored_checksum(s3, bucket):
+    data = os.urandom(1000)
+    s3.put_object(Bucket=bucket, Key="attrs", Body=data, ChecksumAlgorithm="SHA256")
+    a = s3.get_object_attributes(Bucket=bucket, Key="attrs",
+                                 ObjectAttributes=["Checksum", "ObjectSize"])
+    assert a["Checksum"].get("ChecksumSHA256") == _sha256(data), a
+    assert a["ObjectSize"] == 1000

@@ -306,7 +306,18 @@ pub(crate) async fn get_object_attributes(
     } else {
         None
     };
+    let stored: ContentHeaders = serde_json::from_str(&r.obj.headers).unwrap_or_default();
+    let sums = stored.checksums;
+    let checksum = (want(ObjectAttributes::CHECKSUM) && !sums.is_empty()).then(|| Checksum {
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
+        ..Default::default()
+    });
     Ok(S3Response::new(GetObjectAttributesOutput {
+        checksum,
         e_tag: want(ObjectAttributes::ETAG).then(|| ETag::Strong(r.obj.etag.clone())),
         object_size: want(ObjectAttributes::OBJECT_SIZE).then_some(r.obj.size as i64),
         storage_class: want(ObjectAttributes::STORAGE_CLASS)

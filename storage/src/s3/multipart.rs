@@ -66,10 +66,12 @@ pub(crate) async fn create(
         _ => None,
     };
     let enc = EncryptionParams::new(&up.sse, md5);
+    let checksum_algorithm = input.checksum_algorithm.clone();
     Ok(S3Response::new(CreateMultipartUploadOutput {
         bucket: Some(bucket.name),
         key: Some(input.key),
         upload_id: Some(upload_id),
+        checksum_algorithm,
         server_side_encryption: enc.server_side_encryption(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
