@@ -57,3 +57,25 @@ def test_get_object_attributes_returns_the_stored_checksum(s3, bucket):
                                  ObjectAttributes=["Checksum", "ObjectSize"])
     assert a["Checksum"].get("ChecksumSHA256") == _sha256(data), a
     assert a["ObjectSize"] == 1000
+
+
+def test_get_object_attributes_pages_object_parts(s3, bucket):
+    mib = 1024 * 1024
+    up = s3.create_multipart_upload(Bucket=bucket, Key="pages")
+    sizes = [5 * mib, 5 * mib, 1000]
+    parts = []
+    for n, size in enumerate(sizes, 1):
+        r = s3.upload_part(Bucket=bucket, Key="pages", UploadId=up["UploadId"], PartNumber=n,
+                           Body=os.urandom(size))
+        parts.append({"PartNumber": n, "ETag": r["ETag"]})
+    s3.complete_multipart_upload(Bucket=bucket, Key="pages", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": parts})
+    first = s3.get_object_attributes(Bucket=bucket, Key="pages", ObjectAttributes=["ObjectParts"],
+                                     MaxParts=2)["ObjectParts"]
+    assert first["TotalPartsCount"] == 3 and first["MaxParts"] == 2, first
+    assert first["IsTruncated"] is True and first["NextPartNumberMarker"] == 2, first
+    assert [(p["PartNumber"], p["Size"]) for p in first["Parts"]] == [(1, sizes[0]), (2, sizes[1])]
+    rest = s3.get_object_attributes(Bucket=bucket, Key="pages", ObjectAttributes=["ObjectParts"],
+                                    MaxParts=2, PartNumberMarker=2)["ObjectParts"]
+    assert rest["IsTruncated"] is False and rest["PartNumberMarker"] == 2, rest
+    assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 1000)]

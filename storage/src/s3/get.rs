@@ -299,9 +299,31 @@ pub(crate) async fn get_object_attributes(
             .any(|x| x.trim() == a)
     };
     let parts = if want(ObjectAttributes::OBJECT_PARTS) && r.obj.multipart {
+        // One page of parts after PartNumberMarker, at most MaxParts (1000 by default), as AWS.
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000);
+        let marker = input.part_number_marker.unwrap_or(0).max(0);
+        let after: Vec<&crate::store::meta::BlobRow> = r
+            .parts
+            .iter()
+            .filter(|p| i64::from(p.part_number) > i64::from(marker))
+            .collect();
+        let page: Vec<ObjectPart> = after
+            .iter()
+            .take(usize::try_from(max).unwrap_or(0))
+            .map(|p| ObjectPart {
+                part_number: i32::try_from(p.part_number).ok(),
+                size: i64::try_from(p.size).ok(),
+                ..Default::default()
+            })
+            .collect();
+        let truncated = after.len() > page.len();
         Some(GetObjectAttributesParts {
             total_parts_count: Some(r.obj.part_count as i32),
-            ..Default::default()
+            max_parts: Some(max),
+            part_number_marker: Some(marker),
+            is_truncated: Some(truncated),
+            next_part_number_marker: page.last().and_then(|p| p.part_number),
+            parts: Some(page),
         })
     } else {
         None
