@@ -79,3 +79,41 @@ def test_get_object_attributes_pages_object_parts(s3, bucket):
                                     MaxParts=2, PartNumberMarker=2)["ObjectParts"]
     assert rest["IsTruncated"] is False and rest["PartNumberMarker"] == 2, rest
     assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 1000)]
+
+
+def _multipart_sha256(s3, bucket, key, parts: list[bytes]):
+    up = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+    assert up.get("ChecksumAlgorithm") == "SHA256", up
+    done = []
+    for i, p in enumerate(parts):
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=i + 1,
+                           Body=p, ChecksumAlgorithm="SHA256")
+        assert r.get("ChecksumSHA256") == _sha256(p), r
+        done.append({"PartNumber": i + 1, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]})
+    return s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                                        MultipartUpload={"Parts": done})
+
+
+def test_multipart_sha256_composite_checksum_on_complete_and_head(s3, bucket):
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(5 * 1024 * 1024 + 3), os.urandom(17)]
+    joined = b"".join(hashlib.sha256(p).digest() for p in parts)
+    want = base64.b64encode(hashlib.sha256(joined).digest()).decode() + "-3"
+    done = _multipart_sha256(s3, bucket, "mp-sum", parts)
+    assert done.get("ChecksumSHA256") == want, done
+    head = s3.head_object(Bucket=bucket, Key="mp-sum", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256") == want, head
+    got = s3.get_object(Bucket=bucket, Key="mp-sum", ChecksumMode="ENABLED")
+    assert got.get("ChecksumSHA256") == want
+    assert got["Body"].read() == b"".join(parts)
+    a = s3.get_object_attributes(Bucket=bucket, Key="mp-sum", ObjectAttributes=["Checksum"])
+    assert a["Checksum"].get("ChecksumSHA256") == want, a
+
+
+def test_multipart_without_algorithm_has_no_object_checksum(s3, bucket):
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp-none")
+    assert "ChecksumAlgorithm" not in up
+    r = s3.upload_part(Bucket=bucket, Key="mp-none", UploadId=up["UploadId"], PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp-none", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"]}]})
+    head = s3.head_object(Bucket=bucket, Key="mp-none", ChecksumMode="ENABLED")
+    assert not any(k.startswith("Checksum") and k != "ChecksumType" for k in head), head

@@ -15,6 +15,24 @@ const NAMES: [&str; 5] = [
     "x-amz-checksum-sha256",
 ];
 
+/// A multipart object's composite checksum, as AWS: the `algorithm` checksum of the
+/// concatenated binary part checksums, base64, then `-N`. `None` when a part has no valid value
+/// or the algorithm has no composite form (CRC64NVME is full-object only on AWS).
+pub(crate) fn composite(algorithm: &str, parts: &[Option<&String>]) -> Option<String> {
+    let mut joined = Vec::new();
+    for p in parts {
+        joined.extend(STANDARD.decode((*p)?.trim()).ok()?);
+    }
+    let sum: Vec<u8> = match algorithm.to_ascii_uppercase().as_str() {
+        "CRC32" => crc32fast::hash(&joined).to_be_bytes().to_vec(),
+        "CRC32C" => crc32c::crc32c(&joined).to_be_bytes().to_vec(),
+        "SHA1" => sha1::Sha1::digest(&joined).to_vec(),
+        "SHA256" => sha2::Sha256::digest(&joined).to_vec(),
+        _ => return None,
+    };
+    Some(format!("{}-{}", STANDARD.encode(sum), parts.len()))
+}
+
 /// Running checksums for the algorithms the request declared.
 #[derive(Default)]
 pub(crate) struct Checksums {
@@ -99,6 +117,19 @@ impl Checksums {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn composite_is_the_checksum_of_the_part_checksums() {
+        // SHA-256 of the two decoded part checksums, then -2.
+        let a = STANDARD.encode(sha2::Sha256::digest(b"a"));
+        let b = STANDARD.encode(sha2::Sha256::digest(b"b"));
+        let mut joined = sha2::Sha256::digest(b"a").to_vec();
+        joined.extend(sha2::Sha256::digest(b"b"));
+        let want = format!("{}-2", STANDARD.encode(sha2::Sha256::digest(&joined)));
+        assert_eq!(composite("SHA256", &[Some(&a), Some(&b)]), Some(want));
+        assert_eq!(composite("SHA256", &[Some(&a), None]), None);
+        assert_eq!(composite("CRC64NVME", &[Some(&a)]), None);
+    }
 
     #[test]
     fn known_values_verify_and_mismatch_is_named() {

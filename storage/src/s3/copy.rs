@@ -294,6 +294,7 @@ async fn copy_reencrypting(
         etag: etag.clone(),
         file: blob.file.clone(),
         created_ms: dst.now,
+        checksums: None,
     };
     objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, cond)
         .await?

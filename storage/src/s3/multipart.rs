@@ -11,7 +11,7 @@ use super::copy::copy_source;
 use super::encryption::{self, EncryptionParams, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use super::list::Names;
-use super::object::{self, ContentHeaders, bucket_or_404};
+use super::object::{self, ContentHeaders, StoredChecksums, bucket_or_404};
 use super::precondition;
 use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
@@ -39,13 +39,17 @@ pub(crate) async fn create(
         version_id: &version_id,
     };
     let (_ok, stored) = common::seal_for(state, &bucket, &plan, &binding, request_id).await?;
-    let headers = ContentHeaders::of(
+    let mut headers = ContentHeaders::of(
         &input.cache_control,
         &input.content_disposition,
         &input.content_encoding,
         &input.content_language,
         &input.expires,
     );
+    headers.checksum_algorithm = input
+        .checksum_algorithm
+        .as_ref()
+        .map(|a| a.as_str().to_ascii_uppercase());
     let up = Upload {
         upload_id: upload_id.clone(),
         bucket: bucket.name.clone(),
@@ -112,6 +116,7 @@ async fn store_part(
     up: &Upload,
     part_number: i32,
     blob: crate::store::blobs::WrittenBlob,
+    checksums: Option<String>,
 ) -> ApiResult<String> {
     let etag = EncryptionParams::new(&up.sse, None).etag(blob.md5.as_ref());
     let row = BlobRow {
@@ -120,6 +125,7 @@ async fn store_part(
         etag: etag.clone(),
         file: blob.file.clone(),
         created_ms: meta::now_ms(),
+        checksums,
     };
     if objects::publish_part(&state.meta, &state.blobs, &up.upload_id, &row).await? {
         Ok(etag)
@@ -170,9 +176,12 @@ pub(crate) async fn upload_part(
         req.trailing_headers.as_ref(),
     )
     .await?;
-    let etag = store_part(state, &up, input.part_number, blob).await?;
-    let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     let sums = super::object::StoredChecksums::from_verified(&verified);
+    let json = (!sums.is_empty())
+        .then(|| serde_json::to_string(&sums).ok())
+        .flatten();
+    let etag = store_part(state, &up, input.part_number, blob, json).await?;
+    let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(ETag::Strong(etag)),
         checksum_crc32: sums.crc32,
@@ -259,7 +268,7 @@ pub(crate) async fn upload_part_copy(
         &mut |_| {},
     )
     .await?;
-    let etag = store_part(state, &up, input.part_number, blob).await?;
+    let etag = store_part(state, &up, input.part_number, blob, None).await?;
     let enc = EncryptionParams::new(&up.sse, customer.as_ref().map(|c| c.key_md5_b64.as_str()));
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {
@@ -296,9 +305,9 @@ pub(crate) async fn complete(
         check_upload_key(state, &b, &up, ck, request_id).await?;
     }
     let customer_md5 = customer.as_ref().map(|c| c.key_md5_b64.as_str());
-    let respond = |etag: String| completed(&up, customer_md5, etag);
+    let respond = |etag: String, sums: StoredChecksums| completed(&up, customer_md5, etag, sums);
     if let Some(done) = up.completed_etag.clone() {
-        return Ok(respond(done));
+        return Ok(respond(done, StoredChecksums::default()));
     }
     precondition::precheck(state, &up.bucket, &up.key, &cond).await?;
     let wanted = input
@@ -312,7 +321,7 @@ pub(crate) async fn complete(
             // was read above: answer what that one answered.
             let now = state.meta.upload(&up.upload_id).await?;
             if let Some(done) = now.and_then(|u| u.completed_etag) {
-                return Ok(respond(done));
+                return Ok(respond(done, StoredChecksums::default()));
             }
             return Err(e);
         }
@@ -320,8 +329,13 @@ pub(crate) async fn complete(
     let obj = completed_object(&up, &chosen);
     let numbers: Vec<u32> = chosen.iter().map(|r| r.part_number).collect();
     match objects::complete_upload(&state.meta, &state.blobs, &up, &obj, &numbers, &cond).await? {
-        Completion::Published(_) => Ok(respond(obj.etag)),
-        Completion::AlreadyCompleted(done) => Ok(respond(done)),
+        Completion::Published(_) => {
+            let sums = serde_json::from_str::<ContentHeaders>(&obj.headers)
+                .map(|h| h.checksums)
+                .unwrap_or_default();
+            Ok(respond(obj.etag, sums))
+        }
+        Completion::AlreadyCompleted(done) => Ok(respond(done, StoredChecksums::default())),
         Completion::Gone => Err(ApiError::NoSuchUpload),
         Completion::BucketGone => Err(ApiError::NoSuchBucket),
         Completion::ConditionFailed(f) => Err(precondition::failed(f)),
@@ -348,8 +362,34 @@ async fn check_upload_key(
     Ok(())
 }
 
-/// The object a Complete publishes from the chosen parts.
+/// The composite checksum of the chosen parts for the upload's `ChecksumAlgorithm` (issue 11
+/// E21); none without an algorithm or when a part was sent without that checksum.
+fn composite_checksum(up: &Upload, chosen: &[BlobRow]) -> StoredChecksums {
+    let headers: ContentHeaders = serde_json::from_str(&up.headers).unwrap_or_default();
+    let Some(alg) = headers.checksum_algorithm else {
+        return StoredChecksums::default();
+    };
+    let parts: Vec<StoredChecksums> = chosen
+        .iter()
+        .map(|r| {
+            r.checksums
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    let values: Vec<Option<&String>> = parts.iter().map(|p| p.get(&alg)).collect();
+    super::checksum::composite(&alg, &values)
+        .map(|v| StoredChecksums::only(&alg, v))
+        .unwrap_or_default()
+}
+
+/// The object a Complete publishes from the chosen parts, with the composite checksum in its
+/// content headers.
 fn completed_object(up: &Upload, chosen: &[BlobRow]) -> Object {
+    let mut headers: ContentHeaders = serde_json::from_str(&up.headers).unwrap_or_default();
+    headers.checksums = composite_checksum(up, chosen);
+    headers.checksum_algorithm = None;
     Object {
         bucket: up.bucket.clone(),
         key: up.key.clone(),
@@ -357,7 +397,7 @@ fn completed_object(up: &Upload, chosen: &[BlobRow]) -> Object {
         size: chosen.iter().map(|r| r.size).sum(),
         etag: common::multipart_etag(&chosen.iter().map(|r| r.etag.clone()).collect::<Vec<_>>()),
         content_type: up.content_type.clone(),
-        headers: up.headers.clone(),
+        headers: headers.to_json(),
         metadata: up.metadata.clone(),
         last_modified_ms: meta::now_ms(),
         sse: up.sse.clone(),
@@ -372,9 +412,14 @@ fn completed(
     up: &Upload,
     customer_md5: Option<&str>,
     etag: String,
+    sums: StoredChecksums,
 ) -> S3Response<CompleteMultipartUploadOutput> {
     let enc = EncryptionParams::new(&up.sse, customer_md5);
     let mut resp = S3Response::new(CompleteMultipartUploadOutput {
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
         bucket: Some(up.bucket.clone()),
         key: Some(up.key.clone()),
         e_tag: Some(ETag::Strong(etag)),

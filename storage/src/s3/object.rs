@@ -33,6 +33,10 @@ pub(crate) struct ContentHeaders {
     /// The `x-amz-checksum-*` values verified on upload (issue 11 E21).
     #[serde(default, skip_serializing_if = "StoredChecksums::is_empty")]
     pub checksums: StoredChecksums,
+    /// A multipart upload's `ChecksumAlgorithm` (CreateMultipartUpload), kept so Complete can
+    /// compose the object's checksum from the parts' (issue 11 E21).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
 }
 
 /// The `x-amz-checksum-*` values (base64) an upload sent and the node verified, returned by
@@ -66,6 +70,46 @@ impl StoredChecksums {
             crc64nvme: get("crc64nvme"),
             sha1: get("sha1"),
             sha256: get("sha256"),
+        }
+    }
+
+    /// The value for an AWS algorithm name (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`).
+    pub(crate) fn get(&self, algorithm: &str) -> Option<&String> {
+        match algorithm.to_ascii_uppercase().as_str() {
+            "CRC32" => self.crc32.as_ref(),
+            "CRC32C" => self.crc32c.as_ref(),
+            "CRC64NVME" => self.crc64nvme.as_ref(),
+            "SHA1" => self.sha1.as_ref(),
+            "SHA256" => self.sha256.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Only `value` for `algorithm` (an unknown name gives none).
+    pub(crate) fn only(algorithm: &str, value: String) -> Self {
+        let v = Some(value);
+        match algorithm.to_ascii_uppercase().as_str() {
+            "CRC32" => Self {
+                crc32: v,
+                ..Self::default()
+            },
+            "CRC32C" => Self {
+                crc32c: v,
+                ..Self::default()
+            },
+            "CRC64NVME" => Self {
+                crc64nvme: v,
+                ..Self::default()
+            },
+            "SHA1" => Self {
+                sha1: v,
+                ..Self::default()
+            },
+            "SHA256" => Self {
+                sha256: v,
+                ..Self::default()
+            },
+            _ => Self::default(),
         }
     }
 
@@ -111,6 +155,7 @@ impl ContentHeaders {
                 (t.unix_timestamp_nanos() / 1_000_000) as i64
             }),
             checksums: StoredChecksums::default(),
+            checksum_algorithm: None,
         }
     }
 

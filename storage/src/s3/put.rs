@@ -88,6 +88,7 @@ pub(crate) async fn put_object(
         etag: etag.clone(),
         file: blob.file.clone(),
         created_ms: now,
+        checksums: None,
     };
     objects::publish_single_part_if(&state.meta, &state.blobs, &obj, &row, &cond)
         .await?

@@ -71,6 +71,7 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
             etag: "e".into(),
             file: format!("f-{k}"),
             created_ms: now_ms(),
+            checksums: None,
         };
         meta.put_object(&o, &row).await.unwrap();
         v.published();

@@ -57,6 +57,8 @@ pub struct BlobRow {
     pub etag: String,
     pub file: String,
     pub created_ms: i64,
+    /// JSON of the part's verified `x-amz-checksum-*` values (issue 11 E21); `None`: none sent.
+    pub checksums: Option<String>,
 }
 
 /// A multipart upload.
@@ -215,6 +217,7 @@ fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
         etag: row.try_get("etag")?,
         file: row.try_get("file")?,
         created_ms: row.try_get("created_ms")?,
+        checksums: row.try_get("checksums")?,
     })
 }
 
@@ -649,13 +652,14 @@ impl Meta {
             .bind(blob.part_number as i64)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms, checksums) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(upload_id)
             .bind(blob.part_number as i64)
             .bind(blob.size as i64)
             .bind(&blob.etag)
             .bind(&blob.file)
             .bind(blob.created_ms)
+            .bind(&blob.checksums)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -72,6 +72,7 @@ fn row(file: &str, size: u64) -> BlobRow {
         etag: "e".into(),
         file: file.into(),
         created_ms: now_ms(),
+        checksums: None,
     }
 }
 
