@@ -117,3 +117,11 @@ def test_multipart_without_algorithm_has_no_object_checksum(s3, bucket):
                                  MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"]}]})
     head = s3.head_object(Bucket=bucket, Key="mp-none", ChecksumMode="ENABLED")
     assert not any(k.startswith("Checksum") and k != "ChecksumType" for k in head), head
+
+
+def test_get_object_attributes_parts_carry_their_checksums(s3, bucket):
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(9)]
+    _multipart_sha256(s3, bucket, "mp-parts", parts)
+    got = s3.get_object_attributes(Bucket=bucket, Key="mp-parts", ObjectAttributes=["ObjectParts"],
+                                   MaxParts=1, PartNumberMarker=1)["ObjectParts"]
+    assert [(p["PartNumber"], p.get("ChecksumSHA256")) for p in got["Parts"]] == [(2, _sha256(parts[1]))]

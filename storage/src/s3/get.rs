@@ -310,10 +310,22 @@ pub(crate) async fn get_object_attributes(
         let page: Vec<ObjectPart> = after
             .iter()
             .take(usize::try_from(max).unwrap_or(0))
-            .map(|p| ObjectPart {
-                part_number: i32::try_from(p.part_number).ok(),
-                size: i64::try_from(p.size).ok(),
-                ..Default::default()
+            .map(|p| {
+                // The part's checksums verified on upload (issue 11 E21).
+                let sums: super::object::StoredChecksums = p
+                    .checksums
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str(j).ok())
+                    .unwrap_or_default();
+                ObjectPart {
+                    part_number: i32::try_from(p.part_number).ok(),
+                    size: i64::try_from(p.size).ok(),
+                    checksum_crc32: sums.crc32,
+                    checksum_crc32c: sums.crc32c,
+                    checksum_crc64nvme: sums.crc64nvme,
+                    checksum_sha1: sums.sha1,
+                    checksum_sha256: sums.sha256,
+                }
             })
             .collect();
         let truncated = after.len() > page.len();
