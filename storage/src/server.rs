@@ -408,6 +408,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
                     crate::error_body::complete(resp, &path, &request_id).await
                 }
             };
+            let resp = if slot.name() == "GetObjectAttributes" {
+                crate::s3::unquote_attributes_etag(resp).await
+            } else {
+                resp
+            };
             state.metrics.observe(
                 slot.name(),
                 resp.status().as_u16(),

@@ -125,3 +125,11 @@ def test_get_object_attributes_parts_carry_their_checksums(s3, bucket):
     got = s3.get_object_attributes(Bucket=bucket, Key="mp-parts", ObjectAttributes=["ObjectParts"],
                                    MaxParts=1, PartNumberMarker=1)["ObjectParts"]
     assert [(p["PartNumber"], p.get("ChecksumSHA256")) for p in got["Parts"]] == [(2, _sha256(parts[1]))]
+
+
+def test_get_object_attributes_etag_is_unquoted(s3, bucket):
+    put = s3.put_object(Bucket=bucket, Key="etag", Body=b"abc")
+    assert put["ETag"] == '"%s"' % hashlib.md5(b"abc").hexdigest()
+    a = s3.get_object_attributes(Bucket=bucket, Key="etag", ObjectAttributes=["ETag", "ObjectSize"])
+    assert a["ETag"] == hashlib.md5(b"abc").hexdigest(), a
+    assert a["ObjectSize"] == 3

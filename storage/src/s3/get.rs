@@ -374,3 +374,57 @@ fn checksums_for(
     }
     headers.checksums.clone()
 }
+
+/// Largest GetObjectAttributes answer rewritten (1000 parts of a few hundred bytes each).
+const MAX_ATTRIBUTES_BODY: usize = 4 * 1024 * 1024;
+
+/// GetObjectAttributes answers its `ETag` unquoted, as AWS does (s3s quotes every ETag it writes
+/// in XML): a successful answer's small XML body is rewritten in memory. Plain HTTP.
+pub(crate) async fn unquote_attributes_etag(
+    resp: axum::response::Response,
+) -> axum::response::Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_ATTRIBUTES_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "GetObjectAttributes body could not be read");
+            return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+        }
+    };
+    let Some(text) = std::str::from_utf8(&bytes).ok().and_then(unquote_etag) else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(text.len()),
+    );
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// The XML with its first `<ETag>"v"</ETag>` written `<ETag>v</ETag>`; `None` when there is none.
+fn unquote_etag(xml: &str) -> Option<String> {
+    let start = xml.find("<ETag>\"")? + "<ETag>".len();
+    let end = start + xml.get(start..)?.find("</ETag>")?;
+    let inner = xml.get(start..end)?;
+    let bare = inner.strip_prefix('"')?.strip_suffix('"')?;
+    Some(format!("{}{}{}", xml.get(..start)?, bare, xml.get(end..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unquotes_the_first_etag_only() {
+        let x = "<R><ETag>\"ab-2\"</ETag><Parts/></R>";
+        assert_eq!(
+            super::unquote_etag(x).as_deref(),
+            Some("<R><ETag>ab-2</ETag><Parts/></R>")
+        );
+        assert_eq!(
+            super::unquote_etag("<R><ObjectSize>1</ObjectSize></R>"),
+            None
+        );
+    }
+}

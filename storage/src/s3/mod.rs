@@ -28,6 +28,7 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
 
 use crate::state::NodeState;
 use errors::ApiError;
+pub(crate) use get::unquote_attributes_etag;
 pub(crate) use object::xml_safe;
 
 /// The S3 service.
