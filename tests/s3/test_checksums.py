@@ -133,3 +133,22 @@ def test_get_object_attributes_etag_is_unquoted(s3, bucket):
     a = s3.get_object_attributes(Bucket=bucket, Key="etag", ObjectAttributes=["ETag", "ObjectSize"])
     assert a["ETag"] == hashlib.md5(b"abc").hexdigest(), a
     assert a["ObjectSize"] == 3
+
+
+@pytest.mark.parametrize("directive", ["COPY", "REPLACE"])
+def test_copy_keeps_the_source_checksum(s3, bucket, directive):
+    data = os.urandom(3000)
+    s3.put_object(Bucket=bucket, Key="src", Body=data, ChecksumAlgorithm="SHA256")
+    r = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"},
+                       MetadataDirective=directive, ContentType="x/y")
+    assert r["CopyObjectResult"].get("ChecksumSHA256") == _sha256(data), r
+    head = s3.head_object(Bucket=bucket, Key="dst", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256") == _sha256(data), head
+
+
+def test_copy_of_a_multipart_object_carries_no_composite(s3, bucket):
+    _multipart_sha256(s3, bucket, "mp-src", [os.urandom(5 * 1024 * 1024), b"tail"])
+    r = s3.copy_object(Bucket=bucket, Key="mp-dst", CopySource={"Bucket": bucket, "Key": "mp-src"})
+    assert "ChecksumSHA256" not in r["CopyObjectResult"], r
+    head = s3.head_object(Bucket=bucket, Key="mp-dst", ChecksumMode="ENABLED")
+    assert "ChecksumSHA256" not in head, head

@@ -85,6 +85,9 @@ pub(crate) async fn copy_object(
         ));
     }
     let attrs = Attributes::of_copy(&input, &src.obj, replace)?;
+    let sums = serde_json::from_str::<ContentHeaders>(&attrs.headers)
+        .map(|h| h.checksums)
+        .unwrap_or_default();
     let dst = Destination {
         state,
         bucket: &dst_bucket,
@@ -108,6 +111,11 @@ pub(crate) async fn copy_object(
         copy_object_result: Some(CopyObjectResult {
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(common::ts(dst.now)),
+            checksum_crc32: sums.crc32,
+            checksum_crc32c: sums.crc32c,
+            checksum_crc64nvme: sums.crc64nvme,
+            checksum_sha1: sums.sha1,
+            checksum_sha256: sums.sha256,
             ..Default::default()
         }),
         server_side_encryption: enc.server_side_encryption(),
@@ -148,26 +156,55 @@ struct Attributes {
 impl Attributes {
     fn of_copy(input: &CopyObjectInput, src: &Object, replace: bool) -> ApiResult<Self> {
         if !replace {
+            let headers = match serde_json::from_str::<ContentHeaders>(&src.headers) {
+                Ok(mut h) => {
+                    h.checksums = copied_checksums(src);
+                    h.to_json()
+                }
+                Err(_) => src.headers.clone(),
+            };
             return Ok(Attributes {
                 content_type: src.content_type.clone(),
-                headers: src.headers.clone(),
+                headers,
                 metadata: src.metadata.clone(),
             });
         }
         object::check_metadata(input.metadata.as_ref())?;
-        let h = ContentHeaders::of(
+        let mut h = ContentHeaders::of(
             &input.cache_control,
             &input.content_disposition,
             &input.content_encoding,
             &input.content_language,
             &input.expires,
         );
+        h.checksums = copied_checksums(src);
         Ok(Attributes {
             content_type: input.content_type.as_ref().map(|c| c.to_string()),
             headers: h.to_json(),
             metadata: object::metadata_json(input.metadata.as_ref()),
         })
     }
+}
+
+/// The copy's checksums (issue 11 E21): the bytes are the source's, so are their full-object
+/// checksums; a multipart composite (`...-N`) describes parts the copy does not have and is
+/// not carried (AWS computes a new checksum for the copy).
+fn copied_checksums(src: &Object) -> object::StoredChecksums {
+    let mut s = serde_json::from_str::<ContentHeaders>(&src.headers)
+        .map(|h| h.checksums)
+        .unwrap_or_default();
+    for v in [
+        &mut s.crc32,
+        &mut s.crc32c,
+        &mut s.crc64nvme,
+        &mut s.sha1,
+        &mut s.sha256,
+    ] {
+        if v.as_deref().is_some_and(|x| x.contains('-')) {
+            *v = None;
+        }
+    }
+    s
 }
 
 /// Where a copy goes.
