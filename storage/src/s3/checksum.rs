@@ -2,10 +2,11 @@
 //! as headers or as aws-chunked trailers, computed over the plaintext while it streams to the
 //! blob store and checked before the metadata row is committed (mismatch: 400 BadDigest).
 
-use base64::Engine;
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderMap;
-use sha1::Digest as _;
+use s3s::checksum::ChecksumHasher;
+use s3s::crypto::{Checksum as _, Crc32, Crc32c, Crc64Nvme, Sha1, Sha256};
 
 const NAMES: [&str; 5] = [
     "x-amz-checksum-crc32",
@@ -24,24 +25,18 @@ pub(crate) fn composite(algorithm: &str, parts: &[Option<&String>]) -> Option<St
         joined.extend(STANDARD.decode((*p)?.trim()).ok()?);
     }
     let sum: Vec<u8> = match algorithm.to_ascii_uppercase().as_str() {
-        "CRC32" => crc32fast::hash(&joined).to_be_bytes().to_vec(),
-        "CRC32C" => crc32c::crc32c(&joined).to_be_bytes().to_vec(),
-        "SHA1" => sha1::Sha1::digest(&joined).to_vec(),
-        "SHA256" => sha2::Sha256::digest(&joined).to_vec(),
+        "CRC32" => Crc32::checksum(&joined).to_vec(),
+        "CRC32C" => Crc32c::checksum(&joined).to_vec(),
+        "SHA1" => Sha1::checksum(&joined).as_ref().to_vec(),
+        "SHA256" => Sha256::checksum(&joined).as_ref().to_vec(),
         _ => return None,
     };
     Some(format!("{}-{}", STANDARD.encode(sum), parts.len()))
 }
 
-/// Running checksums for the algorithms the request declared.
+/// Running checksums for the algorithms the request declared (s3s's hasher, base64 digests).
 #[derive(Default)]
-pub(crate) struct Checksums {
-    crc32: Option<crc32fast::Hasher>,
-    crc32c: Option<u32>,
-    crc64: Option<crc64fast_nvme::Digest>,
-    sha1: Option<sha1::Sha1>,
-    sha256: Option<sha2::Sha256>,
-}
+pub(crate) struct Checksums(ChecksumHasher);
 
 fn declared(h: &HeaderMap, name: &str) -> bool {
     h.contains_key(name)
@@ -53,31 +48,17 @@ fn declared(h: &HeaderMap, name: &str) -> bool {
 impl Checksums {
     /// Enable the algorithms named by checksum headers or by `x-amz-trailer`.
     pub(crate) fn for_request(h: &HeaderMap) -> Self {
-        Self {
-            crc32: declared(h, NAMES[0]).then(crc32fast::Hasher::new),
-            crc32c: declared(h, NAMES[1]).then_some(0),
-            crc64: declared(h, NAMES[2]).then(crc64fast_nvme::Digest::new),
-            sha1: declared(h, NAMES[3]).then(sha1::Sha1::new),
-            sha256: declared(h, NAMES[4]).then(sha2::Sha256::new),
-        }
+        Self(ChecksumHasher {
+            crc32: declared(h, NAMES[0]).then(Crc32::default),
+            crc32c: declared(h, NAMES[1]).then(Crc32c::default),
+            crc64nvme: declared(h, NAMES[2]).then(Crc64Nvme::default),
+            sha1: declared(h, NAMES[3]).then(Sha1::default),
+            sha256: declared(h, NAMES[4]).then(Sha256::default),
+        })
     }
 
     pub(crate) fn update(&mut self, data: &[u8]) {
-        if let Some(c) = self.crc32.as_mut() {
-            c.update(data);
-        }
-        if let Some(c) = self.crc32c.as_mut() {
-            *c = crc32c::crc32c_append(*c, data);
-        }
-        if let Some(c) = self.crc64.as_mut() {
-            c.write(data);
-        }
-        if let Some(c) = self.sha1.as_mut() {
-            c.update(data);
-        }
-        if let Some(c) = self.sha256.as_mut() {
-            c.update(data);
-        }
+        self.0.update(data);
     }
 
     /// Compare with the values sent in headers or trailers; `Err(name)` names the first mismatch
@@ -89,12 +70,13 @@ impl Checksums {
         trailers: Option<&HeaderMap>,
     ) -> Result<Vec<(&'static str, String)>, &'static str> {
         let mut verified = Vec::new();
-        let computed: [(usize, Option<Vec<u8>>); 5] = [
-            (0, self.crc32.map(|c| c.finalize().to_be_bytes().to_vec())),
-            (1, self.crc32c.map(|c| c.to_be_bytes().to_vec())),
-            (2, self.crc64.map(|c| c.sum64().to_be_bytes().to_vec())),
-            (3, self.sha1.map(|c| c.finalize().to_vec())),
-            (4, self.sha256.map(|c| c.finalize().to_vec())),
+        let sums = self.0.finalize();
+        let computed: [(usize, Option<String>); 5] = [
+            (0, sums.checksum_crc32),
+            (1, sums.checksum_crc32c),
+            (2, sums.checksum_crc64nvme),
+            (3, sums.checksum_sha1),
+            (4, sums.checksum_sha256),
         ];
         for (i, value) in computed {
             let (Some(value), Some(name)) = (value, NAMES.get(i)) else {
@@ -104,7 +86,6 @@ impl Checksums {
                 .get(*name)
                 .or_else(|| trailers.and_then(|t| t.get(*name)))
                 .and_then(|v| v.to_str().ok());
-            let value = STANDARD.encode(&value);
             if sent.map(str::trim) != Some(value.as_str()) {
                 return Err(name);
             }
@@ -117,6 +98,7 @@ impl Checksums {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha1::Digest as _;
 
     #[test]
     fn composite_is_the_checksum_of_the_part_checksums() {
@@ -170,5 +152,28 @@ mod tests {
             Err("x-amz-checksum-crc32c"),
             "a missing trailer is a mismatch"
         );
+    }
+
+    #[test]
+    fn s3s_hasher_matches_the_reference_crates() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let mut crc64 = crc64fast_nvme::Digest::new();
+        crc64.write(&data);
+        let mut h = HeaderMap::new();
+        for (name, v) in [
+            (NAMES[0], b64(&crc32fast::hash(&data).to_be_bytes())),
+            (NAMES[1], b64(&crc32c::crc32c(&data).to_be_bytes())),
+            (NAMES[2], b64(&crc64.sum64().to_be_bytes())),
+            (NAMES[3], b64(&sha1::Sha1::digest(&data))),
+            (NAMES[4], b64(&sha2::Sha256::digest(&data))),
+        ] {
+            h.insert(name, http::HeaderValue::from_str(&v).unwrap());
+        }
+        let mut c = Checksums::for_request(&h);
+        for chunk in data.chunks(7_000) {
+            c.update(chunk);
+        }
+        assert_eq!(c.verify(&h, None).map(|v| v.len()), Ok(5));
     }
 }

@@ -29,11 +29,7 @@ fn check_conditions(
     ims: Option<&Timestamp>,
     ius: Option<&Timestamp>,
 ) -> ApiResult<()> {
-    let matches = |c: &ETagCondition| {
-        c.is_any()
-            || c.as_etag()
-                .is_some_and(|e| e.value().trim_matches('"') == obj.etag)
-    };
+    let matches = |c: &ETagCondition| super::precondition::etag_matches(c, &obj.etag);
     let lm = common::modified_secs(obj.last_modified_ms);
     let secs = |t: &Timestamp| time::OffsetDateTime::from(t.clone()).unix_timestamp();
     if let Some(c) = if_match {

@@ -6,7 +6,7 @@
 //! answering 412. Reads (GET/HEAD) live in `get`. Nothing secret.
 
 use http::HeaderMap;
-use s3s::dto::{ETagCondition, Timestamp};
+use s3s::dto::{ETag, ETagCondition, Timestamp};
 
 use super::common;
 use super::errors::{ApiError, ApiResult};
@@ -14,14 +14,12 @@ use crate::state::NodeState;
 use crate::store::conditions::{ConditionFailed, IfMatch, WriteCondition};
 use crate::store::meta::Object;
 
-/// An ETag condition's value compared as stored (unquoted).
-fn etag_value(c: &ETagCondition) -> Option<&str> {
-    c.as_etag().map(|e| e.value().trim_matches('"'))
-}
-
-/// Whether an ETag condition names `obj` (`*` names any object).
-fn names(c: &ETagCondition, obj: &Object) -> bool {
-    c.is_any() || etag_value(c) == Some(obj.etag.as_str())
+/// Whether an ETag condition names a stored (unquoted) ETag: `*` names any object, otherwise
+/// s3s's weak comparison (AWS matches `W/"x"` as `"x"` in both If-Match and If-None-Match).
+pub(crate) fn etag_matches(c: &ETagCondition, etag: &str) -> bool {
+    c.is_any()
+        || c.as_etag()
+            .is_some_and(|e| e.weak_cmp(&ETag::Strong(etag.to_owned())))
 }
 
 /// The preconditions of a write. AWS accepts only `*` in `If-None-Match` on a write; another
@@ -42,7 +40,11 @@ pub(crate) fn write_condition(
     let if_match = match if_match {
         None => None,
         Some(c) if c.is_any() => Some(IfMatch::Any),
-        Some(c) => Some(IfMatch::ETag(etag_value(c).unwrap_or_default().to_string())),
+        Some(c) => Some(IfMatch::ETag(
+            c.as_etag()
+                .map(|e| e.value().to_owned())
+                .unwrap_or_default(),
+        )),
     };
     Ok(WriteCondition {
         if_none_match_any,
@@ -103,12 +105,12 @@ pub(crate) fn check_copy_source(
     let modified = common::modified_secs(src.last_modified_ms);
     let secs = |t: &Timestamp| time::OffsetDateTime::from(t.clone()).unix_timestamp();
     match (if_match, if_unmodified_since) {
-        (Some(c), _) if !names(c, src) => return Err(ApiError::PreconditionFailed),
+        (Some(c), _) if !etag_matches(c, &src.etag) => return Err(ApiError::PreconditionFailed),
         (None, Some(t)) if modified > secs(t) => return Err(ApiError::PreconditionFailed),
         _ => {}
     }
     match (if_none_match, if_modified_since) {
-        (Some(c), _) if names(c, src) => return Err(ApiError::PreconditionFailed),
+        (Some(c), _) if etag_matches(c, &src.etag) => return Err(ApiError::PreconditionFailed),
         (None, Some(t)) if modified <= secs(t) => return Err(ApiError::PreconditionFailed),
         _ => {}
     }
