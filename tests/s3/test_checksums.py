@@ -152,3 +152,18 @@ def test_copy_of_a_multipart_object_carries_no_composite(s3, bucket):
     assert "ChecksumSHA256" not in r["CopyObjectResult"], r
     head = s3.head_object(Bucket=bucket, Key="mp-dst", ChecksumMode="ENABLED")
     assert "ChecksumSHA256" not in head, head
+
+
+def test_complete_with_a_wrong_part_checksum_is_invalid_part(s3, bucket):
+    from .util import expect_error
+
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp-bad", ChecksumAlgorithm="SHA256")
+    r = s3.upload_part(Bucket=bucket, Key="mp-bad", UploadId=up["UploadId"], PartNumber=1,
+                       Body=b"part", ChecksumAlgorithm="SHA256")
+    wrong = [{"PartNumber": 1, "ETag": r["ETag"], "ChecksumSHA256": _sha256(b"other")}]
+    expect_error(400, "InvalidPart", s3.complete_multipart_upload, Bucket=bucket, Key="mp-bad",
+                 UploadId=up["UploadId"], MultipartUpload={"Parts": wrong})
+    right = [{"PartNumber": 1, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}]
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="mp-bad", UploadId=up["UploadId"],
+                                        MultipartUpload={"Parts": right})
+    assert done["ChecksumSHA256"].endswith("-1")

@@ -435,6 +435,25 @@ fn completed(
     resp
 }
 
+/// Every checksum a Complete names for a part equals the one verified when the part was
+/// uploaded (issue 11 E21; a checksum the part was not uploaded with does not match), as AWS.
+fn part_checksums_match(p: &CompletedPart, row: &BlobRow) -> bool {
+    let stored: StoredChecksums = row
+        .checksums
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    [
+        (&p.checksum_crc32, &stored.crc32),
+        (&p.checksum_crc32c, &stored.crc32c),
+        (&p.checksum_crc64nvme, &stored.crc64nvme),
+        (&p.checksum_sha1, &stored.sha1),
+        (&p.checksum_sha256, &stored.sha256),
+    ]
+    .iter()
+    .all(|(given, have)| given.as_ref().is_none_or(|g| have.as_ref() == Some(g)))
+}
+
 /// The stored parts a Complete names, validated as AWS does (ascending numbers, known parts
 /// with matching ETags, every part but the last at least 5 MiB, at least one part).
 async fn choose_parts(
@@ -463,6 +482,9 @@ async fn choose_parts(
             .as_ref()
             .map(|e| e.value().trim_matches('"').to_string());
         if given.as_deref().is_some_and(|g| g != row.etag) {
+            return Err(ApiError::InvalidPart);
+        }
+        if !part_checksums_match(p, row) {
             return Err(ApiError::InvalidPart);
         }
         chosen.push(row.clone());
