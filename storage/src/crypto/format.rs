@@ -75,6 +75,36 @@ fn derive_part_key(object_key: &SecretKey32, salt: &[u8], part_number: u32) -> S
     crate::crypto::keys::hkdf32(object_key, salt, &info)
 }
 
+/// An object key as the store layer holds it: an opaque handle that only makes [`PartCipher`]s,
+/// so the key bytes never leave `crypto` (the store takes this, not a `SecretKey32`).
+#[derive(Clone, Copy)]
+pub struct PartSealer<'a>(&'a SecretKey32);
+
+impl<'a> PartSealer<'a> {
+    pub fn new(object_key: &'a SecretKey32) -> Self {
+        Self(object_key)
+    }
+
+    /// See [`PartCipher::for_write`].
+    pub fn for_write(self, part_number: u32) -> PartCipher {
+        PartCipher::for_write(self.0, part_number)
+    }
+
+    /// See [`PartCipher::for_read`].
+    pub fn for_read(self, part_number: u32, header: &[u8]) -> Result<PartCipher, FormatError> {
+        PartCipher::for_read(self.0, part_number, header)
+    }
+}
+
+impl<'a> From<Option<&'a SecretKey32>> for crate::store::objects::Encryption<'a> {
+    fn from(k: Option<&'a SecretKey32>) -> Self {
+        match k {
+            Some(k) => Self::Keyed(PartSealer::new(k)),
+            None => Self::None,
+        }
+    }
+}
+
 impl PartCipher {
     /// A cipher for writing a new part: fresh random salt and nonce prefix.
     pub fn for_write(object_key: &SecretKey32, part_number: u32) -> Self {

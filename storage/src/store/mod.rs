@@ -2,7 +2,8 @@
 //! blob files ([`blobs`]), the "disk full" mark ([`disk`]), the start-up sweep ([`recovery`]), and the data path the S3 edge
 //! calls ([`objects`]: write/read/publish/retire, taking an `Encryption`). Only `blobs` touches
 //! object files. Nothing here stores keys: it keeps sealed object keys and ciphertext; an object
-//! key is only borrowed for one request through `objects::Encryption::Keyed`. What an
+//! key is only borrowed for one request, as an opaque `crypto::format::PartSealer` (no key
+//! bytes), through `objects::Encryption::Keyed`. What an
 //! acknowledged write guarantees: `docs/design.md` ("Durability of the storage node") and
 //! `docs/storage.md` ("Durability").
 

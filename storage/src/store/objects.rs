@@ -3,21 +3,21 @@
 //! argument and our own types only (no s3s types), so the S3 edge stays thin and the encryption
 //! layer plugs in by choosing the argument.
 //!
-//! Secret: the object key borrowed in `Encryption::Keyed`; part keys derived from it live inside
-//! the `PartCipher` of one blob writer/reader and are zeroized with it. Atomic: a blob is durable
+//! Secret: no key bytes here: `Encryption::Keyed` carries an opaque `PartSealer` (the object key
+//! stays in `crypto`); part keys derived from it live inside the `PartCipher` of one blob
+//! writer/reader and are zeroized with it. Atomic: a blob is durable
 //! before the transaction that references it; blob files are deleted only after the rows that
 //! referenced them are gone (a crash in between leaves orphans the start-up sweep removes).
 
 use std::pin::Pin;
 
 use bytes::Bytes;
-use coffer_common::secret::SecretKey32;
 use futures::{Stream, StreamExt};
 
 use super::blobs::{BlobError, BlobStore, BodyError, WrittenBlob};
 use super::conditions::{ConditionFailed, WriteCondition};
 use super::meta::{BlobRow, Completion, DbError, Meta, Object, Upload};
-use crate::crypto::format::{FormatError, PartCipher};
+use crate::crypto::format::{FormatError, PartSealer};
 
 /// How the bytes of an object version (or multipart upload) are stored.
 #[derive(Clone, Copy)]
@@ -25,16 +25,7 @@ pub enum Encryption<'a> {
     /// Plaintext blobs.
     None,
     /// Segmented AES-256-GCM-SIV blobs under part keys derived from this object key.
-    Keyed(&'a SecretKey32),
-}
-
-impl<'a> From<Option<&'a SecretKey32>> for Encryption<'a> {
-    fn from(k: Option<&'a SecretKey32>) -> Self {
-        match k {
-            Some(k) => Encryption::Keyed(k),
-            None => Encryption::None,
-        }
-    }
+    Keyed(PartSealer<'a>),
 }
 
 /// Why an object could not be read.
@@ -97,7 +88,7 @@ where
     E: Into<BodyError>,
 {
     let cipher = match enc {
-        Encryption::Keyed(k) => Some(PartCipher::for_write(k, part_number)),
+        Encryption::Keyed(k) => Some(k.for_write(part_number)),
         Encryption::None => None,
     };
     blobs
@@ -151,7 +142,10 @@ pub async fn read_range(
         let cipher = match enc {
             Encryption::Keyed(k) => {
                 let header = blobs.read_header(&p.file).await?;
-                Some(PartCipher::for_read(k, p.part_number, &header).map_err(ReadError::Header)?)
+                Some(
+                    k.for_read(p.part_number, &header)
+                        .map_err(ReadError::Header)?,
+                )
             }
             Encryption::None => None,
         };
