@@ -153,6 +153,9 @@ def _delete(run: Run, s3, key: str) -> bool:
     return True
 
 
+MIN_FILL = 4096  # smallest body of the fill: writes keep consuming space until metadata fails
+
+
 def _fill(run: Run) -> None:
     s3 = _client(run.node)
     rng = random.Random(7)
@@ -165,7 +168,9 @@ def _fill(run: Run) -> None:
             ok = _put(run, s3, f"p/{i}", size)
         elif kind == "mpu":
             ok = _multipart(run, s3, f"m/{i}", [5 * MiB, size] if size >= 512 * 1024 else [size])
-        elif kind == "delete" and run.acked:
+        elif kind == "delete" and run.acked and size > MIN_FILL:
+            # (at the smallest size deletes stop, so that freed blob space cannot keep the
+            # metadata database from filling up)
             key = rng.choice(sorted(run.acked))
             if not _delete(run, s3, key):
                 run.meta_full_seen = True
@@ -178,7 +183,7 @@ def _fill(run: Run) -> None:
                 _refused(run, "CreateMultipartUpload", e)
                 run.meta_full_seen = True
         if not ok:
-            size //= 4
+            size = max(size // 4, MIN_FILL)
         if run.meta_full_seen:
             if after_meta_full % 20 == 0:
                 run.ready_while_full.append(_ready(run.node))
