@@ -206,3 +206,48 @@ async fn hung_kms_is_bounded_by_the_client_timeout() {
     );
     kms.stop().await;
 }
+
+/// The KMS refuses the node (its identity revoked): a cold-key PUT answers 500 InternalError
+/// (a refusal is not transient: no Retry-After), writes nothing, and the KMS audit record of
+/// the refusal carries the S3 request's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_refusal_is_an_internal_error_that_writes_nothing() {
+    let mut kms = Kms::init().await;
+    kms.start().await;
+    kms.create_client("storage", "*", "generate,unwrap").await;
+    let cred = kms.tmp.path().join("storage.credential");
+    let n = node(&kms.url, &kms, &cred, Duration::from_secs(2)).await;
+    let c = &n.client;
+    let o = kms.admin(&["client", "revoke", "storage"]).await;
+    assert!(o.status.success(), "{}", kms.logs());
+    assert_eq!(
+        c.call("PUT", "/revoked", &[], &[], vec![]).await.status,
+        200
+    );
+    let put = c.call("PUT", "/revoked/k", &[], &[], MARKER.to_vec()).await;
+    assert_eq!(put.status, 500, "{}", put.text());
+    assert_eq!(put.one("Code"), "InternalError");
+    assert!(put.header("retry-after").is_empty());
+    let rid = put.header("x-amz-request-id");
+    assert_eq!(
+        c.call("HEAD", "/revoked/k", &[], &[], vec![]).await.status,
+        404
+    );
+    let q = kms
+        .admin(&[
+            "audit",
+            "query",
+            "--op",
+            "generate",
+            "--result",
+            "identity_revoked",
+        ])
+        .await;
+    let out = String::from_utf8_lossy(&q.stdout).into_owned();
+    assert!(out.contains("identity_revoked"), "{out}");
+    assert!(
+        out.contains(&rid),
+        "audit record without request id {rid}: {out}"
+    );
+    kms.stop().await;
+}
