@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,16 @@ async fn node(kms_url: &str, kms: &Kms, credential: &Path, timeout: Duration) ->
     }
 }
 
+/// A serving KMS with the service identity `storage` (generate, unwrap on every bucket) and the
+/// path of that identity's credential file.
+async fn kms_with_storage_identity() -> (Kms, PathBuf) {
+    let mut kms = Kms::init().await;
+    kms.start().await;
+    kms.create_client("storage", "*", "generate,unwrap").await;
+    let cred = kms.tmp.path().join("storage.credential");
+    (kms, cred)
+}
+
 fn payload() -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < 300_000 {
@@ -91,10 +101,7 @@ fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_s3_through_a_real_kms() {
-    let mut kms = Kms::init().await;
-    kms.start().await;
-    kms.create_client("storage", "*", "generate,unwrap").await;
-    let cred = kms.tmp.path().join("storage.credential");
+    let (mut kms, cred) = kms_with_storage_identity().await;
     let n = node(&kms.url, &kms, &cred, Duration::from_secs(2)).await;
     let c = &n.client;
 
@@ -178,10 +185,7 @@ async fn sse_s3_through_a_real_kms() {
 /// client's timeout (plus the request's own work), not after the peer gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_kms_is_bounded_by_the_client_timeout() {
-    let mut kms = Kms::init().await;
-    kms.start().await;
-    kms.create_client("storage", "*", "generate,unwrap").await;
-    let cred = kms.tmp.path().join("storage.credential");
+    let (mut kms, cred) = kms_with_storage_identity().await;
     // A listener that accepts and holds connections without a byte: a hung KMS.
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hung_url = format!("https://localhost:{}", hung.local_addr().unwrap().port());
@@ -212,10 +216,7 @@ async fn hung_kms_is_bounded_by_the_client_timeout() {
 /// the refusal carries the S3 request's id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kms_refusal_is_an_internal_error_that_writes_nothing() {
-    let mut kms = Kms::init().await;
-    kms.start().await;
-    kms.create_client("storage", "*", "generate,unwrap").await;
-    let cred = kms.tmp.path().join("storage.credential");
+    let (mut kms, cred) = kms_with_storage_identity().await;
     let n = node(&kms.url, &kms, &cred, Duration::from_secs(2)).await;
     let c = &n.client;
     let o = kms.admin(&["client", "revoke", "storage"]).await;
