@@ -206,3 +206,213 @@ pub struct AuditPublicKey {
     /// Base64 of the Ed25519 audit public key (the content of `audit.pub`).
     pub public_key: String,
 }
+
+// ---- Named KMS keys (SSE-KMS; issue 13) ----
+//
+// Contract shared by the KMS (server side), the storage node (service client) and the admin CLI.
+// A key is named in requests by its key id (UUID), its ARN `arn:aws:kms:REGION:ACCOUNT:key/ID`,
+// an alias `alias/NAME` or an alias ARN `arn:aws:kms:REGION:ACCOUNT:alias/NAME`. Responses always
+// carry the canonical key ARN.
+//
+// Data keys under a named key are bound to an encryption context (string → string map, compared
+// as a map: order does not matter). The ciphertext blob is self-describing (key id, key version,
+// wrapped key) and opaque to callers; they store it and hand it back to decrypt with the same
+// context.
+//
+// Stable error codes (status): `kms_key_not_found` (404), `kms_key_disabled` (409),
+// `kms_key_invalid_state` (409: pending deletion, or an operation the state does not allow),
+// `context_mismatch` (400: the blob does not open under this key with this context),
+// `invalid_ciphertext` (400: not a blob this KMS issued), `forbidden_scope` (403: the key is
+// outside the identity's key scope), `invalid_request` (400).
+
+/// Service route: generate a data key under a named key.
+pub const PATH_KMS_GENERATE: &str = "/v1/kms/generate-data-key";
+/// Service route: decrypt a ciphertext blob returned by generate.
+pub const PATH_KMS_DECRYPT: &str = "/v1/kms/decrypt";
+/// Service route: describe a named key (canonical ARN and state).
+pub const PATH_KMS_DESCRIBE: &str = "/v1/kms/describe-key";
+
+/// Encryption context: string → string, canonical order (sorted by key).
+pub type EncryptionContext = std::collections::BTreeMap<String, String>;
+
+/// `POST /v1/kms/generate-data-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsGenerateRequest {
+    /// Key id, key ARN, alias or alias ARN.
+    pub key_id: String,
+    #[serde(default)]
+    pub encryption_context: EncryptionContext,
+}
+
+/// Response of generate-data-key. `plaintext_key` is secret.
+#[derive(Serialize, Deserialize)]
+pub struct KmsGenerateResponse {
+    /// Base64 of the 32-byte plaintext data key.
+    pub plaintext_key: String,
+    /// Base64 of the self-describing ciphertext blob.
+    pub ciphertext_blob: String,
+    /// Canonical key ARN.
+    pub key_arn: String,
+    /// Key version (material generation) that wrapped the data key.
+    pub key_version: u32,
+}
+
+impl std::fmt::Debug for KmsGenerateResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsGenerateResponse")
+            .field("plaintext_key", &"****")
+            .field("key_arn", &self.key_arn)
+            .field("key_version", &self.key_version)
+            .finish()
+    }
+}
+
+/// `POST /v1/kms/decrypt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsDecryptRequest {
+    /// Base64 of the ciphertext blob.
+    pub ciphertext_blob: String,
+    #[serde(default)]
+    pub encryption_context: EncryptionContext,
+}
+
+/// Response of decrypt. `plaintext_key` is secret.
+#[derive(Serialize, Deserialize)]
+pub struct KmsDecryptResponse {
+    /// Base64 of the 32-byte plaintext data key.
+    pub plaintext_key: String,
+    /// Canonical key ARN of the key that opened it.
+    pub key_arn: String,
+    pub key_version: u32,
+}
+
+impl std::fmt::Debug for KmsDecryptResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsDecryptResponse")
+            .field("plaintext_key", &"****")
+            .field("key_arn", &self.key_arn)
+            .finish()
+    }
+}
+
+/// `POST /v1/kms/describe-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsDescribeRequest {
+    pub key_id: String,
+}
+
+/// Key states, as AWS KMS names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KmsKeyState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    Destroyed,
+}
+
+/// One named key, as described to services and listed to admins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsKeyMetadata {
+    /// UUID.
+    pub key_id: String,
+    /// `arn:aws:kms:REGION:ACCOUNT:key/ID`.
+    pub arn: String,
+    pub state: KmsKeyState,
+    #[serde(default)]
+    pub description: String,
+    /// Aliases currently pointing at this key (`alias/NAME`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// RFC 3339.
+    pub created: String,
+    /// Newest key version (new data keys use it).
+    pub current_version: u32,
+    /// Automatic rotation period in days (90–2560), when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    /// RFC 3339: when a key pending deletion is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<String>,
+}
+
+/// Admin routes for named keys:
+/// - `POST {PATH_ADMIN_KMS_KEYS}` create ([`KmsCreateKeyRequest`] → [`KmsKeyMetadata`]),
+///   `GET` list (→ `Vec<KmsKeyMetadata>`);
+/// - `GET {PATH_ADMIN_KMS_KEYS}/{id}` describe;
+/// - `POST {PATH_ADMIN_KMS_KEYS}/{id}/{enable|disable|rotate|cancel-deletion}` (→ metadata);
+/// - `POST {PATH_ADMIN_KMS_KEYS}/{id}/schedule-deletion` ([`KmsScheduleDeletionRequest`] →
+///   [`KmsDeletionReport`]; with `dry_run` nothing changes);
+/// - `POST {PATH_ADMIN_KMS_KEYS}/{id}/rotation-period` ([`KmsRotationPeriodRequest`] → metadata).
+///
+/// `{id}` may be a key id, ARN, alias or alias ARN.
+pub const PATH_ADMIN_KMS_KEYS: &str = "/v1/admin/kms-keys";
+/// Admin routes for aliases: `GET` list (→ `Vec<KmsAliasInfo>`), `POST` create
+/// ([`KmsAliasRequest`]), `PUT {PATH_ADMIN_ALIASES}/{alias/NAME}` update target
+/// ([`KmsAliasRequest`]), `DELETE {PATH_ADMIN_ALIASES}/{alias/NAME}`.
+pub const PATH_ADMIN_ALIASES: &str = "/v1/admin/aliases";
+
+/// `POST /v1/admin/kms-keys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KmsCreateKeyRequest {
+    #[serde(default)]
+    pub description: String,
+    /// Optional alias (`alias/NAME`) created with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Automatic rotation period in days (90–2560); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+}
+
+/// `POST .../schedule-deletion`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsScheduleDeletionRequest {
+    /// 7–30 days; default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_window_days: Option<u32>,
+    /// Report dependents only; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Data keys issued under one key, per bucket (when the context names one) and key version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsDependents {
+    /// The context's `aws:s3:arn` bucket, or `""` when the context names none.
+    pub bucket: String,
+    pub key_version: u32,
+    pub data_keys: i64,
+}
+
+/// What a (dry-run) deletion reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsDeletionReport {
+    pub key: KmsKeyMetadata,
+    pub dry_run: bool,
+    pub dependents: Vec<KmsDependents>,
+}
+
+/// `POST .../rotation-period`: `None` turns automatic rotation off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsRotationPeriodRequest {
+    #[serde(default)]
+    pub days: Option<u32>,
+}
+
+/// Alias create / update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsAliasRequest {
+    /// `alias/NAME` (NAME: 1–250 of `A-Z a-z 0-9 / _ -`; `alias/aws/` is reserved for the
+    /// deployment default key).
+    pub alias: String,
+    /// Key id, ARN or alias of the target key.
+    pub target_key_id: String,
+}
+
+/// One alias.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsAliasInfo {
+    pub alias: String,
+    pub alias_arn: String,
+    pub target_key_id: String,
+}
