@@ -40,6 +40,10 @@ enum Mode {
     Plain,
     SseS3,
     SseC,
+    /// SSE-KMS, one data key per object (`aws:kms`).
+    SseKms,
+    /// SSE-KMS with `x-amz-server-side-encryption-bucket-key-enabled: true`.
+    SseKmsBk,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +94,9 @@ struct S3Args {
     /// Extra GET passes over the same objects (for cache behaviour).
     #[arg(long, default_value_t = 1)]
     get_passes: u64,
+    /// KMS key (id, ARN or alias) for the sse-kms modes; without it the node's default.
+    #[arg(long)]
+    kms_key_id: Option<String>,
     /// PEM CA bundle for an https endpoint.
     #[arg(long, env = "CA_BUNDLE")]
     ca_file: Option<std::path::PathBuf>,
@@ -334,9 +341,27 @@ impl S3 {
     }
 }
 
-fn sse_headers(mode: Mode, key: &[u8; 32]) -> Vec<(String, String)> {
+fn sse_headers(mode: Mode, key: &[u8; 32], kms_key: Option<&str>) -> Vec<(String, String)> {
+    let kms = |bucket_key: bool| {
+        let mut h = vec![("x-amz-server-side-encryption".into(), "aws:kms".into())];
+        if let Some(k) = kms_key {
+            h.push((
+                "x-amz-server-side-encryption-aws-kms-key-id".into(),
+                k.to_string(),
+            ));
+        }
+        if bucket_key {
+            h.push((
+                "x-amz-server-side-encryption-bucket-key-enabled".into(),
+                "true".into(),
+            ));
+        }
+        h
+    };
     match mode {
         Mode::Plain => vec![],
+        Mode::SseKms => kms(false),
+        Mode::SseKmsBk => kms(true),
         Mode::SseS3 => vec![("x-amz-server-side-encryption".into(), "AES256".into())],
         Mode::SseC => vec![
             (
@@ -360,6 +385,8 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::Plain => "plain",
         Mode::SseS3 => "sse-s3",
         Mode::SseC => "sse-c",
+        Mode::SseKms => "sse-kms",
+        Mode::SseKmsBk => "sse-kms-bk",
     }
 }
 
@@ -491,7 +518,7 @@ async fn bench_s3(a: S3Args) -> Result<Vec<PhaseReport>> {
     let rounds = (0..a.rounds.max(1)).flat_map(|_| a.modes.iter().copied());
     for mode in rounds {
         let name = mode_name(mode);
-        let headers = sse_headers(mode, &key);
+        let headers = sse_headers(mode, &key, a.kms_key_id.as_deref());
         let (s3c, hc, dc, bucket, mp) = (
             s3.clone(),
             headers.clone(),
