@@ -1,6 +1,7 @@
 //! The storage node's Prometheus metrics, registered with `prometheus-client`: S3 requests by
 //! operation and status, time to response headers per operation, and the bucket-key cache and
-//! KMS counters (read from the cache at scrape time).
+//! KMS counters (read from the cache at scrape time), KMS calls also by encryption mode
+//! (`coffer_kms_key_calls_total{mode, op}`).
 //!
 //! The operation is the name s3s resolved the request to (AWS's operation names): the node's
 //! `S3Access` hook (see `server.rs`) writes it into the request's [`OperationSlot`] before the
@@ -21,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::crypto::key_cache::BucketKeys;
+use crate::crypto::key_cache::{BucketKeys, KmsCallMode, KmsOp};
 
 /// The label of requests refused before s3s named their operation.
 pub const UNKNOWN_OPERATION: &str = "Unknown";
@@ -47,6 +48,12 @@ impl OperationSlot {
 struct OperationStatus {
     operation: String,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeOp {
+    mode: &'static str,
+    op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +157,22 @@ impl NodeMetrics {
         for (name, help, v) in counters {
             cache.register(name, help, ConstCounter::new(v));
         }
+        let by_mode = Family::<ModeOp, Counter>::default();
+        for mode in KmsCallMode::ALL {
+            for op in KmsOp::ALL {
+                by_mode
+                    .get_or_create(&ModeOp {
+                        mode: mode.label(),
+                        op: op.label(),
+                    })
+                    .inc_by(s.calls(mode, op));
+            }
+        }
+        cache.register(
+            "coffer_kms_key_calls",
+            "KMS calls by encryption mode (sse-s3, sse-kms, sse-kms-bucket-key) and operation (generate, decrypt).",
+            by_mode,
+        );
         cache.register(
             "coffer_key_cache_entries",
             "Bucket keys cached now.",
@@ -178,6 +201,8 @@ mod tests {
             "coffer_s3_request_duration_seconds_count{operation=\"PutObject\"} 2\n",
             "coffer_kms_calls_total 0\n",
             "coffer_key_cache_entries 0\n",
+            "coffer_kms_key_calls_total{mode=\"sse-kms\",op=\"decrypt\"} 0\n",
+            "coffer_kms_key_calls_total{mode=\"sse-kms-bucket-key\",op=\"generate\"} 0\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

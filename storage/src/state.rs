@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub tls: bool,
     /// Allow SSE-C over plain HTTP (development/loopback only).
     pub allow_ssec_over_http: bool,
+    /// Allow SSE-KMS over plain HTTP (development/loopback only).
+    pub allow_sse_kms_over_http: bool,
     pub default_encryption: DefaultEncryption,
     pub key_cache_ttl: Duration,
     pub key_cache_capacity: usize,
@@ -53,6 +55,11 @@ impl NodeState {
     /// True when SSE-C may be used on this listener.
     pub fn ssec_allowed(&self) -> bool {
         self.cfg.tls || self.cfg.allow_ssec_over_http
+    }
+
+    /// True when SSE-KMS may be used on this listener (AWS requires TLS for it).
+    pub fn sse_kms_allowed(&self) -> bool {
+        self.cfg.tls || self.cfg.allow_sse_kms_over_http
     }
 
     /// True when `host` (a Host header, port allowed) addresses a bucket by name

@@ -31,6 +31,7 @@ impl Node {
             secret_key: "rust-test-secret".into(),
             tls: false,
             allow_ssec_over_http: false,
+            allow_sse_kms_over_http: false,
             default_encryption: DefaultEncryption::None,
             key_cache_ttl: Duration::from_secs(60),
             key_cache_capacity: 16,

@@ -33,6 +33,7 @@ async fn node(kms_url: &str, kms: &Kms, credential: &Path, timeout: Duration) ->
         secret_key: "kms-test-secret".into(),
         tls: false,
         allow_ssec_over_http: false,
+        allow_sse_kms_over_http: false,
         default_encryption: DefaultEncryption::SseS3,
         key_cache_ttl: Duration::from_secs(300),
         key_cache_capacity: 100,

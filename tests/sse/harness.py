@@ -171,7 +171,7 @@ def _bin(name: str) -> str:
 
 
 class Kms:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, client_args: tuple[str, ...] = ()):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
@@ -197,8 +197,16 @@ class Kms:
         _run_cli(
             [_bin("coffer-kms"), "admin", "--url", self.url, "--credential", str(self.admin_credential),
              "client", "create", "storage", "--buckets", "*", "--ops", "generate,unwrap",
-             "--out", str(self.credential)],
+             *client_args, "--out", str(self.credential)],
             "coffer-kms admin client create",
+        )
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess:
+        """``coffer-kms admin --url U --credential C ARGS…`` (must succeed)."""
+        return _run_cli(
+            [_bin("coffer-kms"), "admin", "--url", self.url, "--credential", str(self.admin_credential),
+             *args],
+            "coffer-kms admin " + " ".join(args[:2]),
         )
 
     def stop(self) -> None:
@@ -209,7 +217,8 @@ class Node:
     """A running coffer-storage."""
 
     def __init__(self, root: Path, kms: Kms, *, kms_url: str | None = None,
-                 allow_ssec_over_http: bool = True, default_encryption: str | None = None,
+                 allow_ssec_over_http: bool = True, allow_sse_kms_over_http: bool = False,
+                 default_encryption: str | None = None,
                  key_cache_ttl: float | None = None, kms_timeout_ms: int | None = None,
                  tls: tuple[Path, Path] | None = None, data_dir: Path | None = None,
                  name: str = "coffer-storage", extra: tuple[str, ...] = (),
@@ -229,6 +238,8 @@ class Node:
             args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         if allow_ssec_over_http:
             args.append("--allow-ssec-over-http")
+        if allow_sse_kms_over_http:
+            args.append("--allow-sse-kms-over-http")
         if default_encryption is not None:
             args += ["--default-encryption", default_encryption]
         if key_cache_ttl is not None:

@@ -51,6 +51,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
         secret_key: creds.secret_key.clone(),
         tls: true,
         allow_ssec_over_http: false,
+        allow_sse_kms_over_http: false,
         default_encryption: DefaultEncryption::SseS3,
         key_cache_ttl: Duration::from_secs(300),
         key_cache_capacity: 10_000,

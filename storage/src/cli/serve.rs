@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Accept SSE-C over plain HTTP (development / loopback only).
     #[arg(long, env = "COFFER_ALLOW_SSEC_OVER_HTTP")]
     pub allow_ssec_over_http: bool,
+    /// Accept SSE-KMS (`aws:kms`) over plain HTTP (development / loopback only; AWS requires
+    /// TLS).
+    #[arg(long, env = "COFFER_ALLOW_SSE_KMS_OVER_HTTP")]
+    pub allow_sse_kms_over_http: bool,
     /// Default encryption of new buckets.
     #[arg(
         long,
@@ -266,6 +270,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         secret_key,
         tls: tls.is_some(),
         allow_ssec_over_http: a.allow_ssec_over_http,
+        allow_sse_kms_over_http: a.allow_sse_kms_over_http,
         default_encryption,
         key_cache_ttl: Duration::from_secs(a.key_cache_ttl),
         key_cache_capacity: a.key_cache_capacity,

@@ -14,6 +14,7 @@ use coffer_common::secret::SecretKey32;
 use super::key_cache::BucketKeys;
 use super::keys::{self, Binding, SealMode, SealedKey, UnsealError};
 use super::kms_client::KmsError;
+use super::sse_kms::KmsMeta;
 
 /// How a stored object version is encrypted (persisted as `sse_mode` + salt + sealed key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub enum StoredSse {
     SseS3(SealedKey),
     /// Object key sealed under the customer's key.
     SseC(SealedKey),
+    /// Object key sealed under a data key of a named KMS key (SSE-KMS).
+    SseKms(SealedKey, Box<KmsMeta>),
 }
 
 impl StoredSse {
@@ -33,11 +36,17 @@ impl StoredSse {
             StoredSse::None => "none",
             StoredSse::SseS3(_) => "sse-s3",
             StoredSse::SseC(_) => "sse-c",
+            StoredSse::SseKms(..) => "sse-kms",
         }
     }
 
     /// Rebuild from the stored columns; `None` when they are inconsistent.
-    pub fn from_columns(mode: &str, salt: Option<&[u8]>, sealed: Option<&[u8]>) -> Option<Self> {
+    pub fn from_columns(
+        mode: &str,
+        salt: Option<&[u8]>,
+        sealed: Option<&[u8]>,
+        kms: Option<&str>,
+    ) -> Option<Self> {
         let sealed_key = || -> Option<SealedKey> {
             Some(SealedKey {
                 salt: salt?.try_into().ok()?,
@@ -48,6 +57,10 @@ impl StoredSse {
             "none" => Some(StoredSse::None),
             "sse-s3" => Some(StoredSse::SseS3(sealed_key()?)),
             "sse-c" => Some(StoredSse::SseC(sealed_key()?)),
+            "sse-kms" => Some(StoredSse::SseKms(
+                sealed_key()?,
+                Box::new(KmsMeta::from_json(kms?)?),
+            )),
             _ => None,
         }
     }
@@ -56,14 +69,35 @@ impl StoredSse {
     pub fn columns(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         match self {
             StoredSse::None => (None, None),
-            StoredSse::SseS3(s) | StoredSse::SseC(s) => {
+            StoredSse::SseS3(s) | StoredSse::SseC(s) | StoredSse::SseKms(s, _) => {
                 (Some(s.salt.to_vec()), Some(s.sealed.to_vec()))
             }
         }
     }
 
+    /// The `sse_kms` column (SSE-KMS objects only).
+    pub fn kms_column(&self) -> Option<String> {
+        match self {
+            StoredSse::SseKms(_, m) => Some(m.to_json()),
+            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseC(_) => None,
+        }
+    }
+
     pub fn is_sse_c(&self) -> bool {
         matches!(self, StoredSse::SseC(_))
+    }
+
+    /// The SSE-KMS details, for SSE-KMS objects.
+    pub fn kms(&self) -> Option<&KmsMeta> {
+        match self {
+            StoredSse::SseKms(_, m) => Some(m),
+            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseC(_) => None,
+        }
+    }
+
+    /// Whether the ETag is random rather than the plaintext's MD5 (SSE-C and SSE-KMS, as AWS).
+    pub fn random_etag(&self) -> bool {
+        matches!(self, StoredSse::SseC(_) | StoredSse::SseKms(..))
     }
 }
 
@@ -134,25 +168,44 @@ pub fn seal_new(
     binding: &Binding<'_>,
 ) -> (SecretKey32, StoredSse) {
     let ok = keys::new_object_key();
-    let sealed = keys::seal(mode, secret, binding, &ok);
-    let stored = match mode {
-        SealMode::SseS3 => StoredSse::SseS3(sealed),
-        SealMode::SseC => StoredSse::SseC(sealed),
-    };
+    let stored = reseal(mode, secret, binding, &ok);
     (ok, stored)
 }
 
+/// Seal an object key (new or existing) under a KMS data key.
+pub fn seal_kms(
+    data_key: &SecretKey32,
+    meta: KmsMeta,
+    binding: &Binding<'_>,
+    object_key: &SecretKey32,
+) -> StoredSse {
+    let sealed = keys::seal(SealMode::SseKms, data_key, binding, object_key);
+    StoredSse::SseKms(sealed, Box::new(meta))
+}
+
+/// Open the object key of an SSE-KMS version with its data key.
+pub fn open_sse_kms(
+    stored: &SealedKey,
+    data_key: &SecretKey32,
+    binding: &Binding<'_>,
+) -> Result<SecretKey32, EnvelopeError> {
+    keys::unseal(SealMode::SseKms, data_key, binding, stored)
+        .map_err(|UnsealError| EnvelopeError::Corrupt)
+}
+
 /// Re-seal an existing object key (SSE-C rotation, SSE-S3 <-> SSE-C) without touching blobs.
+/// `SseKms` needs its [`KmsMeta`]: use [`seal_kms`] (here it is treated as SSE-S3).
 pub fn reseal(
     mode: SealMode,
     secret: &SecretKey32,
     binding: &Binding<'_>,
     object_key: &SecretKey32,
 ) -> StoredSse {
-    let sealed = keys::seal(mode, secret, binding, object_key);
     match mode {
-        SealMode::SseS3 => StoredSse::SseS3(sealed),
-        SealMode::SseC => StoredSse::SseC(sealed),
+        SealMode::SseC => StoredSse::SseC(keys::seal(mode, secret, binding, object_key)),
+        SealMode::SseS3 | SealMode::SseKms => {
+            StoredSse::SseS3(keys::seal(SealMode::SseS3, secret, binding, object_key))
+        }
     }
 }
 

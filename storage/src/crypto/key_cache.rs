@@ -29,6 +29,84 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
     pub kms_calls: AtomicU64,
     pub kms_failures: AtomicU64,
+    /// KMS calls by encryption mode and operation (see [`KmsCallMode`], [`KmsOp`]).
+    by_mode: [[AtomicU64; 2]; 3],
+}
+
+/// The encryption mode a KMS call served (the `mode` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsCallMode {
+    /// SSE-S3 bucket keys.
+    SseS3,
+    /// SSE-KMS, one data key per object.
+    SseKms,
+    /// SSE-KMS with an S3 Bucket Key.
+    SseKmsBucketKey,
+}
+
+impl KmsCallMode {
+    pub const ALL: [KmsCallMode; 3] = [
+        KmsCallMode::SseS3,
+        KmsCallMode::SseKms,
+        KmsCallMode::SseKmsBucketKey,
+    ];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            KmsCallMode::SseS3 => "sse-s3",
+            KmsCallMode::SseKms => "sse-kms",
+            KmsCallMode::SseKmsBucketKey => "sse-kms-bucket-key",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            KmsCallMode::SseS3 => 0,
+            KmsCallMode::SseKms => 1,
+            KmsCallMode::SseKmsBucketKey => 2,
+        }
+    }
+}
+
+/// The KMS operation (the `op` metric label): generate a data key, or open one (SSE-S3 unwrap,
+/// SSE-KMS decrypt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsOp {
+    Generate,
+    Decrypt,
+}
+
+impl KmsOp {
+    pub const ALL: [KmsOp; 2] = [KmsOp::Generate, KmsOp::Decrypt];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            KmsOp::Generate => "generate",
+            KmsOp::Decrypt => "decrypt",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            KmsOp::Generate => 0,
+            KmsOp::Decrypt => 1,
+        }
+    }
+}
+
+impl CacheStats {
+    /// Count one KMS call (also in the `kms_calls` total).
+    pub fn count_call(&self, mode: KmsCallMode, op: KmsOp) {
+        self.kms_calls.fetch_add(1, Ordering::Relaxed);
+        self.by_mode[mode.index()][op.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// KMS calls made for one mode and operation.
+    pub fn calls(&self, mode: KmsCallMode, op: KmsOp) -> u64 {
+        self.by_mode[mode.index()][op.index()].load(Ordering::Relaxed)
+    }
 }
 
 /// Bucket keys: cache + KMS client.
@@ -37,6 +115,8 @@ pub struct BucketKeys {
     cache: Cache<String, Arc<SecretKey32>>,
     disabled: AtomicBool,
     pub stats: Arc<CacheStats>,
+    /// SSE-KMS data keys (bucket keys and the keys they open), see [`super::sse_kms`].
+    pub kms_keys: super::sse_kms::KmsKeyCache,
 }
 
 impl BucketKeys {
@@ -64,7 +144,15 @@ impl BucketKeys {
             cache,
             disabled: AtomicBool::new(false),
             stats,
+            kms_keys: super::sse_kms::KmsKeyCache::new(ttl, capacity),
         }
+    }
+
+    /// The KMS client, if one is configured and not lost (for SSE-KMS calls).
+    pub fn client(&self) -> Result<&KmsClient, KmsError> {
+        let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
+        self.check_enabled()?;
+        Ok(kms)
     }
 
     /// The KMS is gone for good (e.g. the dev child process died): drop every cached key and
@@ -72,6 +160,7 @@ impl BucketKeys {
     pub fn disable(&self) {
         self.disabled.store(true, Ordering::SeqCst);
         self.cache.invalidate_all();
+        self.kms_keys.invalidate_all();
     }
 
     /// The KMS is back (the dev child was restarted): key requests reach it again.
@@ -106,6 +195,7 @@ impl BucketKeys {
     /// Drop expired and invalidated keys now (run periodically), through the eviction listener.
     pub async fn sweep(&self) {
         self.cache.run_pending_tasks().await;
+        self.kms_keys.sweep().await;
     }
 
     /// Number of keys held (as of moka's last maintenance).
@@ -135,7 +225,7 @@ impl BucketKeys {
             .try_get_with_by_ref(bucket_id, async {
                 loaded = true;
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
+                self.stats.count_call(KmsCallMode::SseS3, KmsOp::Decrypt);
                 load().await.map(Arc::new).inspect_err(|_| {
                     self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);
                 })
@@ -173,7 +263,7 @@ impl BucketKeys {
     ) -> Result<super::kms_client::GeneratedKey, KmsError> {
         let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
         self.check_enabled()?;
-        self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_call(KmsCallMode::SseS3, KmsOp::Generate);
         kms.generate(bucket_id, request_id).await.inspect_err(|_| {
             self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);
         })

@@ -6,7 +6,8 @@
 //!
 //! KEK derivation: `HKDF-SHA256(ikm, salt, info)` where `info` is the mode label followed by
 //! length-prefixed fields: `label | u32 len | bucket id | u32 len | object key | u32 len | version id`
-//! (label `sse-s3` with the bucket data key as ikm, `sse-c` with the customer key as ikm).
+//! (label `sse-s3` with the bucket data key as ikm, `sse-c` with the customer key as ikm,
+//! `sse-kms` with a KMS data key as ikm).
 //! Length prefixes make the binding unambiguous. Sealing is AES-KW (RFC 3394) of the 32-byte
 //! object key under the KEK; a wrong key or another binding fails the integrity check.
 
@@ -29,13 +30,15 @@ pub fn hkdf32(ikm: &SecretKey32, salt: &[u8], info: &[u8]) -> SecretKey32 {
     SecretKey32::from_bytes(*okm)
 }
 
-/// How an object key is sealed. (`SseKms` will join when named KMS keys exist.)
+/// How an object key is sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealMode {
     /// Under a KEK derived from the bucket data key.
     SseS3,
     /// Under a KEK derived from the customer's key.
     SseC,
+    /// Under a KEK derived from a data key of a named KMS key (per object, or a bucket key).
+    SseKms,
 }
 
 impl SealMode {
@@ -43,6 +46,7 @@ impl SealMode {
         match self {
             SealMode::SseS3 => b"sse-s3",
             SealMode::SseC => b"sse-c",
+            SealMode::SseKms => b"sse-kms",
         }
     }
 }
@@ -164,6 +168,15 @@ mod tests {
         assert!(
             unseal(SealMode::SseC, &bk, &B, &s).is_err(),
             "mode is bound"
+        );
+        assert!(
+            unseal(SealMode::SseKms, &bk, &B, &s).is_err(),
+            "mode is bound"
+        );
+        let k = seal(SealMode::SseKms, &bk, &B, &ok);
+        assert_eq!(
+            unseal(SealMode::SseKms, &bk, &B, &k).map(|k| *k.expose_secret()),
+            Ok(*ok.expose_secret())
         );
         assert!(
             unseal(SealMode::SseS3, &SecretKey32::generate(), &B, &s).is_err(),

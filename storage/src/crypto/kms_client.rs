@@ -1,4 +1,5 @@
-//! The storage node's only connection to coffer-kms: generate and unwrap bucket data keys.
+//! The storage node's only connection to coffer-kms: generate and unwrap bucket data keys
+//! (SSE-S3), and generate, decrypt and describe under named keys (SSE-KMS).
 //!
 //! Secret: the service credential (signs one short-lived token per request) and the plaintext
 //! keys in responses, which are turned into [`SecretKey32`] at once and never logged. Every call
@@ -15,8 +16,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use coffer_common::credential::Credential;
 use coffer_common::kms_api::{
-    ErrorBody, GenerateDataKeyRequest, GenerateDataKeyResponse, PATH_GENERATE, PATH_UNWRAP,
-    UnwrapDataKeyRequest, UnwrapDataKeyResponse,
+    EncryptionContext, ErrorBody, GenerateDataKeyRequest, GenerateDataKeyResponse,
+    KmsDecryptRequest, KmsDecryptResponse, KmsDescribeRequest, KmsGenerateRequest,
+    KmsGenerateResponse, PATH_GENERATE, PATH_KMS_DECRYPT, PATH_KMS_DESCRIBE, PATH_KMS_GENERATE,
+    PATH_UNWRAP, UnwrapDataKeyRequest, UnwrapDataKeyResponse,
 };
 use coffer_common::secret::SecretKey32;
 
@@ -47,7 +50,8 @@ impl KmsError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             KmsError::Unavailable(_) => true,
-            KmsError::Refused { status, .. } => *status == 503,
+            // 503: sealed or overloaded; 429: throttled.
+            KmsError::Refused { status, .. } => *status == 503 || *status == 429,
             KmsError::Malformed | KmsError::NotConfigured => false,
         }
     }
@@ -84,6 +88,25 @@ pub struct GeneratedKey {
     pub plaintext: SecretKey32,
     pub wrapped: Vec<u8>,
     pub version: u32,
+}
+
+/// A data key generated under a named KMS key (SSE-KMS).
+pub struct NamedDataKey {
+    pub plaintext: SecretKey32,
+    /// The KMS's self-describing ciphertext blob (opaque; stored with the object).
+    pub blob: Vec<u8>,
+    /// Canonical ARN of the key that generated it.
+    pub key_arn: String,
+}
+
+/// Longest ciphertext blob accepted from the KMS (its blobs are well under 200 bytes).
+pub const MAX_BLOB_LEN: usize = 1024;
+
+/// What describe-key tells a service about a named key.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NamedKeyInfo {
+    pub arn: String,
+    pub state: coffer_common::kms_api::KmsKeyState,
 }
 
 /// HTTP client of the KMS service API.
@@ -229,6 +252,63 @@ impl KmsClient {
         };
         let resp: UnwrapDataKeyResponse = self.call(PATH_UNWRAP, &req, request_id).await?;
         SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)
+    }
+}
+
+impl KmsClient {
+    /// A new data key under a named key (key id, ARN, alias or alias ARN), bound to `context`.
+    pub async fn generate_named(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+        request_id: &str,
+    ) -> Result<NamedDataKey, KmsError> {
+        let req = KmsGenerateRequest {
+            key_id: key_id.to_string(),
+            encryption_context: context.clone(),
+        };
+        let resp: KmsGenerateResponse = self.call(PATH_KMS_GENERATE, &req, request_id).await?;
+        let plaintext = SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)?;
+        let blob = STANDARD
+            .decode(&resp.ciphertext_blob)
+            .map_err(|_| KmsError::Malformed)?;
+        if blob.is_empty() || blob.len() > MAX_BLOB_LEN || resp.key_arn.is_empty() {
+            return Err(KmsError::Malformed);
+        }
+        Ok(NamedDataKey {
+            plaintext,
+            blob,
+            key_arn: resp.key_arn,
+        })
+    }
+
+    /// Open a ciphertext blob from [`KmsClient::generate_named`] with the context it was
+    /// generated with; answers the plaintext key and the canonical key ARN.
+    pub async fn decrypt_named(
+        &self,
+        blob: &[u8],
+        context: &EncryptionContext,
+        request_id: &str,
+    ) -> Result<(SecretKey32, String), KmsError> {
+        let req = KmsDecryptRequest {
+            ciphertext_blob: STANDARD.encode(blob),
+            encryption_context: context.clone(),
+        };
+        let resp: KmsDecryptResponse = self.call(PATH_KMS_DECRYPT, &req, request_id).await?;
+        let key = SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)?;
+        Ok((key, resp.key_arn))
+    }
+
+    /// Canonical ARN and state of a named key.
+    pub async fn describe_named(
+        &self,
+        key_id: &str,
+        request_id: &str,
+    ) -> Result<NamedKeyInfo, KmsError> {
+        let req = KmsDescribeRequest {
+            key_id: key_id.to_string(),
+        };
+        self.call(PATH_KMS_DESCRIBE, &req, request_id).await
     }
 }
 

@@ -11,3 +11,4 @@ pub mod key_cache;
 pub mod keys;
 pub mod kms_client;
 pub mod sse;
+pub mod sse_kms;

@@ -25,8 +25,10 @@ pub enum WriteSse {
     Unspecified,
     /// `x-amz-server-side-encryption: AES256`.
     SseS3,
-    /// `x-amz-server-side-encryption: aws:kms` (not implemented yet).
+    /// `x-amz-server-side-encryption: aws:kms`.
     SseKms,
+    /// `x-amz-server-side-encryption: aws:kms:dsse` (not implemented: 501).
+    SseKmsDsse,
     /// The SSE-C trio.
     SseC(CustomerKey),
 }
@@ -77,6 +79,21 @@ pub enum SseError {
     /// E11: `x-amz-server-side-encryption` on GET/HEAD.
     #[error("SSE header on a read")]
     SseOnRead,
+    /// SSE-KMS over plain HTTP (unless `allow_sse_kms_over_http`).
+    #[error("SSE-KMS over plain HTTP")]
+    KmsInsecureTransport,
+    /// `x-amz-server-side-encryption-context` is not base64 JSON of a string map.
+    #[error("bad SSE-KMS context")]
+    BadKmsContext,
+    /// `x-amz-server-side-encryption-bucket-key-enabled` is not true or false.
+    #[error("bad bucket-key-enabled header")]
+    BadBucketKeyHeader,
+    /// An empty `x-amz-server-side-encryption-aws-kms-key-id`.
+    #[error("empty KMS key id")]
+    BadKmsKeyId,
+    /// A KMS key id or context on GET/HEAD.
+    #[error("SSE-KMS header on a read")]
+    KmsHeaderOnRead,
 }
 
 impl SseError {
@@ -88,7 +105,9 @@ impl SseError {
     /// The S3 error code.
     pub fn code(self) -> &'static str {
         match self {
-            SseError::InsecureTransport | SseError::SseOnRead => "InvalidRequest",
+            SseError::InsecureTransport | SseError::SseOnRead | SseError::KmsInsecureTransport => {
+                "InvalidRequest"
+            }
             SseError::BadAlgorithm => "InvalidEncryptionAlgorithmError",
             SseError::Incompatible
             | SseError::KmsKeyIdWithoutKms
@@ -97,7 +116,11 @@ impl SseError {
             | SseError::MissingKey
             | SseError::MissingKeyMd5
             | SseError::BadKey
-            | SseError::KeyMd5Mismatch => "InvalidArgument",
+            | SseError::KeyMd5Mismatch
+            | SseError::BadKmsContext
+            | SseError::BadBucketKeyHeader
+            | SseError::BadKmsKeyId
+            | SseError::KmsHeaderOnRead => "InvalidArgument",
         }
     }
 
@@ -132,6 +155,21 @@ impl SseError {
             }
             SseError::SseOnRead => {
                 "The x-amz-server-side-encryption header is not supported for this operation."
+            }
+            SseError::KmsInsecureTransport => {
+                "Requests specifying Server Side Encryption with AWS KMS managed keys must be made over a secure connection."
+            }
+            SseError::BadKmsContext => {
+                "The header 'x-amz-server-side-encryption-context' shall be Base64-encoded UTF-8 string holding JSON which represents a string-string map"
+            }
+            SseError::BadBucketKeyHeader => {
+                "The header 'x-amz-server-side-encryption-bucket-key-enabled' must be true or false."
+            }
+            SseError::BadKmsKeyId => {
+                "The header 'x-amz-server-side-encryption-aws-kms-key-id' must name a KMS key."
+            }
+            SseError::KmsHeaderOnRead => {
+                "x-amz-server-side-encryption-aws-kms-key-id and x-amz-server-side-encryption-context are not supported for this operation."
             }
         }
     }
@@ -182,7 +220,8 @@ pub fn parse_write(h: &SseHeaders<'_>, secure: bool) -> Result<WriteSse, SseErro
     match h.sse {
         Some("AES256") if h.kms_key_id.is_some() => return Err(SseError::KmsKeyIdWithoutKms),
         Some("AES256") => return Ok(WriteSse::SseS3),
-        Some("aws:kms") | Some("aws:kms:dsse") => return Ok(WriteSse::SseKms),
+        Some("aws:kms") => return Ok(WriteSse::SseKms),
+        Some("aws:kms:dsse") => return Ok(WriteSse::SseKmsDsse),
         Some(_) => return Err(SseError::UnknownMethod),
         None if h.kms_key_id.is_some() => return Err(SseError::KmsKeyIdWithoutKms),
         None => {}

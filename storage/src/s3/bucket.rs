@@ -4,8 +4,12 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
+use coffer_common::kms_api::KmsKeyState;
+
 use super::common;
-use super::errors::{ApiError, ApiResult};
+use super::encryption::{self, BucketDefault};
+use super::errors::{ApiError, ApiResult, KmsKeyProblem};
+use super::kms_headers::KmsDefault;
 use super::object::bucket_or_404;
 use crate::state::{DefaultEncryption, NodeState};
 use crate::store::objects;
@@ -145,6 +149,7 @@ pub(crate) async fn get_bucket_location(
 pub(crate) async fn put_bucket_encryption(
     state: &NodeState,
     req: S3Request<PutBucketEncryptionInput>,
+    request_id: &str,
 ) -> ApiResult<S3Response<PutBucketEncryptionOutput>> {
     let input = req.input;
     bucket_or_404(state, &input.bucket).await?;
@@ -163,17 +168,54 @@ pub(crate) async fn put_bucket_encryption(
             if def.kms_master_key_id.is_some() {
                 return Err(ApiError::InvalidArgument("a KMSMasterKeyID is not applicable if the default sse algorithm is not aws:kms or aws:kms:dsse".into()));
             }
-            "AES256"
+            "AES256".to_string()
         }
-        // SSE-KMS is the next step; refuse it clearly rather than store a default no write can use.
-        "aws:kms" | "aws:kms:dsse" => return Err(ApiError::KmsNotImplemented),
+        "aws:kms" => {
+            let key_id = def
+                .kms_master_key_id
+                .as_deref()
+                .map(str::trim)
+                .filter(|k| !k.is_empty());
+            if let Some(k) = key_id {
+                check_kms_key(state, k, request_id).await?;
+            }
+            KmsDefault {
+                key_id: key_id.map(str::to_string),
+                bucket_key: rule.bucket_key_enabled.unwrap_or(false),
+            }
+            .stored()
+        }
+        "aws:kms:dsse" => {
+            return Err(ApiError::NotImplemented(
+                "DSSE-KMS (aws:kms:dsse) is not implemented; use aws:kms.",
+            ));
+        }
         _ => return Err(ApiError::MalformedXml),
     };
     state
         .meta
-        .set_encryption_config(&input.bucket, Some(stored))
+        .set_encryption_config(&input.bucket, Some(&stored))
         .await?;
     Ok(S3Response::new(PutBucketEncryptionOutput::default()))
+}
+
+/// A bucket default's `KMSMasterKeyID` must name an enabled key the node may use (described by
+/// the KMS): not found (or destroyed) 400 KMS.NotFoundException, disabled 400
+/// KMS.DisabledException, pending deletion 400 KMS.KMSInvalidStateException, out of the node's
+/// key scope 403 AccessDenied.
+async fn check_kms_key(state: &NodeState, key_id: &str, request_id: &str) -> ApiResult<()> {
+    let kms = state.keys.client()?;
+    let info = kms
+        .describe_named(key_id, request_id)
+        .await
+        .map_err(|e| ApiError::from_named_kms(e, key_id))?;
+    let problem = match info.state {
+        KmsKeyState::Enabled => return Ok(()),
+        KmsKeyState::Disabled => KmsKeyProblem::Disabled,
+        KmsKeyState::PendingDeletion => KmsKeyProblem::InvalidState,
+        KmsKeyState::Destroyed => KmsKeyProblem::NotFound,
+    };
+    Err(ApiError::KmsKey(problem, key_id.to_string()))
 }
 
 pub(crate) async fn get_bucket_encryption(
@@ -181,17 +223,10 @@ pub(crate) async fn get_bucket_encryption(
     req: S3Request<GetBucketEncryptionInput>,
 ) -> ApiResult<S3Response<GetBucketEncryptionOutput>> {
     let b = bucket_or_404(state, &req.input.bucket).await?;
-    let cfg = b.encryption_config.ok_or(ApiError::NoEncryptionConfig)?;
-    let (alg, key) = match cfg.strip_prefix("aws:kms:") {
-        Some(k) => (
-            "aws:kms",
-            if k.is_empty() {
-                None
-            } else {
-                Some(k.to_string())
-            },
-        ),
-        None => ("AES256", None),
+    let (alg, key, bucket_key) = match encryption::bucket_default(&b) {
+        Some(BucketDefault::SseS3) => ("AES256", None, false),
+        Some(BucketDefault::SseKms(d)) => ("aws:kms", d.key_id, d.bucket_key),
+        None => return Err(ApiError::NoEncryptionConfig),
     };
     Ok(S3Response::new(GetBucketEncryptionOutput {
         server_side_encryption_configuration: Some(ServerSideEncryptionConfiguration {
@@ -200,7 +235,7 @@ pub(crate) async fn get_bucket_encryption(
                     sse_algorithm: ServerSideEncryption::from(alg.to_string()),
                     kms_master_key_id: key,
                 }),
-                bucket_key_enabled: Some(false),
+                bucket_key_enabled: Some(bucket_key),
             }],
         }),
     }))

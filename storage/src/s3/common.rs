@@ -17,6 +17,7 @@ use super::errors::{ApiError, ApiResult};
 use crate::crypto::envelope::{self, BucketKeyRef, StoredSse};
 use crate::crypto::keys::{Binding, SealMode};
 use crate::crypto::sse::CustomerKey;
+use crate::crypto::sse_kms;
 use crate::state::NodeState;
 use crate::store::meta::Bucket;
 use crate::store::objects::{self, Encryption};
@@ -59,16 +60,43 @@ pub(crate) async fn seal_for(
     binding: &Binding<'_>,
     request_id: &str,
 ) -> ApiResult<(Option<SecretKey32>, StoredSse)> {
+    if let WritePlan::Plain = plan {
+        return Ok((None, StoredSse::None));
+    }
+    let ok = crate::crypto::keys::new_object_key();
+    let stored = seal_existing(state, bucket, plan, binding, &ok, request_id).await?;
+    Ok((Some(ok), stored))
+}
+
+/// Seal the object key `ok` under `plan` (a new version, or a self-copy's re-seal). SSE-KMS
+/// asks the KMS for a data key (or finds the bucket key cached). `Plain` cannot seal.
+pub(crate) async fn seal_existing(
+    state: &NodeState,
+    bucket: &Bucket,
+    plan: &WritePlan,
+    binding: &Binding<'_>,
+    ok: &SecretKey32,
+    request_id: &str,
+) -> ApiResult<StoredSse> {
     match plan {
-        WritePlan::Plain => Ok((None, StoredSse::None)),
+        WritePlan::Plain => Err(ApiError::Internal("plaintext has no key to seal".into())),
         WritePlan::SseS3 => {
             let bk = bucket_key(state, bucket, request_id).await?;
-            let (ok, stored) = envelope::seal_new(SealMode::SseS3, &bk, binding);
-            Ok((Some(ok), stored))
+            Ok(envelope::reseal(SealMode::SseS3, &bk, binding, ok))
         }
-        WritePlan::SseC(ck) => {
-            let (ok, stored) = envelope::seal_new(SealMode::SseC, &ck.key, binding);
-            Ok((Some(ok), stored))
+        WritePlan::SseC(ck) => Ok(envelope::reseal(SealMode::SseC, &ck.key, binding, ok)),
+        WritePlan::SseKms(p) => {
+            let (dk, meta) = sse_kms::data_key_for_write(
+                &state.keys,
+                &bucket.id,
+                &bucket.name,
+                binding.object_key,
+                &p.write(),
+                request_id,
+            )
+            .await
+            .map_err(|e| ApiError::from_named_kms(e, &p.key_id))?;
+            Ok(envelope::seal_kms(&dk, meta, binding, ok))
         }
     }
 }
@@ -86,11 +114,22 @@ pub(crate) async fn open_key(
     match (stored, customer) {
         (StoredSse::SseC(_), None) => Err(ApiError::SseCKeyRequired),
         (StoredSse::SseC(s), Some(ck)) => Ok(Some(envelope::open_sse_c(s, &ck.key, binding)?)),
-        (StoredSse::SseS3(_) | StoredSse::None, Some(_)) => Err(ApiError::SseCNotApplicable),
+        (StoredSse::SseS3(_) | StoredSse::SseKms(..) | StoredSse::None, Some(_)) => {
+            Err(ApiError::SseCNotApplicable)
+        }
         (StoredSse::None, None) => Ok(None),
         (StoredSse::SseS3(s), None) => {
             let bk = bucket_key(state, bucket, request_id).await?;
             Ok(Some(envelope::open_sse_s3(s, &bk, binding)?))
+        }
+        (StoredSse::SseKms(s, meta), None) => {
+            if !state.sse_kms_allowed() {
+                return Err(crate::crypto::sse::SseError::KmsInsecureTransport.into());
+            }
+            let dk = sse_kms::data_key_for_read(&state.keys, &bucket.id, meta, request_id)
+                .await
+                .map_err(|e| ApiError::from_named_kms(e, &meta.key_arn))?;
+            Ok(Some(envelope::open_sse_kms(s, &dk, binding)?))
         }
     }
 }

@@ -12,8 +12,8 @@ use super::encryption::{self, EncryptionParams, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use super::object::{self, ContentHeaders, bucket_or_404};
 use super::precondition;
-use crate::crypto::envelope::{self, StoredSse};
-use crate::crypto::keys::{Binding, SealMode};
+use crate::crypto::envelope::StoredSse;
+use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
 use crate::state::NodeState;
 use crate::store::conditions::WriteCondition;
@@ -97,7 +97,7 @@ pub(crate) async fn copy_object(
         now: meta::now_ms(),
     };
     let (etag, sse) = match (self_copy, src.key.as_ref(), &plan) {
-        (true, Some(ok), WritePlan::SseS3 | WritePlan::SseC(_)) => {
+        (true, Some(ok), WritePlan::SseS3 | WritePlan::SseC(_) | WritePlan::SseKms(_)) => {
             reseal_in_place(&dst, &src, ok, attrs).await?
         }
         _ => copy_reencrypting(&dst, &src, attrs, &cond).await?,
@@ -119,6 +119,9 @@ pub(crate) async fn copy_object(
             ..Default::default()
         }),
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
+        ssekms_encryption_context: enc.kms_context(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         copy_source_version_id: sv,
@@ -230,17 +233,18 @@ async fn reseal_in_place(
         object_key: dst.key,
         version_id: &src.obj.version_id,
     };
-    let sse = match dst.plan {
-        WritePlan::SseS3 => {
-            let bk = common::bucket_key(dst.state, dst.bucket, dst.request_id).await?;
-            envelope::reseal(SealMode::SseS3, &bk, &binding, ok)
-        }
-        WritePlan::SseC(ck) => envelope::reseal(SealMode::SseC, &ck.key, &binding, ok),
-        WritePlan::Plain => return Err(ApiError::Internal("unreachable plain reseal".into())),
-    };
-    // An SSE-C object's ETag never derives from its plaintext (issue 11 B6): re-sealing an
-    // MD5-tagged object under a customer key gives it, and its parts, random ETags.
-    let (etag, part_etags) = if sse.is_sse_c() && !src.obj.sse.is_sse_c() {
+    let sse = common::seal_existing(
+        dst.state,
+        dst.bucket,
+        dst.plan,
+        &binding,
+        ok,
+        dst.request_id,
+    )
+    .await?;
+    // An SSE-C or SSE-KMS object's ETag never derives from its plaintext (issue 11 B6):
+    // re-sealing an MD5-tagged object under such a key gives it, and its parts, random ETags.
+    let (etag, part_etags) = if sse.random_etag() && !src.obj.sse.random_etag() {
         let parts: Vec<(u32, String)> = src
             .parts
             .iter()

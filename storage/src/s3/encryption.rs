@@ -10,6 +10,7 @@ use s3s::dto::ServerSideEncryption;
 
 use super::common::{hdr, random_etag};
 use super::errors::{ApiError, ApiResult};
+use super::kms_headers::{self, KmsDefault, KmsPlan};
 use crate::crypto::envelope::StoredSse;
 use crate::crypto::sse::{self, CustomerKey, SseHeaders, WriteSse};
 use crate::state::NodeState;
@@ -63,6 +64,7 @@ pub(crate) enum WritePlan {
     Plain,
     SseS3,
     SseC(CustomerKey),
+    SseKms(KmsPlan),
 }
 
 /// Request headers first, then the bucket default; SSE-C is never a default.
@@ -71,13 +73,31 @@ pub(crate) fn plan_write(
     bucket: &Bucket,
     h: &HeaderMap,
 ) -> ApiResult<WritePlan> {
-    match sse::parse_write(&sse_headers(h, false), state.ssec_allowed())? {
+    let default = bucket_default(bucket);
+    let kms_default = match &default {
+        Some(BucketDefault::SseKms(d)) => Some(d),
+        _ => None,
+    };
+    let requested = sse::parse_write(&sse_headers(h, false), state.ssec_allowed())?;
+    if !matches!(requested, WriteSse::SseKms) {
+        kms_headers::refuse_context_without_kms(h)?;
+    }
+    match requested {
         WriteSse::SseS3 => Ok(WritePlan::SseS3),
-        WriteSse::SseKms => Err(ApiError::KmsNotImplemented),
+        WriteSse::SseKms => Ok(WritePlan::SseKms(kms_headers::plan(
+            h,
+            kms_default,
+            state.sse_kms_allowed(),
+        )?)),
+        WriteSse::SseKmsDsse => Err(ApiError::NotImplemented(
+            "DSSE-KMS (aws:kms:dsse) is not implemented; use aws:kms.",
+        )),
         WriteSse::SseC(k) => Ok(WritePlan::SseC(k)),
-        WriteSse::Unspecified => Ok(match bucket_default(bucket) {
+        WriteSse::Unspecified => Ok(match default {
             Some(BucketDefault::SseS3) => WritePlan::SseS3,
-            Some(BucketDefault::SseKms) => return Err(ApiError::KmsNotImplemented),
+            Some(BucketDefault::SseKms(d)) => {
+                WritePlan::SseKms(kms_headers::plan(h, Some(&d), state.sse_kms_allowed())?)
+            }
             None => WritePlan::Plain,
         }),
     }
@@ -85,16 +105,27 @@ pub(crate) fn plan_write(
 
 pub(crate) enum BucketDefault {
     SseS3,
-    SseKms,
+    SseKms(KmsDefault),
 }
 
-/// The bucket's default encryption as stored (`AES256` or `aws:kms[:key]`).
+/// The bucket's default encryption as stored (`AES256`, or `aws:kms;{json}` / the older
+/// `aws:kms[:key]`).
 pub(crate) fn bucket_default(bucket: &Bucket) -> Option<BucketDefault> {
     match bucket.encryption_config.as_deref() {
         Some("AES256") => Some(BucketDefault::SseS3),
-        Some(s) if s.starts_with("aws:kms") => Some(BucketDefault::SseKms),
-        _ => None,
+        Some(s) => KmsDefault::from_stored(s).map(BucketDefault::SseKms),
+        None => None,
     }
+}
+
+/// GET/HEAD: the SSE-C trio, and no SSE-KMS headers (400, as AWS).
+pub(crate) fn read_key_refusing_kms(
+    state: &NodeState,
+    h: &HeaderMap,
+) -> ApiResult<Option<CustomerKey>> {
+    let key = read_key(state, h)?;
+    kms_headers::refuse_on_read(h)?;
+    Ok(key)
 }
 
 /// The encryption of a stored object or upload as the S3 answers show it: its SSE response
@@ -113,21 +144,39 @@ impl<'a> EncryptionParams<'a> {
         }
     }
 
-    /// `x-amz-server-side-encryption` (SSE-S3 objects only).
+    /// `x-amz-server-side-encryption` (SSE-S3: `AES256`, SSE-KMS: `aws:kms`).
     pub(crate) fn server_side_encryption(&self) -> Option<ServerSideEncryption> {
         match self.stored {
             StoredSse::SseS3(_) => Some(ServerSideEncryption::from_static(
                 ServerSideEncryption::AES256,
             )),
+            StoredSse::SseKms(..) => Some(ServerSideEncryption::from_static(
+                ServerSideEncryption::AWS_KMS,
+            )),
             StoredSse::None | StoredSse::SseC(_) => None,
         }
+    }
+
+    /// `x-amz-server-side-encryption-aws-kms-key-id`: the canonical key ARN (SSE-KMS only).
+    pub(crate) fn kms_key_id(&self) -> Option<String> {
+        self.stored.kms().map(|m| m.key_arn.clone())
+    }
+
+    /// `x-amz-server-side-encryption-context`, when the client gave one (SSE-KMS only).
+    pub(crate) fn kms_context(&self) -> Option<String> {
+        self.stored.kms().and_then(|m| m.context_header())
+    }
+
+    /// `x-amz-server-side-encryption-bucket-key-enabled: true` when a bucket key was used.
+    pub(crate) fn bucket_key_enabled(&self) -> Option<bool> {
+        self.stored.kms().and_then(|m| m.bucket_key.then_some(true))
     }
 
     /// `x-amz-server-side-encryption-customer-algorithm` (SSE-C objects only).
     pub(crate) fn customer_algorithm(&self) -> Option<String> {
         match self.stored {
             StoredSse::SseC(_) => Some("AES256".into()),
-            StoredSse::None | StoredSse::SseS3(_) => None,
+            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseKms(..) => None,
         }
     }
 
@@ -135,7 +184,7 @@ impl<'a> EncryptionParams<'a> {
     pub(crate) fn customer_key_md5(&self) -> Option<String> {
         match self.stored {
             StoredSse::SseC(_) => self.customer_key_md5.map(str::to_string),
-            StoredSse::None | StoredSse::SseS3(_) => None,
+            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseKms(..) => None,
         }
     }
 
@@ -153,17 +202,18 @@ impl<'a> EncryptionParams<'a> {
         ]
     }
 
-    /// Whether a write needs the MD5 of its plaintext for its ETag (SSE-C ETags are random, so
-    /// an SSE-C write hashes only to check a `Content-MD5` header).
+    /// Whether a write needs the MD5 of its plaintext for its ETag (SSE-C and SSE-KMS ETags
+    /// are random, as AWS's are not the MD5 of the data, so such a write hashes only to check a
+    /// `Content-MD5` header).
     pub(crate) fn needs_md5(&self) -> bool {
-        !self.stored.is_sse_c()
+        !self.stored.random_etag()
     }
 
-    /// The ETag of a new part or single-part object: the plaintext MD5, or (SSE-C) a random
-    /// value. `md5` is present whenever [`needs_md5`](Self::needs_md5) said so.
+    /// The ETag of a new part or single-part object: the plaintext MD5, or (SSE-C, SSE-KMS) a
+    /// random value. `md5` is present whenever [`needs_md5`](Self::needs_md5) said so.
     pub(crate) fn etag(&self, md5: Option<&[u8; 16]>) -> String {
         match md5 {
-            Some(m) if !self.stored.is_sse_c() => hex::encode(m),
+            Some(m) if !self.stored.random_etag() => hex::encode(m),
             _ => random_etag(),
         }
     }

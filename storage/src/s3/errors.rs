@@ -52,8 +52,9 @@ pub enum ApiError {
     AccessDenied,
     #[error("multipart part encryption mismatch")]
     PartEncryptionRequired,
-    #[error("aws:kms not implemented")]
-    KmsNotImplemented,
+    /// A named KMS key refused an SSE-KMS request (AWS's `KMS.*` codes); the key as named.
+    #[error("KMS key {1}: {0:?}")]
+    KmsKey(KmsKeyProblem, String),
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
     #[error("SSE requested but no KMS configured")]
@@ -114,6 +115,22 @@ pub enum ApiError {
     Db(#[source] sqlx::Error),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Why a named KMS key could not be used (SSE-KMS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsKeyProblem {
+    /// No such key or alias (also: destroyed).
+    NotFound,
+    /// The key is disabled.
+    Disabled,
+    /// Pending deletion (or another state that refuses the operation).
+    InvalidState,
+}
+
+/// A key name from a request or a stored object, bounded before it is put in a message.
+fn key_shown(key: &str) -> String {
+    key.chars().take(300).collect()
 }
 
 /// One error as the wire carries it.
@@ -191,10 +208,24 @@ impl ApiError {
                 "InvalidRequest",
                 "The multipart upload initiate requested encryption. Subsequent part requests must include the appropriate encryption parameters.",
             ),
-            ApiError::KmsNotImplemented => w(
-                501,
-                "NotImplemented",
-                "SSE-KMS (aws:kms) is not implemented yet; use AES256 (SSE-S3) or SSE-C.",
+            ApiError::KmsKey(KmsKeyProblem::NotFound, k) => w(
+                400,
+                "KMS.NotFoundException",
+                if k.starts_with("alias/") || k.contains(":alias/") {
+                    format!("Alias {} is not found.", key_shown(k))
+                } else {
+                    format!("Invalid keyId '{}'", key_shown(k))
+                },
+            ),
+            ApiError::KmsKey(KmsKeyProblem::Disabled, k) => w(
+                400,
+                "KMS.DisabledException",
+                format!("{} is disabled.", key_shown(k)),
+            ),
+            ApiError::KmsKey(KmsKeyProblem::InvalidState, k) => w(
+                400,
+                "KMS.KMSInvalidStateException",
+                format!("{} is pending deletion.", key_shown(k)),
             ),
             ApiError::NotImplemented(m) => w(501, "NotImplemented", *m),
             ApiError::NoKms => w(
@@ -567,6 +598,27 @@ impl From<KmsError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// An error from a call under the named KMS key `key` (SSE-KMS): the KMS's key-state codes
+    /// become AWS's `KMS.*` errors, an identity outside the key's scope is AccessDenied, and
+    /// everything else maps as any KMS failure (unreachable, sealed or throttled: 503).
+    pub(crate) fn from_named_kms(e: KmsError, key: &str) -> Self {
+        if let KmsError::Refused { code, .. } = &e {
+            let problem = match code.as_str() {
+                "kms_key_not_found" => Some(KmsKeyProblem::NotFound),
+                "kms_key_disabled" => Some(KmsKeyProblem::Disabled),
+                "kms_key_invalid_state" => Some(KmsKeyProblem::InvalidState),
+                "forbidden_scope" => return ApiError::AccessDenied,
+                _ => None,
+            };
+            if let Some(p) = problem {
+                return ApiError::KmsKey(p, key.to_string());
+            }
+        }
+        e.into()
+    }
+}
+
 impl From<EnvelopeError> for ApiError {
     fn from(e: EnvelopeError) -> Self {
         match e {
@@ -677,7 +729,7 @@ mod tests {
             ApiError::SseCNotApplicable => 8,
             ApiError::AccessDenied => 9,
             ApiError::PartEncryptionRequired => 10,
-            ApiError::KmsNotImplemented => 11,
+            ApiError::KmsKey(..) => 11,
             ApiError::NotImplemented(_) => 12,
             ApiError::NoKms => 13,
             ApiError::KmsUnavailable(_) => 14,
@@ -748,7 +800,36 @@ mod tests {
                 "InvalidRequest",
                 None,
             ),
-            (ApiError::KmsNotImplemented, 501, "NotImplemented", None),
+            (
+                ApiError::KmsKey(KmsKeyProblem::NotFound, "alias/x".into()),
+                400,
+                "KMS.NotFoundException",
+                None,
+            ),
+            (
+                ApiError::KmsKey(KmsKeyProblem::Disabled, "k".into()),
+                400,
+                "KMS.DisabledException",
+                None,
+            ),
+            (
+                ApiError::KmsKey(KmsKeyProblem::InvalidState, "k".into()),
+                400,
+                "KMS.KMSInvalidStateException",
+                None,
+            ),
+            (
+                ApiError::Sse(SseError::BadKmsContext),
+                400,
+                "InvalidArgument",
+                None,
+            ),
+            (
+                ApiError::Sse(SseError::KmsInsecureTransport),
+                400,
+                "InvalidRequest",
+                None,
+            ),
             (ApiError::NotImplemented("x"), 501, "NotImplemented", None),
             (ApiError::NoKms, 501, "NotImplemented", None),
             (
@@ -1088,5 +1169,44 @@ mod tests {
         }
         let short = ApiError::from(BlobError::LengthMismatch { got: 1, want: 2 });
         assert_eq!(short.wire().code, "IncompleteBody");
+    }
+
+    /// The KMS's named-key codes become AWS's answers; none is a 500.
+    #[test]
+    fn named_kms_refusals_map_to_aws_codes() {
+        let refused = |status: u16, code: &str| KmsError::Refused {
+            status,
+            code: code.into(),
+        };
+        for (e, status, code) in [
+            (
+                refused(404, "kms_key_not_found"),
+                400,
+                "KMS.NotFoundException",
+            ),
+            (
+                refused(409, "kms_key_disabled"),
+                400,
+                "KMS.DisabledException",
+            ),
+            (
+                refused(409, "kms_key_invalid_state"),
+                400,
+                "KMS.KMSInvalidStateException",
+            ),
+            (refused(403, "forbidden_scope"), 403, "AccessDenied"),
+            (refused(503, "sealed"), 503, "ServiceUnavailable"),
+            (refused(429, "throttled"), 503, "ServiceUnavailable"),
+            (
+                KmsError::Unavailable("reset".into()),
+                503,
+                "ServiceUnavailable",
+            ),
+        ] {
+            let wire = ApiError::from_named_kms(e.clone(), "alias/k").wire();
+            assert_eq!((wire.status.as_u16(), wire.code), (status, code), "{e:?}");
+        }
+        let wire = ApiError::from_named_kms(refused(404, "kms_key_not_found"), "alias/k").wire();
+        assert_eq!(wire.message, "Alias alias/k is not found.");
     }
 }

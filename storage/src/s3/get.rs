@@ -78,7 +78,7 @@ async fn read_preamble(
     p: Preamble<'_>,
     request_id: &str,
 ) -> ApiResult<Resolved> {
-    let customer = encryption::read_key(state, headers)?;
+    let customer = encryption::read_key_refusing_kms(state, headers)?;
     if p.part_number.is_some() && p.has_range {
         return Err(ApiError::InvalidRequest(
             "Cannot specify both Range header and partNumber query parameter.",
@@ -186,6 +186,8 @@ pub(crate) async fn get_object(
             None
         },
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
@@ -263,6 +265,8 @@ pub(crate) async fn head_object(
             None
         },
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()

@@ -11,6 +11,7 @@ mod delete;
 mod encryption;
 pub mod errors;
 mod get;
+mod kms_headers;
 mod list;
 mod multipart;
 mod object;
@@ -113,9 +114,10 @@ impl S3 for CofferS3 {
         &self,
         req: S3Request<PutBucketEncryptionInput>,
     ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        let rid = request_id(&req);
         self.map(
             "PutBucketEncryption",
-            bucket::put_bucket_encryption(&self.state, req).await,
+            bucket::put_bucket_encryption(&self.state, req, &rid).await,
         )
     }
     async fn get_bucket_encryption(

@@ -77,6 +77,9 @@ pub(crate) async fn create(
         upload_id: Some(upload_id),
         checksum_algorithm,
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
+        ssekms_encryption_context: enc.kms_context(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
@@ -190,6 +193,8 @@ pub(crate) async fn upload_part(
         checksum_sha1: sums.sha1,
         checksum_sha256: sums.sha256,
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
@@ -277,6 +282,8 @@ pub(crate) async fn upload_part_copy(
             ..Default::default()
         }),
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         ..Default::default()
@@ -425,6 +432,8 @@ fn completed(
         e_tag: Some(ETag::Strong(etag)),
         location: Some(format!("/{}/{}", up.bucket, up.key)),
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
         ..Default::default()
     });
     for (name, value) in enc.customer_headers() {

@@ -574,6 +574,18 @@ fn success(state: &NodeState, stored: &Stored, host: Option<&str>, bucket: &str)
             "x-amz-server-side-encryption-customer-key-md5",
             out.sse_customer_key_md5.clone(),
         ),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            out.ssekms_key_id.clone(),
+        ),
+        (
+            "x-amz-server-side-encryption-context",
+            out.ssekms_encryption_context.clone(),
+        ),
+        (
+            "x-amz-server-side-encryption-bucket-key-enabled",
+            out.bucket_key_enabled.map(|b| b.to_string()),
+        ),
     ];
     for (name, value) in sse {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {

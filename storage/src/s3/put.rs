@@ -102,6 +102,9 @@ pub(crate) async fn put_object(
     Ok(S3Response::new(PutObjectOutput {
         e_tag: Some(ETag::Strong(etag)),
         server_side_encryption: enc.server_side_encryption(),
+        ssekms_key_id: enc.kms_key_id(),
+        bucket_key_enabled: enc.bucket_key_enabled(),
+        ssekms_encryption_context: enc.kms_context(),
         sse_customer_algorithm: enc.customer_algorithm(),
         sse_customer_key_md5: enc.customer_key_md5(),
         checksum_crc32: sums.crc32,

@@ -83,6 +83,7 @@ async fn state_with(keys: &[&str]) -> (tempfile::TempDir, Arc<NodeState>) {
         secret_key: "s".into(),
         tls: false,
         allow_ssec_over_http: false,
+        allow_sse_kms_over_http: false,
         default_encryption: DefaultEncryption::None,
         key_cache_ttl: Duration::from_secs(1),
         key_cache_capacity: 1,

@@ -174,7 +174,8 @@ fn sse_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSse, DbError> {
     let mode: String = row.try_get("sse_mode")?;
     let salt: Option<Vec<u8>> = row.try_get("seal_salt")?;
     let sealed: Option<Vec<u8>> = row.try_get("sealed_key")?;
-    StoredSse::from_columns(&mode, salt.as_deref(), sealed.as_deref())
+    let kms: Option<String> = row.try_get("sse_kms")?;
+    StoredSse::from_columns(&mode, salt.as_deref(), sealed.as_deref(), kms.as_deref())
         .ok_or_else(|| DbError::Decode("inconsistent sse columns".into()))
 }
 
@@ -471,7 +472,7 @@ impl Meta {
         o: &Object,
     ) -> Result<(), DbError> {
         let (salt, sealed) = o.sse.columns();
-        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart, sse_kms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
@@ -486,6 +487,7 @@ impl Meta {
             .bind(sealed)
             .bind(o.part_count as i64)
             .bind(i64::from(o.multipart))
+            .bind(o.sse.kms_column())
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -544,10 +546,11 @@ impl Meta {
         let (salt, sealed) = o.sse.columns();
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
+        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, sse_kms = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
             .bind(o.sse.mode_str())
             .bind(salt)
             .bind(sealed)
+            .bind(o.sse.kms_column())
             .bind(&o.etag)
             .bind(&o.content_type)
             .bind(&o.headers)
@@ -589,7 +592,7 @@ impl Meta {
             w.done();
             return Ok(false);
         }
-        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key, sse_kms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
             .bind(&u.key)
@@ -601,6 +604,7 @@ impl Meta {
             .bind(u.sse.mode_str())
             .bind(salt)
             .bind(sealed)
+            .bind(u.sse.kms_column())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
