@@ -69,6 +69,10 @@ pub struct UnwrapDataKeyResponse {
     pub current_wrapped_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_key_version: Option<u32>,
+    /// The KMS's active root key version (a storage node's re-wrap sweep reports its coverage
+    /// against it). Absent from older KMSs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_version: Option<u32>,
 }
 
 impl std::fmt::Debug for UnwrapDataKeyResponse {
@@ -100,6 +104,9 @@ pub const PATH_ADMIN_KEYS: &str = "/v1/admin/keys";
 pub const PATH_ADMIN_ROTATE: &str = "/v1/admin/keys/rotate";
 /// Admin route: rotation progress / re-wrap coverage (GET).
 pub const PATH_ADMIN_ROTATION: &str = "/v1/admin/keys/rotation";
+/// Admin route: retire a root key version (POST [`RetireRequest`]); 409 `root_version_in_use`
+/// while data keys depend on it, 409 `root_version_active` for the active version.
+pub const PATH_ADMIN_RETIRE: &str = "/v1/admin/keys/retire";
 /// Admin route: status (GET).
 pub const PATH_ADMIN_STATUS: &str = "/v1/admin/status";
 /// Admin route: seal the KMS (POST); key operations answer 503 `sealed` until restart.
@@ -184,6 +191,18 @@ pub struct RotationStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateResponse {
     pub new_version: u32,
+}
+
+/// `POST /v1/admin/keys/retire`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetireRequest {
+    pub version: u32,
+}
+
+/// `POST /v1/admin/keys/retire` response: the version whose sealed root key was deleted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetireResponse {
+    pub retired: u32,
 }
 
 /// `GET /v1/admin/status`.

@@ -66,6 +66,11 @@ impl Keyring {
         self.keys.insert(version, key);
     }
 
+    /// Forget a retired version (its key is zeroized on drop).
+    pub fn remove(&mut self, version: u32) {
+        self.keys.remove(&version);
+    }
+
     /// The active (newest) version, if any key is loaded.
     pub fn active_version(&self) -> Option<u32> {
         self.keys.keys().next_back().copied()

@@ -16,6 +16,7 @@ pub mod hardening;
 pub mod init;
 pub mod keyring;
 pub mod metrics;
+pub mod retire;
 pub mod rotation;
 pub mod seal;
 pub mod store;

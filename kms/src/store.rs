@@ -32,6 +32,18 @@ pub enum ChangeError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A root key version that data keys still depend on (`admin keys retire`).
+    #[error(
+        "root key version {version} is still in use: {wrapped} data keys are wrapped under it and {presented} were last presented under it; run the storage nodes' re-wrap sweep first"
+    )]
+    RootVersionInUse {
+        version: u32,
+        wrapped: i64,
+        presented: i64,
+    },
+    /// The active root key version cannot be retired.
+    #[error("root key version {0} is the active version; rotate first")]
+    RootVersionActive(u32),
 }
 
 impl ChangeError {
@@ -40,6 +52,8 @@ impl ChangeError {
         match self {
             ChangeError::Conflict(_) => "conflict",
             ChangeError::NotFound(_) => "not_found",
+            ChangeError::RootVersionInUse { .. } => "root_version_in_use",
+            ChangeError::RootVersionActive(_) => "root_version_active",
         }
     }
 }
@@ -99,6 +113,15 @@ pub enum StateChange {
         row: SealedRow,
     },
     Rewrap(Vec<Rewrapped>),
+    /// A storage node presented (unwrapped) a wrapping of this data key under `version`.
+    Presented {
+        data_key_id: i64,
+        version: u32,
+    },
+    /// Delete the sealed root key of `version` if nothing depends on it (`crate::retire`).
+    RetireRootKey {
+        version: u32,
+    },
 }
 
 /// Connection options for a database file.
@@ -236,11 +259,12 @@ pub async fn apply_change(
             wrapped,
             lookup,
         } => {
-            let id: i64 = sqlx::query_scalar("INSERT INTO data_keys (bucket_id, cur_version, cur_wrapped, created_ms) VALUES (?, ?, ?, ?) RETURNING id")
+            let id: i64 = sqlx::query_scalar("INSERT INTO data_keys (bucket_id, cur_version, cur_wrapped, created_ms, presented_version) VALUES (?, ?, ?, ?, ?) RETURNING id")
                 .bind(bucket_id)
                 .bind(i64::from(*version))
                 .bind(wrapped.as_slice())
                 .bind(now_ms())
+                .bind(i64::from(*version))
                 .fetch_one(&mut *conn)
                 .await?;
             sqlx::query("INSERT OR IGNORE INTO key_wrappings (lookup, data_key_id, version) VALUES (?, ?, ?)")
@@ -295,6 +319,13 @@ pub async fn apply_change(
                 .bind(now_ms())
                 .execute(&mut *conn)
                 .await?;
+        }
+        StateChange::Presented {
+            data_key_id,
+            version,
+        } => crate::retire::record_presented(conn, *data_key_id, *version).await?,
+        StateChange::RetireRootKey { version } => {
+            crate::retire::delete_root_key(conn, *version).await?
         }
         StateChange::Rewrap(items) => {
             for it in items {
@@ -619,17 +650,18 @@ pub async fn root_versions(pool: &SqlitePool) -> Result<Vec<(u32, i64)>, sqlx::E
         .collect()
 }
 
-/// The current wrapping of the data key that `lookup` designates, if registered.
+/// The data key that `lookup` designates, if registered: (id, current version, current wrapping).
 pub async fn current_wrapping(
     pool: &SqlitePool,
     lookup: &[u8],
-) -> Result<Option<(u32, Vec<u8>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT d.cur_version, d.cur_wrapped FROM key_wrappings w JOIN data_keys d ON d.id = w.data_key_id WHERE w.lookup = ?")
+) -> Result<Option<(i64, u32, Vec<u8>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT d.id, d.cur_version, d.cur_wrapped FROM key_wrappings w JOIN data_keys d ON d.id = w.data_key_id WHERE w.lookup = ?")
         .bind(lookup)
         .fetch_optional(pool)
         .await?;
     row.map(|r| {
         Ok((
+            r.try_get("id")?,
             r.try_get::<i64, _>("cur_version")? as u32,
             r.try_get("cur_wrapped")?,
         ))

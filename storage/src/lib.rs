@@ -10,6 +10,7 @@ mod error_body;
 mod key_headers;
 pub mod metrics;
 mod post_policy;
+pub mod rewrap;
 pub mod s3;
 pub mod server;
 pub mod state;

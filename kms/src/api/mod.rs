@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod client_cert;
 pub mod probes;
+pub mod retire;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -52,6 +53,13 @@ pub enum ApiError {
     /// 409 `conflict`.
     #[error("{0} already exists")]
     Conflict(String),
+    /// 409 `root_version_in_use`: data keys still depend on the root key version (the message
+    /// gives the counts).
+    #[error("{0}")]
+    RootVersionInUse(String),
+    /// 409 `root_version_active`: the active root key version cannot be retired.
+    #[error("{0}")]
+    RootVersionActive(String),
     /// 409 `no_local_ca`: this KMS has no local CA key to sign client certificates with.
     #[error(
         "this KMS has no local CA key (DATA_DIR/tls/ca.key); issue client certificates with your own PKI"
@@ -89,6 +97,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NoLocalCa => (StatusCode::CONFLICT, "no_local_ca"),
+            ApiError::RootVersionInUse(_) => (StatusCode::CONFLICT, "root_version_in_use"),
+            ApiError::RootVersionActive(_) => (StatusCode::CONFLICT, "root_version_active"),
             ApiError::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
             ApiError::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -106,6 +116,8 @@ impl From<ChangeError> for ApiError {
         match e {
             ChangeError::Conflict(what) => ApiError::Conflict(what),
             ChangeError::NotFound(what) => ApiError::NotFound(what),
+            e @ ChangeError::RootVersionInUse { .. } => ApiError::RootVersionInUse(e.to_string()),
+            e @ ChangeError::RootVersionActive(_) => ApiError::RootVersionActive(e.to_string()),
         }
     }
 }
@@ -308,6 +320,7 @@ pub fn router(state: Arc<KmsState>) -> Router {
         .route(kms_api::PATH_GENERATE, post(service::generate_data_key))
         .route(kms_api::PATH_UNWRAP, post(service::unwrap_data_key))
         .merge(admin::routes())
+        .merge(retire::routes())
         .merge(client_cert::routes())
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(
@@ -353,6 +366,16 @@ mod tests {
             (ApiError::NotFound("x".into()), 404, "not_found"),
             (ApiError::Conflict("x".into()), 409, "conflict"),
             (ApiError::NoLocalCa, 409, "no_local_ca"),
+            (
+                ApiError::RootVersionInUse("x".into()),
+                409,
+                "root_version_in_use",
+            ),
+            (
+                ApiError::RootVersionActive("x".into()),
+                409,
+                "root_version_active",
+            ),
             (ApiError::Sealed, 503, "sealed"),
             (ApiError::AuditUnavailable, 503, "audit_unavailable"),
             (ApiError::Internal("x".into()), 500, "internal"),

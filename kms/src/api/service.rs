@@ -183,25 +183,35 @@ pub async fn unwrap_data_key(
         Ok(p) => p,
         Err(e) => return Err(refuse(&st, &ctx, ev, e).await),
     };
-    // An older wrapping: tell the caller the current one if the key was re-wrapped.
+    // Which registered data key this wrapping belongs to: its current wrapping is returned when
+    // it is newer (the caller may store it), and the version presented is recorded in the same
+    // transaction as the audit record (`admin keys retire` relies on it, `crate::retire`).
     let mut current = None;
-    if active != Some(req.key_version) {
-        let lookup = wrapping_lookup(&req.bucket_id, req.key_version, &wrapped);
-        match store::current_wrapping(&st.pool, &lookup).await {
-            Ok(Some((v, w))) if v != req.key_version => current = Some((v, w)),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "current wrapping lookup failed")
+    let mut change = StateChange::None;
+    let lookup = wrapping_lookup(&req.bucket_id, req.key_version, &wrapped);
+    match store::current_wrapping(&st.pool, &lookup).await {
+        Ok(Some((id, v, w))) => {
+            change = StateChange::Presented {
+                data_key_id: id,
+                version: req.key_version,
+            };
+            if v != req.key_version {
+                current = Some((v, w));
             }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "current wrapping lookup failed")
         }
     }
     st.audit
-        .write(ev, StateChange::None)
+        .write(ev, change)
         .await
         .map_err(|e| ctx.fail(e.into()))?;
     Ok(Json(UnwrapDataKeyResponse {
         plaintext_key: plain.to_base64().to_string(),
         current_wrapped_key: current.as_ref().map(|(_, w)| STANDARD.encode(w)),
         current_key_version: current.map(|(v, _)| v),
+        active_key_version: active,
     }))
 }

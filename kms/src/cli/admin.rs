@@ -104,6 +104,11 @@ enum ClientCmd {
 enum KeysCmd {
     /// List root key versions.
     List,
+    /// Delete an old root key version once nothing depends on it: refused (409
+    /// root_version_in_use, with counts) while data keys are wrapped under it or storage nodes
+    /// last presented it (run `coffer-storage rewrap` on every node first), and for the active
+    /// version (409 root_version_active).
+    Retire { version: u32 },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +304,15 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
         AdminCmd::Keys { cmd: KeysCmd::List } => {
             print(&c.json(c.request(Method::GET, api::PATH_ADMIN_KEYS)).await?)
         }
+        AdminCmd::Keys {
+            cmd: KeysCmd::Retire { version },
+        } => print(
+            &c.json(
+                c.request(Method::POST, api::PATH_ADMIN_RETIRE)
+                    .json(&api::RetireRequest { version }),
+            )
+            .await?,
+        ),
         AdminCmd::Rotate { cmd: None } => print(
             &c.json(c.request(Method::POST, api::PATH_ADMIN_ROTATE))
                 .await?,

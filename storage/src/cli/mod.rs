@@ -1,8 +1,10 @@
 //! The `coffer-storage` command line: `serve` (production shape, settings from flags,
-//! environment and a TOML file) and `dev` (the whole two-process system locally). This is the
+//! environment and a TOML file), `dev` (the whole two-process system locally) and `rewrap`
+//! (the root-key re-wrap sweep on a stopped node). This is the
 //! binary's edge, so errors are `anyhow` here and printed once by `main`.
 
 mod dev_cmd;
+mod rewrap_cmd;
 mod serve;
 
 use std::ffi::OsString;
@@ -33,6 +35,10 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Run KMS + storage locally (development only).
     Dev(dev_cmd::DevArgs),
+    /// Bring every bucket's wrapped key to the KMS's current root key version (after
+    /// `coffer-kms admin rotate`) on a stopped node, and print the coverage report. Takes the
+    /// `serve` settings; a running node does the same every rewrap_interval_secs.
+    Rewrap(Box<rewrap_cmd::RewrapArgs>),
 }
 
 /// Parse `argv` (with the serve config file applied), set up logging and run the command.
@@ -51,5 +57,12 @@ pub async fn run(argv: Vec<OsString>) -> Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => serve::run(*a).await,
         Cmd::Dev(a) => dev_cmd::run(a).await,
+        Cmd::Rewrap(a) => {
+            if !rewrap_cmd::run(*a).await? {
+                // The report is printed; exit 2 tells scripts coverage is not complete.
+                std::process::exit(2);
+            }
+            Ok(())
+        }
     }
 }

@@ -104,6 +104,10 @@ pub struct ServeArgs {
         default_value = "sse-s3"
     )]
     pub default_encryption: DefaultEnc,
+    /// Seconds between two re-wrap sweeps of the bucket keys (after a KMS root key rotation;
+    /// `coffer-storage rewrap` runs one on a stopped node); 0 turns the background job off.
+    #[arg(long, env = "COFFER_REWRAP_INTERVAL_SECS", default_value_t = 3600)]
+    pub rewrap_interval_secs: u64,
     /// Connections served at once; more wait in the listen backlog until one closes.
     #[arg(long, env = "COFFER_S3_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -216,7 +220,7 @@ pub async fn probe_kms(kms: &KmsClient, url: &str) -> Result<()> {
     }
 }
 
-fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
+pub(super) fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
     match (&a.kms_url, &a.kms_credential) {
         (Some(url), Some(cred)) => {
             if url.starts_with("http://") && !a.kms_insecure_http {
@@ -278,6 +282,12 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         virtual_host_domains: a.domain.clone(),
     };
     let state = crate::server::open_state(cfg, kms).await?;
+    if a.rewrap_interval_secs > 0 && state.keys.has_kms() {
+        tokio::spawn(crate::rewrap::background(
+            std::sync::Arc::downgrade(&state),
+            Duration::from_secs(a.rewrap_interval_secs),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;

@@ -128,6 +128,22 @@ pub struct BucketKeyRef<'a> {
     pub wrapped: Option<(&'a [u8], u32)>,
 }
 
+/// A bucket's plaintext data key, and the newer wrapping of it the KMS offered (after a root
+/// key rotation) when this call unwrapped it: the caller stores that one in place of the old.
+pub struct BucketKey {
+    pub key: Arc<SecretKey32>,
+    pub newer: Option<Rewrapping>,
+}
+
+/// A stored wrapping of a bucket key and the newer one the KMS offered for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrapping {
+    /// What is stored: (wrapped key, root version).
+    pub old: (Vec<u8>, u32),
+    /// What the KMS offered: (wrapped key, root version).
+    pub new: (Vec<u8>, u32),
+}
+
 /// The bucket's plaintext data key: cached, unwrapped by the KMS, or generated on first use.
 /// `persist(wrapped, version)` must store the wrapped key only if none is stored yet, and
 /// return the wrapped key that is stored afterwards (the caller's, or an earlier writer's).
@@ -136,15 +152,20 @@ pub async fn bucket_key<F, Fut>(
     bucket: BucketKeyRef<'_>,
     request_id: &str,
     persist: F,
-) -> Result<Arc<SecretKey32>, EnvelopeError>
+) -> Result<BucketKey, EnvelopeError>
 where
     F: FnOnce(Vec<u8>, u32) -> Fut,
     Fut: Future<Output = Result<(Vec<u8>, u32), String>>,
 {
     if let Some((wrapped, version)) = bucket.wrapped {
-        return Ok(keys
+        let (key, newer) = keys
             .unwrap(bucket.bucket_id, wrapped, version, request_id)
-            .await?);
+            .await?;
+        let newer = newer.map(|new| Rewrapping {
+            old: (wrapped.to_vec(), version),
+            new,
+        });
+        return Ok(BucketKey { key, newer });
     }
     let generated = keys.generate(bucket.bucket_id, request_id).await?;
     let mine = generated.wrapped.clone();
@@ -152,12 +173,18 @@ where
         .await
         .map_err(EnvelopeError::Store)?;
     if stored == mine {
-        Ok(keys.insert(bucket.bucket_id, generated.plaintext).await)
+        let key = keys.insert(bucket.bucket_id, generated.plaintext).await;
+        Ok(BucketKey { key, newer: None })
     } else {
         // Another writer stored its key first; use that one.
-        Ok(keys
+        let (key, newer) = keys
             .unwrap(bucket.bucket_id, &stored, version, request_id)
-            .await?)
+            .await?;
+        let newer = newer.map(|new| Rewrapping {
+            old: (stored, version),
+            new,
+        });
+        Ok(BucketKey { key, newer })
     }
 }
 

@@ -238,20 +238,48 @@ impl BucketKeys {
     }
 
     /// The plaintext key of a bucket whose wrapped key is stored: from cache, or unwrapped by
-    /// the KMS (one call per bucket however many callers miss at once).
+    /// the KMS (one call per bucket however many callers miss at once). The caller whose miss
+    /// made the KMS call also gets the newer wrapping the KMS offered, if any, to store.
     pub async fn unwrap(
         &self,
         bucket_id: &str,
         wrapped: &[u8],
         version: u32,
         request_id: &str,
-    ) -> Result<Arc<SecretKey32>, KmsError> {
+    ) -> Result<(Arc<SecretKey32>, Option<(Vec<u8>, u32)>), KmsError> {
         let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
         self.check_enabled()?;
-        self.get_or_load(bucket_id, || {
-            kms.unwrap(bucket_id, wrapped, version, request_id)
-        })
-        .await
+        let newer = std::sync::Mutex::new(None);
+        let key = self
+            .get_or_load(bucket_id, || async {
+                let u = kms.unwrap(bucket_id, wrapped, version, request_id).await?;
+                if let Ok(mut n) = newer.lock() {
+                    *n = u.newer;
+                }
+                Ok(u.plaintext)
+            })
+            .await?;
+        let newer = newer.into_inner().ok().flatten();
+        Ok((key, newer))
+    }
+
+    /// Unwrap through the KMS without the cache (the re-wrap sweep: the call itself tells the KMS
+    /// which wrapping this node holds, and answers any newer one).
+    pub async fn present(
+        &self,
+        bucket_id: &str,
+        wrapped: &[u8],
+        version: u32,
+        request_id: &str,
+    ) -> Result<super::kms_client::Unwrapped, KmsError> {
+        let kms = self.kms.as_ref().ok_or(KmsError::NotConfigured)?;
+        self.check_enabled()?;
+        self.stats.kms_calls.fetch_add(1, Ordering::Relaxed);
+        kms.unwrap(bucket_id, wrapped, version, request_id)
+            .await
+            .inspect_err(|_| {
+                self.stats.kms_failures.fetch_add(1, Ordering::Relaxed);
+            })
     }
 
     /// A new bucket key from the KMS. The caller persists the wrapped key (first writer wins)

@@ -244,14 +244,31 @@ impl KmsClient {
         wrapped: &[u8],
         version: u32,
         request_id: &str,
-    ) -> Result<SecretKey32, KmsError> {
+    ) -> Result<Unwrapped, KmsError> {
         let req = UnwrapDataKeyRequest {
             bucket_id: bucket_id.to_string(),
             wrapped_key: STANDARD.encode(wrapped),
             key_version: version,
         };
         let resp: UnwrapDataKeyResponse = self.call(PATH_UNWRAP, &req, request_id).await?;
-        SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)
+        let plaintext = SecretKey32::from_base64(&resp.plaintext_key).ok_or(KmsError::Malformed)?;
+        // A newer wrapping is an offer: one that is not well formed is ignored (the stored one
+        // keeps working), never stored.
+        let newer = match (resp.current_wrapped_key, resp.current_key_version) {
+            (Some(w), Some(v)) if v != version => match STANDARD.decode(w.trim()) {
+                Ok(w) if w.len() == WRAPPED_KEY_LEN => Some((w, v)),
+                _ => {
+                    tracing::error!("the KMS offered a malformed newer wrapping: ignored");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Ok(Unwrapped {
+            plaintext,
+            newer,
+            active_version: resp.active_key_version,
+        })
     }
 }
 
@@ -310,6 +327,15 @@ impl KmsClient {
         };
         self.call(PATH_KMS_DESCRIBE, &req, request_id).await
     }
+}
+
+/// What an unwrap answered.
+pub struct Unwrapped {
+    pub plaintext: SecretKey32,
+    /// The KMS re-wrapped this key under a newer root version: (wrapped key, version).
+    pub newer: Option<(Vec<u8>, u32)>,
+    /// The KMS's active root version, when it says.
+    pub active_version: Option<u32>,
 }
 
 /// The body of `resp`, refused (`Malformed`) as soon as it exceeds [`MAX_RESPONSE_BYTES`].

@@ -35,7 +35,7 @@ pub(crate) async fn bucket_key(
     let meta = state.meta.clone();
     let name = bucket.name.clone();
     let wrapped = bucket.wrapped_key.as_ref().map(|(w, v)| (w.as_slice(), *v));
-    Ok(envelope::bucket_key(
+    let bk = envelope::bucket_key(
         &state.keys,
         BucketKeyRef {
             bucket_id: &bucket.id,
@@ -49,7 +49,23 @@ pub(crate) async fn bucket_key(
                 .ok_or_else(|| "bucket vanished".to_string())
         },
     )
-    .await?)
+    .await?;
+    // After a root key rotation the KMS offers the newer wrapping: store it (the request does
+    // not depend on it; a failure is left to the re-wrap sweep).
+    if let Some(rw) = &bk.newer
+        && let Err(e) = crate::rewrap::adopt(
+            &state.meta,
+            &state.keys,
+            &bucket.name,
+            &bucket.id,
+            rw,
+            request_id,
+        )
+        .await
+    {
+        tracing::warn!(bucket = %bucket.name, error = %e, request_id, "storing the newer wrapping of the bucket key failed; the re-wrap sweep will retry");
+    }
+    Ok(bk.key)
 }
 
 /// Seal a fresh object key for a new version; `None` key for plaintext.

@@ -1,0 +1,81 @@
+//! Retiring a root key version (`coffer-kms admin keys retire N`) and the record it relies on:
+//! the version of the wrapping a storage node last presented for each data key.
+//!
+//! A version may be retired only when nothing the KMS knows of depends on it: no registered data
+//! key is currently wrapped under it (the background re-wrap has moved every key), and no data
+//! key's last presented wrapping is under it (every storage node has swept, storing the newer
+//! wrapping and presenting it once). The active version is never retired. The check and the
+//! deletion of the sealed root key row happen in the transaction of the audit record, so an
+//! unwrap that presents the old version cannot slip in between. Data bytes are never touched.
+//!
+//! Secret: nothing here; the root key row is deleted sealed, and the keyring drops its copy.
+
+use sqlx::SqliteConnection;
+
+use crate::store::{ApplyError, ChangeError};
+
+/// Remember that a storage node presented a wrapping of `data_key_id` under `version`
+/// (same transaction as the unwrap's audit record).
+pub async fn record_presented(
+    conn: &mut SqliteConnection,
+    data_key_id: i64,
+    version: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE data_keys SET presented_version = ? WHERE id = ?")
+        .bind(i64::from(version))
+        .bind(data_key_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What depends on a root key version: data keys wrapped under it, and data keys whose last
+/// presented wrapping is under it.
+pub async fn dependents(
+    conn: &mut SqliteConnection,
+    version: u32,
+) -> Result<(i64, i64), sqlx::Error> {
+    let wrapped: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE cur_version = ?")
+        .bind(i64::from(version))
+        .fetch_one(&mut *conn)
+        .await?;
+    let presented: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE presented_version = ?")
+            .bind(i64::from(version))
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok((wrapped, presented))
+}
+
+/// Delete the sealed root key of `version`, refusing the active version, an unknown one, and one
+/// that data keys still depend on.
+pub async fn delete_root_key(conn: &mut SqliteConnection, version: u32) -> Result<(), ApplyError> {
+    let active: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM root_keys")
+        .fetch_one(&mut *conn)
+        .await?;
+    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM root_keys WHERE version = ?")
+        .bind(i64::from(version))
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists == 0 {
+        return Err(ApplyError::Refused(ChangeError::NotFound(format!(
+            "root key version {version}"
+        ))));
+    }
+    if active == Some(i64::from(version)) {
+        return Err(ApplyError::Refused(ChangeError::RootVersionActive(version)));
+    }
+    let (wrapped, presented) = dependents(conn, version).await?;
+    if wrapped > 0 || presented > 0 {
+        return Err(ApplyError::Refused(ChangeError::RootVersionInUse {
+            version,
+            wrapped,
+            presented,
+        }));
+    }
+    sqlx::query("DELETE FROM root_keys WHERE version = ?")
+        .bind(i64::from(version))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

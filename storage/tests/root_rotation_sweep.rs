@@ -1,0 +1,300 @@
+//! Root key rotation followed to its end against a real `coffer-kms` process (issue 13,
+//! "Finish the lifecycle that exists"): the storage node stores the newer wrapping the KMS offers
+//! on unwrap; `coffer-storage rewrap` (a real process) brings every bucket row to the active root
+//! version with a coverage report, resumes after `kill -9`; `coffer-kms admin keys retire N` is
+//! refused while anything depends on N (and for the active version), succeeds after the sweep, and
+//! every object still reads byte-exact afterwards (KMS restarted without the retired versions).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_storage::crypto::kms_client::{KmsClient, KmsClientConfig};
+use coffer_storage::state::{DefaultEncryption, NodeConfig};
+use coffer_tests::kms::Kms;
+use coffer_tests::s3client::S3Client;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ACCESS: &str = "sweep-test";
+const SECRET: &str = "sweep-test-secret";
+
+async fn kms_with_storage_identity() -> (Kms, PathBuf) {
+    let mut kms = Kms::init().await;
+    kms.start().await;
+    kms.create_client("storage", "*", "generate,unwrap").await;
+    let cred = kms.tmp.path().join("storage.credential");
+    (kms, cred)
+}
+
+/// `admin rotate` `n` times, then wait until the KMS's own re-wrap reports 100 % (polling the
+/// status is the observable signal, bounded).
+async fn rotate(kms: &Kms, n: u32) {
+    for _ in 0..n {
+        let o = kms.admin(&["rotate"]).await;
+        assert!(o.status.success(), "{}", kms.logs());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = kms.admin(&["rotate", "status"]).await;
+        assert!(o.status.success());
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if s["coverage_percent"].as_f64() == Some(100.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "KMS re-wrap stalled: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `admin keys retire v`: Ok(()) or Err(stderr).
+async fn retire(kms: &Kms, v: u32) -> Result<(), String> {
+    let o = kms.admin(&["keys", "retire", &v.to_string()]).await;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Bucket rows per wrapped-key version, read from the node's meta.db.
+async fn versions(data_dir: &Path) -> Vec<(i64, i64)> {
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("meta.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT wrapped_key_version, COUNT(*) FROM buckets WHERE wrapped_key IS NOT NULL GROUP BY wrapped_key_version ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows
+}
+
+fn body_of(i: usize) -> Vec<u8> {
+    format!("object {i} ").repeat(100 + i).into_bytes()
+}
+
+/// Regression: after rotations, an unwrap answered with a newer wrapping is stored (main kept
+/// every bucket row at version 1 while the KMS reported 100 % coverage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_wrapping_offered_on_unwrap_is_stored() {
+    let (kms, cred) = kms_with_storage_identity().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        region: "us-east-1".into(),
+        access_key: ACCESS.into(),
+        secret_key: SECRET.into(),
+        tls: false,
+        allow_ssec_over_http: false,
+        default_encryption: DefaultEncryption::SseS3,
+        // Every request unwraps through the KMS (no cached key).
+        key_cache_ttl: Duration::ZERO,
+        key_cache_capacity: 100,
+        max_body_bytes: 1024 * 1024,
+        virtual_host_domains: Vec::new(),
+    };
+    let client = KmsClient::new(KmsClientConfig {
+        url: kms.url.clone(),
+        credential: coffer_common::credential::Credential::load(&cred).unwrap(),
+        ca_pem: Some(std::fs::read(kms.ca_cert()).unwrap()),
+        client_identity_pem: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let state = coffer_storage::server::open_state(cfg, Some(client))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(coffer_storage::server::serve(
+        listener,
+        Arc::clone(&state),
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let c = S3Client::plain(&host, ACCESS, SECRET);
+    assert_eq!(c.call("PUT", "/bk1", &[], &[], vec![]).await.status, 200);
+    let put = c.call("PUT", "/bk1/o", &[], &[], body_of(1)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(versions(dir.path()).await, vec![(1, 1)]);
+
+    rotate(&kms, 3).await;
+    assert!(
+        retire(&kms, 1)
+            .await
+            .unwrap_err()
+            .contains("root_version_in_use"),
+        "the node still holds version 1"
+    );
+    let get = c.call("GET", "/bk1/o", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200);
+    assert!(get.body == body_of(1));
+    assert_eq!(
+        versions(dir.path()).await,
+        vec![(4, 1)],
+        "the newer wrapping was not stored"
+    );
+    // Stored and presented: nothing depends on 1..3 any more.
+    for v in 1..=3 {
+        retire(&kms, v).await.unwrap();
+    }
+    let get = c.call("GET", "/bk1/o", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert!(get.body == body_of(1));
+}
+
+/// A `coffer-storage` process with the KMS settings of `kms`.
+fn storage_cmd(kms: &Kms, cred: &Path, data_dir: &Path, sub: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer-storage"));
+    cmd.arg(sub)
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(["--kms-url", &kms.url])
+        .args(["--kms-credential", cred.to_str().unwrap()])
+        .args(["--kms-ca", kms.ca_cert().to_str().unwrap()])
+        .args(["--access-key", ACCESS])
+        .env("COFFER_S3_SECRET_KEY", SECRET)
+        .env_remove("COFFER_STORAGE_CONFIG")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Start `coffer-storage serve` and wait for its `listening on` line.
+async fn serve(kms: &Kms, cred: &Path, data_dir: &Path) -> (Child, S3Client) {
+    let mut cmd = storage_cmd(kms, cred, data_dir, "serve");
+    cmd.args(["--listen", "127.0.0.1:0", "--rewrap-interval-secs", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let host = loop {
+        let line = lines.next_line().await.unwrap().expect("node exited");
+        if let Some(url) = line.strip_prefix("listening on http://") {
+            break url.trim().to_string();
+        }
+    };
+    (child, S3Client::plain(&host, ACCESS, SECRET))
+}
+
+const BUCKETS: usize = 240;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_sweep_resume_after_kill9_retire_and_every_object_reads() {
+    let (mut kms, cred) = kms_with_storage_identity().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+
+    // 240 buckets, one SSE-S3 object each: 240 bucket keys wrapped under root version 1.
+    let (mut node, c) = serve(&kms, &cred, &data).await;
+    let c = Arc::new(c);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..BUCKETS).step_by(8) {
+                let b = format!("/bucket-{i:03}");
+                assert_eq!(c.call("PUT", &b, &[], &[], vec![]).await.status, 200);
+                let put = c
+                    .call("PUT", &format!("{b}/obj"), &[], &[], body_of(i))
+                    .await;
+                assert_eq!(put.status, 200, "{}", put.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    node.kill().await.unwrap();
+    assert_eq!(versions(&data).await, vec![(1, BUCKETS as i64)]);
+
+    // The active version is never retired.
+    let e = retire(&kms, 1).await.unwrap_err();
+    assert!(
+        e.contains("409") && e.contains("root_version_active"),
+        "{e}"
+    );
+
+    rotate(&kms, 3).await;
+    // Before the sweep: the KMS's registry is at version 4, but the node last presented 1.
+    let e = retire(&kms, 1).await.unwrap_err();
+    assert!(
+        e.contains("409") && e.contains("root_version_in_use"),
+        "{e}"
+    );
+    assert!(e.contains(&format!("{BUCKETS} were last presented")), "{e}");
+    let e = retire(&kms, 4).await.unwrap_err();
+    assert!(e.contains("root_version_active"), "{e}");
+
+    // The sweep, killed -9 once it reported progress.
+    let mut cmd = storage_cmd(&kms, &cred, &data, "rewrap");
+    cmd.args(["--progress-every", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut sweep = cmd.spawn().unwrap();
+    let mut err = BufReader::new(sweep.stderr.take().unwrap()).lines();
+    loop {
+        let line = err.next_line().await.unwrap().expect("sweep ended early");
+        if line.contains("rewrap: 40 rows done") {
+            break;
+        }
+    }
+    sweep.kill().await.unwrap();
+    let mid = versions(&data).await;
+    let at4 = mid.iter().find(|(v, _)| *v == 4).map_or(0, |x| x.1);
+    assert!(
+        at4 >= 40 && at4 < BUCKETS as i64,
+        "not killed mid-sweep: {mid:?}"
+    );
+    let e = retire(&kms, 1).await.unwrap_err();
+    assert!(e.contains("root_version_in_use"), "{e}");
+
+    // Rerun: completes, 100 % at version 4.
+    let out = storage_cmd(&kms, &cred, &data, "rewrap")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("sweep report after resume: {report}");
+    assert_eq!(report["rows"], BUCKETS);
+    assert_eq!(report["active_version"], 4);
+    assert_eq!(report["coverage_percent"], 100.0);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["rewrapped"], BUCKETS as i64 - at4);
+    assert_eq!(report["per_version"], serde_json::json!({ "4": BUCKETS }));
+    assert_eq!(versions(&data).await, vec![(4, BUCKETS as i64)]);
+
+    for v in 1..=3 {
+        retire(&kms, v).await.unwrap();
+    }
+    let e = retire(&kms, 2).await.unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    let o = kms.admin(&["keys", "list"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["version"], 4);
+
+    // A restarted KMS (only version 4 left) and a fresh node: every object reads byte-exact.
+    kms.stop().await;
+    kms.start().await;
+    let (_node, c) = serve(&kms, &cred, &data).await;
+    for i in 0..BUCKETS {
+        let get = c
+            .call("GET", &format!("/bucket-{i:03}/obj"), &[], &[], vec![])
+            .await;
+        assert_eq!(get.status, 200, "bucket {i}: {}", get.text());
+        assert!(get.body == body_of(i), "bucket {i}: other bytes");
+    }
+}
