@@ -91,6 +91,7 @@ async fn a_newer_wrapping_offered_on_unwrap_is_stored() {
         secret_key: SECRET.into(),
         tls: false,
         allow_ssec_over_http: false,
+        allow_sse_kms_over_http: false,
         default_encryption: DefaultEncryption::SseS3,
         // Every request unwraps through the KMS (no cached key).
         key_cache_ttl: Duration::ZERO,
