@@ -299,6 +299,8 @@ def test_unknown_disabled_and_pending_deletion_keys_answer_the_aws_codes(nk):
     expect_error(400, "KMS.DisabledException", nk.s3.put_object, Bucket=b, Key="x", Body=b"x",
                  ServerSideEncryption="aws:kms", SSEKMSKeyId="alias/lifecycle")
     expect_error(400, "KMS.DisabledException", nk.s3.get_object, Bucket=b, Key="o")
+    # HEAD reads no data and makes no KMS call (as AWS): it still answers.
+    assert_kms(nk.s3.head_object(Bucket=b, Key="o"), key["arn"], what="HEAD of a disabled key's object")
     nk.kms.admin("key", "enable", key["key_id"])
     assert get_bytes(nk.s3, b, "o")[0] == b"kept"
     nk.kms.admin("key", "delete", key["key_id"], "--window-days", "7")
@@ -384,6 +386,9 @@ def test_kms_calls_per_get_with_and_without_bucket_keys(nk):
           f"with bucket key (warm) {bucket_key * 10_000 // GETS}")
     assert per_object == GETS
     assert bucket_key == 0
+    for _ in range(20):
+        nk.s3.head_object(Bucket=b, Key="per-object")
+    assert calls_of(nk.calls(), "sse-kms", "decrypt") == calls_of(after, "sse-kms", "decrypt"), "HEAD calls KMS"
     assert calls_of(after, "sse-kms", "generate") == calls_of(before, "sse-kms", "generate")
 
 
@@ -583,3 +588,42 @@ def test_aws_cli_cp_with_sse_kms(nk, tmp_path):
     assert put["BucketKeyEnabled"] is True
     run("s3", "cp", f"s3://{b}/small", str(out), "--only-show-errors")
     assert out.read_bytes() == b"s3api put-object"
+
+
+def test_concurrent_cold_writes_share_one_bucket_key(nk):
+    """20 concurrent first writes with a bucket key: one generate (single flight), all readable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = nk.create("alias/concurrent")
+    b = create_bucket(nk.s3)
+    before = nk.calls()
+
+    def put(i):
+        c = nk.node.client()
+        return c.put_object(Bucket=b, Key=f"o{i}", Body=f"body {i}".encode(), ServerSideEncryption="aws:kms",
+                            SSEKMSKeyId="alias/concurrent", BucketKeyEnabled=True)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(put, range(20)))
+    for r in results:
+        assert_kms(r, key["arn"], bucket_key=True)
+    after = nk.calls()
+    assert calls_of(after, "sse-kms-bucket-key", "generate") - calls_of(before, "sse-kms-bucket-key", "generate") == 1
+    for i in range(20):
+        assert get_bytes(nk.s3, b, f"o{i}")[0] == f"body {i}".encode()
+    assert calls_of(nk.calls(), "sse-kms-bucket-key", "decrypt") == calls_of(after, "sse-kms-bucket-key", "decrypt")
+
+
+def test_presigned_put_with_sse_kms_headers(nk):
+    key = nk.create("alias/presigned-put")
+    b = create_bucket(nk.s3)
+    url = nk.s3.generate_presigned_url(
+        "put_object", Params={"Bucket": b, "Key": "o", "ServerSideEncryption": "aws:kms",
+                              "SSEKMSKeyId": "alias/presigned-put"}, ExpiresIn=300)
+    r = requests.put(url, data=b"presigned put", timeout=10,
+                     headers={SSE_HDR: "aws:kms", KEY_ID_HDR: "alias/presigned-put"})
+    assert r.status_code == 200, r.text
+    assert r.headers[SSE_HDR] == "aws:kms" and r.headers[KEY_ID_HDR] == key["arn"]
+    got, g = get_bytes(nk.s3, b, "o")
+    assert got == b"presigned put"
+    assert_kms(g, key["arn"])

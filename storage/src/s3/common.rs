@@ -139,15 +139,21 @@ pub(crate) async fn open_key(
             Ok(Some(envelope::open_sse_s3(s, &bk, binding)?))
         }
         (StoredSse::SseKms(s, meta), None) => {
-            if !state.sse_kms_allowed() {
-                return Err(crate::crypto::sse::SseError::KmsInsecureTransport.into());
-            }
+            check_kms_transport(state)?;
             let dk = sse_kms::data_key_for_read(&state.keys, &bucket.id, meta, request_id)
                 .await
                 .map_err(|e| ApiError::from_named_kms(e, &meta.key_arn))?;
             Ok(Some(envelope::open_sse_kms(s, &dk, binding)?))
         }
     }
+}
+
+/// SSE-KMS objects are read over TLS only (unless `allow_sse_kms_over_http`), as AWS.
+pub(crate) fn check_kms_transport(state: &NodeState) -> ApiResult<()> {
+    if !state.sse_kms_allowed() {
+        return Err(crate::crypto::sse::SseError::KmsInsecureTransport.into());
+    }
+    Ok(())
 }
 
 /// A random ETag (SSE-C objects and parts: no fingerprint of the plaintext).

@@ -64,6 +64,7 @@ pub(crate) async fn copy_object(
         src_customer,
         None,
         request_id,
+        true,
     )
     .await?;
     precondition::check_copy_source(

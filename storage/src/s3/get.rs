@@ -68,6 +68,8 @@ struct Preamble<'a> {
     if_none_match: Option<&'a ETagCondition>,
     if_modified_since: Option<&'a Timestamp>,
     if_unmodified_since: Option<&'a Timestamp>,
+    /// GET (true) or HEAD (false): HEAD does not open an SSE-KMS object's key.
+    reads_data: bool,
 }
 
 /// The preamble GET and HEAD share: the SSE-C trio, Range and partNumber not both, the
@@ -92,6 +94,7 @@ async fn read_preamble(
         customer,
         p.part_number,
         request_id,
+        p.reads_data,
     )
     .await?;
     check_conditions(
@@ -123,6 +126,7 @@ pub(crate) async fn get_object(
             if_none_match: input.if_none_match.as_ref(),
             if_modified_since: input.if_modified_since.as_ref(),
             if_unmodified_since: input.if_unmodified_since.as_ref(),
+            reads_data: true,
         },
         request_id,
     )
@@ -218,6 +222,7 @@ pub(crate) async fn head_object(
             if_none_match: input.if_none_match.as_ref(),
             if_modified_since: input.if_modified_since.as_ref(),
             if_unmodified_since: input.if_unmodified_since.as_ref(),
+            reads_data: false,
         },
         request_id,
     )
@@ -288,6 +293,7 @@ pub(crate) async fn get_object_attributes(
         customer,
         None,
         request_id,
+        false,
     )
     .await?;
     // The header may arrive as one comma-separated value or as several values.

@@ -247,6 +247,7 @@ pub(crate) async fn upload_part_copy(
         src_customer,
         None,
         request_id,
+        true,
     )
     .await?;
     precondition::check_copy_source(

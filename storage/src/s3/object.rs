@@ -8,6 +8,7 @@ use s3s::dto::*;
 
 use super::common;
 use super::errors::{ApiError, ApiResult};
+use crate::crypto::envelope::StoredSse;
 use crate::crypto::keys::Binding;
 use crate::state::NodeState;
 use crate::store::meta::{BlobRow, Bucket, Object};
@@ -237,7 +238,9 @@ pub(crate) fn names_current(version_id: Option<&str>) -> bool {
 /// Look up an object and open its key with the request's trio (validation order of
 /// `docs/s3-encryption.md`: trio syntax first, then part number, then object state and key).
 /// `version_id`: the request's `versionId` (404 NoSuchVersion unless it names the current
-/// object).
+/// object). `reads_data: false` (HEAD, GetObjectAttributes) leaves an SSE-KMS object's key
+/// closed: as AWS, such requests make no KMS call.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn resolve(
     state: &NodeState,
     bucket: &str,
@@ -246,6 +249,7 @@ pub(crate) async fn resolve(
     customer: Option<crate::crypto::sse::CustomerKey>,
     part_number: Option<i32>,
     request_id: &str,
+    reads_data: bool,
 ) -> ApiResult<Resolved> {
     let b = bucket_or_404(state, bucket).await?;
     if !names_current(version_id) {
@@ -267,7 +271,13 @@ pub(crate) async fn resolve(
         object_key: key,
         version_id: &obj.version_id,
     };
-    let k = common::open_key(state, &b, &obj.sse, &binding, customer.as_ref(), request_id).await?;
+    let k = match (&obj.sse, &customer) {
+        (StoredSse::SseKms(..), None) if !reads_data => {
+            common::check_kms_transport(state)?;
+            None
+        }
+        _ => common::open_key(state, &b, &obj.sse, &binding, customer.as_ref(), request_id).await?,
+    };
     Ok(Resolved {
         obj,
         parts,
