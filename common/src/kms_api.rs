@@ -149,6 +149,10 @@ pub struct CreateClientRequest {
     pub ops: Vec<String>,
     /// Base64 of the Ed25519 public key.
     pub public_key: String,
+    /// Named KMS key glob, matched against key ids and aliases (`*`, `alias/tenant-a-*`);
+    /// absent = no named key (issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
 }
 
 /// One identity as listed by the admin API.
@@ -159,6 +163,9 @@ pub struct ClientInfo {
     pub kind: String,
     pub buckets: String,
     pub ops: Vec<String>,
+    /// Named KMS key glob (`""`: no named key).
+    #[serde(default)]
+    pub keys: String,
     /// RFC 3339.
     pub created: String,
     /// RFC 3339, when revoked.

@@ -58,6 +58,8 @@ pub struct Identity {
     pub public_key: VerifyingKey,
     pub bucket_glob: String,
     pub ops: HashSet<Op>,
+    /// Named KMS key glob, matched against a key's id and each of its aliases; `""`: none.
+    pub key_glob: String,
     pub revoked: bool,
 }
 
@@ -65,6 +67,18 @@ impl Identity {
     /// Whether the scope allows `op` on `bucket_id`.
     pub fn allows(&self, op: Op, bucket_id: &str) -> bool {
         self.ops.contains(&op) && glob_match::glob_match(&self.bucket_glob, bucket_id)
+    }
+
+    /// Whether the scope allows one of `ops` on the named key known by `names` (its id and
+    /// aliases). The glob `*` alone means every key; elsewhere `*` does not cross a `/` (so
+    /// `alias/tenant-a-*` does not match `alias/tenant-a-x/y`; `**` does).
+    pub fn allows_key<'a>(&self, ops: &[Op], names: impl IntoIterator<Item = &'a str>) -> bool {
+        !self.key_glob.is_empty()
+            && ops.iter().any(|o| self.ops.contains(o))
+            && (self.key_glob == "*"
+                || names
+                    .into_iter()
+                    .any(|n| glob_match::glob_match(&self.key_glob, n)))
     }
 }
 
@@ -264,6 +278,7 @@ mod tests {
             public_key: svc.verifying_key(),
             bucket_glob: "tenant-a-*".into(),
             ops: [Op::Unwrap].into_iter().collect(),
+            key_glob: "alias/tenant-a-*".into(),
             revoked: false,
         });
         ids.put(Identity {
@@ -272,6 +287,7 @@ mod tests {
             public_key: adm.verifying_key(),
             bucket_glob: String::new(),
             ops: HashSet::new(),
+            key_glob: String::new(),
             revoked: false,
         });
         (ids, svc, adm)
@@ -293,6 +309,16 @@ mod tests {
         assert!(id.allows(Op::Unwrap, "tenant-a-1"));
         assert!(!id.allows(Op::Generate, "tenant-a-1"));
         assert!(!id.allows(Op::Unwrap, "tenant-b-1"));
+        let key = "0b7c2c4e-6a3f-4f2e-9d7a-1c2b3d4e5f60";
+        assert!(id.allows_key(&[Op::Unwrap], [key, "alias/tenant-a-x"]));
+        assert!(!id.allows_key(&[Op::Generate], [key, "alias/tenant-a-x"]));
+        assert!(!id.allows_key(&[Op::Unwrap], [key, "alias/tenant-b-x"]));
+        let mut all = id.clone();
+        all.key_glob = "*".into();
+        assert!(all.allows_key(&[Op::Unwrap], [key]));
+        assert!(all.allows_key(&[Op::Unwrap], ["alias/aws/s3"]));
+        all.key_glob = String::new();
+        assert!(!all.allows_key(&[Op::Unwrap], [key, "alias/tenant-a-x"]));
         assert_eq!(
             ctx.authenticate(Some(&t), Kind::Service, "POST", "/p")
                 .err(),

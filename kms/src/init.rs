@@ -164,6 +164,7 @@ async fn build_db(
         public_key: admin.public_key().to_bytes().to_vec(),
         buckets: String::new(),
         ops: String::new(),
+        keys: String::new(),
         created_ms: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         revoked_ms: None,
     });

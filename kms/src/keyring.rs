@@ -76,6 +76,11 @@ impl Keyring {
         self.keys.keys().next_back().copied()
     }
 
+    /// The root key of `version` (named-key material is sealed under it).
+    pub fn root(&self, version: u32) -> Option<&SecretKey32> {
+        self.keys.get(&version)
+    }
+
     /// Versions loaded, ascending.
     pub fn versions(&self) -> Vec<u32> {
         self.keys.keys().copied().collect()

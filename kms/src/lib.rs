@@ -15,6 +15,7 @@ pub mod cli;
 pub mod hardening;
 pub mod init;
 pub mod keyring;
+pub mod kmskeys;
 pub mod metrics;
 pub mod retire;
 pub mod rotation;
@@ -59,6 +60,10 @@ pub struct KmsState {
     pub metrics: Arc<metrics::KmsMetrics>,
     /// Refused calls of unauthenticated callers, audited in aggregate.
     pub refusals: audit::refusals::Refusals,
+    /// Clock of the named-key lifecycle (deletion windows, automatic rotation); tests move it.
+    pub clock: kmskeys::Clock,
+    /// Region and account id of named-key ARNs.
+    pub arn: kmskeys::material::ArnSettings,
 }
 
 impl KmsState {
@@ -83,6 +88,8 @@ pub enum StartError {
     Db(#[from] sqlx::Error),
     #[error("database contents are invalid: {0}")]
     Corrupt(String),
+    #[error("invalid setting: {0}")]
+    Config(String),
     #[error("local CA: {0}")]
     Tls(#[from] coffer_common::tls::TlsError),
 }
@@ -91,6 +98,7 @@ pub enum StartError {
 pub struct Tasks {
     writer: tokio::task::JoinHandle<()>,
     rewrap: tokio::task::JoinHandle<()>,
+    lifecycle: tokio::task::JoinHandle<()>,
 }
 
 fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
@@ -114,6 +122,7 @@ fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
             .split(',')
             .filter_map(Op::parse)
             .collect::<HashSet<_>>(),
+        key_glob: r.keys.clone(),
         revoked: r.revoked_ms.is_some(),
     })
 }
@@ -126,6 +135,23 @@ pub async fn open(
     passphrase: &Passphrase,
     cfg: WriterConfig,
 ) -> Result<(Arc<KmsState>, Tasks), StartError> {
+    open_with(
+        data_dir,
+        passphrase,
+        cfg,
+        kmskeys::material::ArnSettings::default(),
+    )
+    .await
+}
+
+/// [`open`] with the region and account id of named-key ARNs.
+pub async fn open_with(
+    data_dir: &Path,
+    passphrase: &Passphrase,
+    cfg: WriterConfig,
+    arn: kmskeys::material::ArnSettings,
+) -> Result<(Arc<KmsState>, Tasks), StartError> {
+    arn.validate().map_err(StartError::Config)?;
     if !data_dir.join(store::DB_FILE).exists() {
         return Err(StartError::NotInitialized(data_dir.display().to_string()));
     }
@@ -187,15 +213,19 @@ pub async fn open(
         local_ca,
         metrics,
         refusals: audit::refusals::Refusals::default(),
+        clock: kmskeys::Clock::default(),
+        arn,
     });
     tokio::spawn(audit::refusals::flusher(Arc::downgrade(&state)));
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
     state.rewrap_notify.notify_one();
+    let lifecycle = tokio::spawn(kmskeys::lifecycle::worker(Arc::downgrade(&state)));
     Ok((
         state,
         Tasks {
             writer: writer_task,
             rewrap,
+            lifecycle,
         },
     ))
 }
@@ -216,6 +246,8 @@ pub async fn serve(
         coffer_common::server::serve_with_limits(listener, tls, app, limits, shutdown).await;
     tasks.rewrap.abort();
     let _ = tasks.rewrap.await;
+    tasks.lifecycle.abort();
+    let _ = tasks.lifecycle.await;
     audit::refusals::flush(&state, true).await;
     // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.
     drop(state);

@@ -44,6 +44,12 @@ pub enum ChangeError {
     /// The active root key version cannot be retired.
     #[error("root key version {0} is the active version; rotate first")]
     RootVersionActive(u32),
+    /// A named KMS key that does not exist (or was destroyed).
+    #[error("{0} not found")]
+    KeyNotFound(String),
+    /// A named KMS key whose state does not allow the change.
+    #[error("{0}")]
+    InvalidState(String),
 }
 
 impl ChangeError {
@@ -54,6 +60,8 @@ impl ChangeError {
             ChangeError::NotFound(_) => "not_found",
             ChangeError::RootVersionInUse { .. } => "root_version_in_use",
             ChangeError::RootVersionActive(_) => "root_version_active",
+            ChangeError::KeyNotFound(_) => "kms_key_not_found",
+            ChangeError::InvalidState(_) => "kms_key_invalid_state",
         }
     }
 }
@@ -91,6 +99,8 @@ pub struct IdentityRow {
     pub public_key: Vec<u8>,
     pub buckets: String,
     pub ops: String,
+    /// Named KMS key glob (`""`: none).
+    pub keys: String,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
 }
@@ -122,6 +132,8 @@ pub enum StateChange {
     RetireRootKey {
         version: u32,
     },
+    /// A change of named KMS keys (`kmskeys::store`).
+    KmsKey(crate::kmskeys::store::Change),
 }
 
 /// Connection options for a database file.
@@ -239,6 +251,7 @@ pub async fn identities(conn: &mut SqliteConnection) -> Result<Vec<IdentityRow>,
                 public_key: r.try_get("public_key")?,
                 buckets: r.try_get("buckets")?,
                 ops: r.try_get("ops")?,
+                keys: r.try_get("keys")?,
                 created_ms: r.try_get("created_ms")?,
                 revoked_ms: r.try_get("revoked_ms")?,
             })
@@ -285,12 +298,13 @@ pub async fn apply_change(
                     row.name
                 ))));
             }
-            sqlx::query("INSERT INTO identities (name, kind, public_key, buckets, ops, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO identities (name, kind, public_key, buckets, ops, keys, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
                 .bind(&row.name)
                 .bind(&row.kind)
                 .bind(row.public_key.as_slice())
                 .bind(&row.buckets)
                 .bind(&row.ops)
+                .bind(&row.keys)
                 .bind(row.created_ms)
                 .execute(&mut *conn)
                 .await?;
@@ -327,6 +341,7 @@ pub async fn apply_change(
         StateChange::RetireRootKey { version } => {
             crate::retire::delete_root_key(conn, *version).await?
         }
+        StateChange::KmsKey(c) => crate::kmskeys::store::apply(conn, c).await?,
         StateChange::Rewrap(items) => {
             for it in items {
                 sqlx::query("UPDATE data_keys SET cur_version = ?, cur_wrapped = ? WHERE id = ?")

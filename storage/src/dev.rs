@@ -428,6 +428,8 @@ pub async fn enroll_if_needed(p: &DevPaths, kms: &Path, url: &str) -> Result<()>
             "*",
             "--ops",
             "generate,unwrap",
+            "--keys",
+            "*",
             "--out",
         ])
         .arg(&p.service_credential)

@@ -278,22 +278,28 @@ impl Kms {
         self.cli(&full).await
     }
 
-    /// Create a service identity through the CLI and load its credential.
+    /// Create a service identity through the CLI and load its credential. Its named-key scope
+    /// is `--keys '*'` (every named KMS key), as `coffer-storage dev` enrolls its node.
     pub async fn create_client(&self, name: &str, buckets: &str, ops: &str) -> Credential {
+        self.create_client_scoped(name, buckets, ops, Some("*"))
+            .await
+    }
+
+    /// [`Kms::create_client`] with a named-key glob (`None`: no `--keys`, so no named key).
+    pub async fn create_client_scoped(
+        &self,
+        name: &str,
+        buckets: &str,
+        ops: &str,
+        keys: Option<&str>,
+    ) -> Credential {
         let out = self.tmp.path().join(format!("{name}.credential"));
-        let o = self
-            .admin(&[
-                "client",
-                "create",
-                name,
-                "--buckets",
-                buckets,
-                "--ops",
-                ops,
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .await;
+        let mut args = vec!["client", "create", name, "--buckets", buckets, "--ops", ops];
+        if let Some(k) = keys {
+            args.extend_from_slice(&["--keys", k]);
+        }
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        let o = self.admin(&args).await;
         assert!(o.status.success(), "client create failed:\n{}", self.logs());
         Credential::load(&out).unwrap()
     }

@@ -5,7 +5,7 @@ Process contract (see the report in the commit / issue 4):
 - ``coffer-kms init --data-dir D --passphrase-file P --argon2 dev`` writes ``D/admin.credential``;
 - ``coffer-kms serve ... --listen 127.0.0.1:0 --insecure-http`` prints ``listening on http://127.0.0.1:PORT``
   (HTTPS is the KMS default; this suite keeps loopback HTTP so the fault proxy can sit in between);
-- ``coffer-kms admin --url U --credential C client create NAME --buckets '*' --ops generate,unwrap
+- ``coffer-kms admin --url U --credential C client create NAME --buckets '*' --ops generate,unwrap --keys '*'
   --out CRED`` writes the storage node's service credential;
 - ``coffer-storage serve --data-dir S --listen 127.0.0.1:0 --kms-url U --kms-credential CRED [...]``
   with ``COFFER_S3_ACCESS_KEY``/``COFFER_S3_SECRET_KEY`` prints ``listening on http(s)://...``;
@@ -194,10 +194,12 @@ class Kms:
         )
         self.url = self.proc.url
         self.credential = root / "storage.credential"
+        # Every named KMS key unless the caller chooses the scope.
+        keys = () if "--keys" in client_args else ("--keys", "*")
         _run_cli(
             [_bin("coffer-kms"), "admin", "--url", self.url, "--credential", str(self.admin_credential),
              "client", "create", "storage", "--buckets", "*", "--ops", "generate,unwrap",
-             *client_args, "--out", str(self.credential)],
+             *keys, *client_args, "--out", str(self.credential)],
             "coffer-kms admin client create",
         )
 

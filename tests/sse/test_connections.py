@@ -88,7 +88,7 @@ def tls_kms(tmp_path_factory):
     cred = root / "storage.credential"
     _run_cli([_bin("coffer-kms"), "admin", "--url", proc.url, "--ca-file", str(ca), "--credential",
               str(data / "admin.credential"), "client", "create", "storage", "--buckets", "*",
-              "--ops", "generate,unwrap", "--out", str(cred)], "coffer-kms admin client create")
+              "--ops", "generate,unwrap", "--keys", "*", "--out", str(cred)], "coffer-kms admin client create")
     yield proc, ca, cred
     proc.stop()
 

@@ -116,6 +116,13 @@ fn validate_create(
             "ops must name at least one operation".into(),
         ));
     }
+    if let Some(k) = &req.keys
+        && (k.len() > 255 || k.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "keys must be a glob of at most 255 characters".into(),
+        ));
+    }
     let pk = STANDARD
         .decode(&req.public_key)
         .ok()
@@ -143,11 +150,13 @@ async fn create_client(
         Err(e) => return Err(refuse(&st, &ctx, ev, e).await),
     };
     let op_names: Vec<String> = ops.iter().map(|o| o.name().to_string()).collect();
+    let keys = req.keys.clone().unwrap_or_default();
     ev.detail = Some(format!(
-        "name={} buckets={} ops={}",
+        "name={} buckets={} ops={} keys={}",
         req.name,
         req.buckets,
-        op_names.join(",")
+        op_names.join(","),
+        keys
     ));
     let row = IdentityRow {
         name: req.name.clone(),
@@ -155,6 +164,7 @@ async fn create_client(
         public_key: pk.to_bytes().to_vec(),
         buckets: req.buckets.clone(),
         ops: op_names.join(","),
+        keys: keys.clone(),
         created_ms: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         revoked_ms: None,
     };
@@ -169,6 +179,7 @@ async fn create_client(
         public_key: pk,
         bucket_glob: req.buckets.clone(),
         ops: ops.into_iter().collect(),
+        key_glob: keys.clone(),
         revoked: false,
     });
     Ok((
@@ -178,6 +189,7 @@ async fn create_client(
             kind: "service".into(),
             buckets: req.buckets,
             ops: op_names,
+            keys,
             created,
             revoked: None,
         }),
@@ -208,6 +220,7 @@ async fn list_clients(
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect(),
+                keys: r.keys,
                 created: rfc3339_ms(r.created_ms),
                 revoked: r.revoked_ms.map(rfc3339_ms),
             })

@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod client_cert;
+pub mod kmskeys;
+pub mod kmskeys_admin;
 pub mod probes;
 pub mod retire;
 pub mod service;
@@ -35,9 +37,25 @@ pub enum ApiError {
     /// 401 `invalid_token` / `token_replayed`, 403 `identity_revoked` / `not_admin` / `not_service`.
     #[error("{0}")]
     Auth(AuthError),
-    /// 403 `forbidden_scope`: the identity's scope does not cover this bucket or operation.
-    #[error("the identity's scope does not allow this operation on this bucket")]
+    /// 403 `forbidden_scope`: the identity's scope does not cover this bucket (or named key) or
+    /// operation.
+    #[error("the identity's scope does not allow this operation on this bucket or key")]
     ForbiddenScope,
+    /// 404 `kms_key_not_found`: no such named key or alias (or it was destroyed).
+    #[error("KMS key {0} not found")]
+    KmsKeyNotFound(String),
+    /// 409 `kms_key_disabled`.
+    #[error("KMS key {0} is disabled")]
+    KmsKeyDisabled(String),
+    /// 409 `kms_key_invalid_state`: pending deletion, or a change the state does not allow.
+    #[error("{0}")]
+    KmsKeyInvalidState(String),
+    /// 400 `context_mismatch`: the blob does not open under its key with this context.
+    #[error("the ciphertext does not decrypt with this encryption context")]
+    ContextMismatch,
+    /// 400 `invalid_ciphertext`: not a ciphertext blob this KMS issued.
+    #[error("invalid ciphertext blob: {0}")]
+    InvalidCiphertext(String),
     /// 400 `invalid_request`.
     #[error("invalid request: {0}")]
     BadRequest(String),
@@ -91,6 +109,11 @@ impl ApiError {
                 AuthError::NotService => (StatusCode::FORBIDDEN, "not_service"),
             },
             ApiError::ForbiddenScope => (StatusCode::FORBIDDEN, "forbidden_scope"),
+            ApiError::KmsKeyNotFound(_) => (StatusCode::NOT_FOUND, "kms_key_not_found"),
+            ApiError::KmsKeyDisabled(_) => (StatusCode::CONFLICT, "kms_key_disabled"),
+            ApiError::KmsKeyInvalidState(_) => (StatusCode::CONFLICT, "kms_key_invalid_state"),
+            ApiError::ContextMismatch => (StatusCode::BAD_REQUEST, "context_mismatch"),
+            ApiError::InvalidCiphertext(_) => (StatusCode::BAD_REQUEST, "invalid_ciphertext"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::UnwrapFailed => (StatusCode::BAD_REQUEST, "unwrap_failed"),
             ApiError::UnknownKeyVersion => (StatusCode::NOT_FOUND, "unknown_key_version"),
@@ -118,6 +141,8 @@ impl From<ChangeError> for ApiError {
             ChangeError::NotFound(what) => ApiError::NotFound(what),
             e @ ChangeError::RootVersionInUse { .. } => ApiError::RootVersionInUse(e.to_string()),
             e @ ChangeError::RootVersionActive(_) => ApiError::RootVersionActive(e.to_string()),
+            ChangeError::KeyNotFound(what) => ApiError::KmsKeyNotFound(what),
+            ChangeError::InvalidState(what) => ApiError::KmsKeyInvalidState(what),
         }
     }
 }
@@ -319,6 +344,7 @@ pub fn router(state: Arc<KmsState>) -> Router {
         .route(kms_api::PATH_METRICS, get(probes::metrics))
         .route(kms_api::PATH_GENERATE, post(service::generate_data_key))
         .route(kms_api::PATH_UNWRAP, post(service::unwrap_data_key))
+        .merge(kmskeys::routes())
         .merge(admin::routes())
         .merge(retire::routes())
         .merge(client_cert::routes())
@@ -360,6 +386,27 @@ mod tests {
             (ApiError::Auth(AuthError::NotAdmin), 403, "not_admin"),
             (ApiError::Auth(AuthError::NotService), 403, "not_service"),
             (ApiError::ForbiddenScope, 403, "forbidden_scope"),
+            (
+                ApiError::KmsKeyNotFound("x".into()),
+                404,
+                "kms_key_not_found",
+            ),
+            (
+                ApiError::KmsKeyDisabled("x".into()),
+                409,
+                "kms_key_disabled",
+            ),
+            (
+                ApiError::KmsKeyInvalidState("x".into()),
+                409,
+                "kms_key_invalid_state",
+            ),
+            (ApiError::ContextMismatch, 400, "context_mismatch"),
+            (
+                ApiError::InvalidCiphertext("x".into()),
+                400,
+                "invalid_ciphertext",
+            ),
             (ApiError::BadRequest("x".into()), 400, "invalid_request"),
             (ApiError::UnwrapFailed, 400, "unwrap_failed"),
             (ApiError::UnknownKeyVersion, 404, "unknown_key_version"),

@@ -66,7 +66,7 @@ async fn authorize(
 
 /// Refuse a body that does not parse. The token is checked first so that the record names the
 /// caller when its token proves who it is (then it is recorded one-to-one, not aggregated).
-async fn refuse_body(
+pub(super) async fn refuse_body(
     st: &KmsState,
     ctx: &Ctx,
     mut ev: crate::audit::AuditEvent,
@@ -86,7 +86,7 @@ async fn refuse_body(
     refuse_with(st, ctx, ev, e, known).await
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("JSON body: {e}")))
 }
 

@@ -313,6 +313,7 @@ mod tests {
             public_key: vec![0u8; 32],
             buckets: "*".into(),
             ops: "unwrap".into(),
+            keys: String::new(),
             created_ms: 0,
             revoked_ms: None,
         })

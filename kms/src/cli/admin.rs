@@ -57,6 +57,16 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: Option<RotateCmd>,
     },
+    /// Named KMS keys (SSE-KMS): create, list, describe, enable, disable, rotate, delete.
+    Key {
+        #[command(subcommand)]
+        cmd: super::kmskeys::KeyCmd,
+    },
+    /// Aliases of named KMS keys.
+    Alias {
+        #[command(subcommand)]
+        cmd: super::kmskeys::AliasCmd,
+    },
     /// KMS status.
     Status,
     /// Seal the KMS (wipe keys from memory until restart).
@@ -79,6 +89,10 @@ enum ClientCmd {
         /// Comma-separated operations: generate,unwrap.
         #[arg(long, value_delimiter = ',')]
         ops: Vec<String>,
+        /// Named KMS key glob, matched against key ids and aliases, e.g. '*' or
+        /// 'alias/tenant-a-*' (default: no named key).
+        #[arg(long, value_name = "GLOB")]
+        keys: Option<String>,
         /// Where to write the credential (new file, mode 0600).
         #[arg(long)]
         out: PathBuf,
@@ -152,21 +166,21 @@ enum AuditCmd {
     },
 }
 
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     cred: Credential,
 }
 
 impl Client {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let token = self.cred.token(method.as_str(), path);
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    pub(super) async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = rb.send().await.context("KMS unreachable")?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -186,12 +200,12 @@ impl Client {
         }
     }
 
-    async fn json(&self, rb: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+    pub(super) async fn json(&self, rb: reqwest::RequestBuilder) -> Result<serde_json::Value> {
         Ok(self.send(rb).await?.json().await?)
     }
 }
 
-fn print(v: &serde_json::Value) -> Result<ExitCode> {
+pub(super) fn print(v: &serde_json::Value) -> Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -246,6 +260,7 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                 name,
                 buckets,
                 ops,
+                keys,
                 out,
                 client_cert_out,
             } => {
@@ -276,6 +291,7 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
                     buckets,
                     ops,
                     public_key: new.public_key_b64(),
+                    keys,
                 };
                 let v = c
                     .json(c.request(Method::POST, api::PATH_ADMIN_CLIENTS).json(&req))
@@ -323,6 +339,8 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
             &c.json(c.request(Method::GET, api::PATH_ADMIN_ROTATION))
                 .await?,
         ),
+        AdminCmd::Key { cmd } => super::kmskeys::key(&c, cmd).await,
+        AdminCmd::Alias { cmd } => super::kmskeys::alias(&c, cmd).await,
         AdminCmd::Status => print(
             &c.json(c.request(Method::GET, api::PATH_ADMIN_STATUS))
                 .await?,

@@ -10,6 +10,7 @@
 
 mod admin;
 mod init;
+mod kmskeys;
 mod serve;
 
 use std::path::Path;

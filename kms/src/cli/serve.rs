@@ -92,6 +92,12 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_KMS_BODY_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
+    /// Region in the ARNs of named KMS keys (`arn:aws:kms:REGION:ACCOUNT:key/ID`).
+    #[arg(long, env = "COFFER_KMS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// 12-digit account id in the ARNs of named KMS keys.
+    #[arg(long, env = "COFFER_KMS_ACCOUNT_ID", default_value = "000000000000")]
+    pub account_id: String,
     /// Stop (as on SIGTERM) when standard input reaches end of file: `coffer-storage dev` runs
     /// its KMS child this way, so the child stops when dev dies, however it dies.
     #[arg(long, hide = true)]
@@ -166,6 +172,13 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.no_mlock {
         crate::hardening::lock_memory();
     }
+    let arn = crate::kmskeys::material::ArnSettings {
+        region: a.region.clone(),
+        account_id: a.account_id.clone(),
+    };
+    if let Err(e) = arn.validate() {
+        bail!("{e}");
+    }
     let tls = tls_config(&a)?;
     let pass = super::read_passphrase(a.passphrase_file.as_deref(), false)?;
     let cfg = WriterConfig {
@@ -182,6 +195,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         Connections {
             limits: a.limits(),
             exit_on_stdin_eof: a.exit_on_stdin_eof,
+            arn,
         },
     )
     .await
@@ -191,6 +205,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
 struct Connections {
     limits: coffer_common::server::Limits,
     exit_on_stdin_eof: bool,
+    arn: crate::kmskeys::material::ArnSettings,
 }
 
 /// Resolves when standard input reaches end of file (or fails): the parent holding its other
@@ -228,7 +243,7 @@ async fn serve(
 ) -> Result<ExitCode> {
     let limits = conn.limits;
     let parent_gone = conn.exit_on_stdin_eof.then(stdin_closed);
-    let (state, tasks) = crate::open(data_dir, &pass, cfg)
+    let (state, tasks) = crate::open_with(data_dir, &pass, cfg, conn.arn)
         .await
         .with_context(|| format!("cannot unseal {}", data_dir.display()))?;
     drop(pass);
