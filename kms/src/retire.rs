@@ -65,7 +65,9 @@ pub async fn delete_root_key(conn: &mut SqliteConnection, version: u32) -> Resul
     if active == Some(i64::from(version)) {
         return Err(ApplyError::Refused(ChangeError::RootVersionActive(version)));
     }
-    let (wrapped, presented) = dependents(conn, version).await?;
+    let (mut wrapped, presented) = dependents(conn, version).await?;
+    // Named KMS key material sealed under it (re-sealed by the re-wrap worker after a rotation).
+    wrapped += crate::kmskeys::store::sealed_under(conn, version).await?;
     if wrapped > 0 || presented > 0 {
         return Err(ApplyError::Refused(ChangeError::RootVersionInUse {
             version,

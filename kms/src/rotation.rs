@@ -22,6 +22,12 @@ pub async fn rewrap_worker(state: Weak<KmsState>) {
         let Some(st) = state.upgrade() else { return };
         match rewrap_once(&st).await {
             Ok(0) => {
+                // Then the material of named KMS keys (`kmskeys::lifecycle`).
+                match crate::kmskeys::lifecycle::reseal_once(&st).await {
+                    Ok(0) => {}
+                    Ok(_) => continue,
+                    Err(e) => tracing::warn!(error = %e, "re-seal of named-key material failed"),
+                }
                 // Also re-check now and then (a failed batch is retried).
                 let _ = tokio::time::timeout(Duration::from_secs(30), st.rewrap_notify.notified())
                     .await;

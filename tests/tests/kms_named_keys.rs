@@ -769,3 +769,33 @@ async fn cli_smoke() {
         .unwrap();
     assert_eq!(n["keys"], "*");
 }
+
+/// After a root key rotation the re-wrap worker re-seals named-key material under the new root
+/// version, so the old version can be retired and every blob still decrypts.
+#[tokio::test]
+async fn root_rotation_reseals_material_and_allows_retire() {
+    use coffer_common::kms_api::{PATH_ADMIN_RETIRE, PATH_ADMIN_ROTATE};
+    let a = app().await;
+    let node = a.client("node", &["generate", "unwrap"], Some("*")).await;
+    let key = a.create_key(Some("alias/rs")).await;
+    let (_, g1) = a.generate(&node, &key, &ctx1()).await;
+    a.ok("POST", PATH_ADMIN_ROTATE, None).await;
+    while coffer_kms::kmskeys::lifecycle::reseal_once(&a.st)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let r = a
+        .admin("POST", PATH_ADMIN_RETIRE, Some(json!({"version": 1})))
+        .await;
+    assert_eq!(r.0, 200, "{:?}", r.1);
+    let (s, d) = a
+        .decrypt(&node, g1["ciphertext_blob"].as_str().unwrap(), &ctx1())
+        .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["plaintext_key"], g1["plaintext_key"]);
+    assert_eq!(a.generate(&node, "alias/rs", &ctx1()).await.0, 200);
+    assert_eq!(a.action(&key, "rotate", None).await.0, 200);
+    let recs = a.audit("op=kmskey.reseal").await;
+    assert!(!recs.is_empty());
+}

@@ -108,13 +108,74 @@ pub async fn run_due(st: &KmsState) -> Result<(usize, usize), ApiError> {
     Ok((due.len(), rotated))
 }
 
-/// Run [`run_due`] every minute until the state is dropped.
+/// Named-key versions re-sealed per batch.
+const RESEAL_BATCH: i64 = 500;
+
+/// After a root key rotation: re-seal one batch of key material still sealed under an older
+/// root version under the active one (one audit record `kmskey.reseal` with the count), so that
+/// the old root version can be retired. Returns how many were re-sealed (0: none left, sealed).
+pub async fn reseal_once(st: &KmsState) -> Result<usize, ApiError> {
+    let active = st
+        .keyring
+        .read()
+        .ok()
+        .and_then(|r| r.as_ref().and_then(|r| r.active_version()));
+    let Some(active) = active else { return Ok(0) };
+    let todo = store::to_reseal(&st.pool, active, RESEAL_BATCH)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    let mut items = Vec::with_capacity(todo.len());
+    {
+        let ring = st.keyring.read().map_err(|_| ApiError::Sealed)?;
+        let ring = ring.as_ref().ok_or(ApiError::Sealed)?;
+        let new_root = ring.root(active).ok_or(ApiError::Sealed)?;
+        for (key_id, version, from_root, sealed) in &todo {
+            let m = ring
+                .root(*from_root)
+                .and_then(|old| super::material::unseal_material(old, key_id, *version, sealed))
+                .ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "material of KMS key {key_id} v{version} does not unseal under root v{from_root}"
+                    ))
+                })?;
+            items.push(store::Resealed {
+                key_id: key_id.clone(),
+                version: *version,
+                from_root: *from_root,
+                new: store::NewVersion {
+                    version: *version,
+                    root_version: active,
+                    sealed: super::material::seal_material(new_root, key_id, *version, &m).to_vec(),
+                },
+            });
+        }
+    }
+    let n = items.len();
+    let mut ev = event("kmskey.reseal", "-");
+    ev.key_id = None;
+    ev.key_version = Some(active);
+    ev.detail = Some(format!("resealed={n}"));
+    st.audit
+        .write(ev, StateChange::KmsKey(Change::Reseal(items)))
+        .await?;
+    Ok(n)
+}
+
+/// Run [`run_due`] and [`reseal_once`] every minute until the state is dropped.
 pub async fn worker(state: Weak<KmsState>) {
     loop {
         tokio::time::sleep(INTERVAL).await;
         let Some(st) = state.upgrade() else { return };
         if let Err(e) = run_due(&st).await {
             tracing::warn!(error = %e, "named-key lifecycle run failed; retrying later");
+        }
+        while let Ok(n) = reseal_once(&st).await {
+            if n == 0 {
+                break;
+            }
         }
     }
 }

@@ -235,6 +235,50 @@ pub enum Change {
         key_version: u32,
         bucket: String,
     },
+    /// Material re-sealed under a newer root version (after a root rotation).
+    Reseal(Vec<Resealed>),
+}
+
+/// One key version's material, re-sealed.
+pub struct Resealed {
+    pub key_id: String,
+    pub version: u32,
+    /// The root version it was sealed under (the update applies only if it still is).
+    pub from_root: u32,
+    pub new: NewVersion,
+}
+
+/// Key versions whose material is sealed under a root version older than `active`, at most
+/// `limit`: (key id, version, root version, sealed).
+pub async fn to_reseal(
+    pool: &SqlitePool,
+    active: u32,
+    limit: i64,
+) -> Result<Vec<(String, u32, u32, Vec<u8>)>, sqlx::Error> {
+    sqlx::query("SELECT key_id, version, root_version, sealed FROM kms_key_versions WHERE root_version < ? ORDER BY key_id, version LIMIT ?")
+        .bind(i64::from(active))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("key_id")?,
+                r.try_get::<i64, _>("version")? as u32,
+                r.try_get::<i64, _>("root_version")? as u32,
+                r.try_get("sealed")?,
+            ))
+        })
+        .collect()
+}
+
+/// Named-key versions whose material is sealed under root `version` (a root version they
+/// depend on cannot be retired).
+pub async fn sealed_under(conn: &mut SqliteConnection, version: u32) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM kms_key_versions WHERE root_version = ?")
+        .bind(i64::from(version))
+        .fetch_one(conn)
+        .await
 }
 
 fn not_found(key_id: &str) -> ApplyError {
@@ -490,6 +534,18 @@ pub async fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<(), A
                 .bind(bucket)
                 .execute(&mut *conn)
                 .await?;
+        }
+        Change::Reseal(items) => {
+            for it in items {
+                sqlx::query("UPDATE kms_key_versions SET root_version = ?, sealed = ? WHERE key_id = ? AND version = ? AND root_version = ?")
+                    .bind(i64::from(it.new.root_version))
+                    .bind(it.new.sealed.as_slice())
+                    .bind(&it.key_id)
+                    .bind(i64::from(it.version))
+                    .bind(i64::from(it.from_root))
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     Ok(())
