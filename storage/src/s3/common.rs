@@ -15,7 +15,7 @@ use s3s::dto::Timestamp;
 use super::encryption::{EncryptionParams, WritePlan};
 use super::errors::{ApiError, ApiResult};
 use crate::crypto::envelope::{self, BucketKeyRef, StoredSse};
-use crate::crypto::keys::{Binding, SealMode};
+use crate::crypto::keys::Binding;
 use crate::crypto::sse::CustomerKey;
 use crate::crypto::sse_kms;
 use crate::state::NodeState;
@@ -98,9 +98,9 @@ pub(crate) async fn seal_existing(
         WritePlan::Plain => Err(ApiError::Internal("plaintext has no key to seal".into())),
         WritePlan::SseS3 => {
             let bk = bucket_key(state, bucket, request_id).await?;
-            Ok(envelope::reseal(SealMode::SseS3, &bk, binding, ok))
+            Ok(envelope::seal_sse_s3(&bk, binding, ok))
         }
-        WritePlan::SseC(ck) => Ok(envelope::reseal(SealMode::SseC, &ck.key, binding, ok)),
+        WritePlan::SseC(ck) => Ok(envelope::seal_sse_c(&ck.key, binding, ok)),
         WritePlan::SseKms(p) => {
             let (dk, meta) = sse_kms::data_key_for_write(
                 &state.keys,
