@@ -152,3 +152,42 @@ def test_rclone_sse_c(dev, client_env, files):
     assert aws.status("s3api", "get-object", "--bucket", "accept-rclone", "--key", "obj", str(files["out"])) == 400
     run(rclone + ["copyto", ":s3:accept-rclone/obj", str(files["out"]), "--ignore-checksum", *sse], env)
     assert sha(files["out"]) == sha(files["big"])
+
+
+def test_aws_cli_sse_kms_on_dev_over_https(dev, client_env, files):
+    """SSE-KMS as README shows it: a named key made with the KMS admin CLI of the dev deployment,
+    then aws-cli over HTTPS (no allow_sse_kms_over_http): cp up (multipart) and down, the
+    default key, a bucket default with a bucket key, and a self-copy to another key."""
+    require("aws")
+    aws = Aws(dev, client_env)
+    small, big, out = files["small"], files["big"], files["out"]
+    admin = [dev.env["KMS_BIN"], "admin", "--url", dev.env["KMS_URL"], "--credential",
+             dev.env["KMS_ADMIN_CREDENTIAL"], "--ca-file", dev.env["CA_BUNDLE"]]
+    photos = json.loads(run(admin + ["key", "create", "--alias", "alias/accept-photos"], client_env).stdout)
+    archive = json.loads(run(admin + ["key", "create", "--alias", "alias/accept-archive"], client_env).stdout)
+    aws("s3", "mb", "s3://accept-kms")
+
+    aws("s3", "cp", str(big), "s3://accept-kms/big", "--sse", "aws:kms", "--sse-kms-key-id",
+        "alias/accept-photos", "--only-show-errors")
+    head = aws.json("s3api", "head-object", "--bucket", "accept-kms", "--key", "big")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == photos["arn"]
+    assert head["ContentLength"] == BIG and head["ETag"].endswith('-3"')
+    aws("s3", "cp", "s3://accept-kms/big", str(out), "--only-show-errors")
+    assert sha(out) == sha(big)
+
+    r = aws.json("s3api", "put-object", "--bucket", "accept-kms", "--key", "default", "--body", str(small),
+                 "--server-side-encryption", "aws:kms")
+    assert r["ServerSideEncryption"] == "aws:kms" and r["SSEKMSKeyId"].startswith("arn:aws:kms:")
+
+    aws("s3api", "put-bucket-encryption", "--bucket", "accept-kms", "--server-side-encryption-configuration",
+        json.dumps({"Rules": [{"ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/accept-photos"}, "BucketKeyEnabled": True}]}))
+    r = aws.json("s3api", "put-object", "--bucket", "accept-kms", "--key", "by-default", "--body", str(small))
+    assert r["SSEKMSKeyId"] == photos["arn"] and r["BucketKeyEnabled"] is True
+
+    aws("s3", "cp", "s3://accept-kms/big", "s3://accept-kms/big", "--sse", "aws:kms", "--sse-kms-key-id",
+        "alias/accept-archive", "--only-show-errors")
+    head = aws.json("s3api", "head-object", "--bucket", "accept-kms", "--key", "big")
+    assert head["SSEKMSKeyId"] == archive["arn"]
+    aws("s3", "cp", "s3://accept-kms/big", str(out), "--only-show-errors")
+    assert sha(out) == sha(big)
