@@ -186,6 +186,9 @@ fn key_operation(route: &str, method: &str) -> Option<&'static str> {
     match route {
         api::PATH_GENERATE => Some("generate"),
         api::PATH_UNWRAP => Some("unwrap"),
+        api::PATH_KMS_GENERATE => Some("kms_generate_data_key"),
+        api::PATH_KMS_DECRYPT => Some("kms_decrypt"),
+        api::PATH_KMS_DESCRIBE => Some("kms_describe_key"),
         api::PATH_ADMIN_ROTATE => Some("rotate"),
         api::PATH_ADMIN_SEAL => Some("seal"),
         "/v1/admin/clients/{name}/certificate" => Some("client_certificate"),
@@ -204,6 +207,7 @@ mod tests {
         m.observe_request("/v1/keys/unwrap", "POST", 200, None, d);
         m.observe_request("/v1/keys/unwrap", "POST", 400, Some("unwrap_failed"), d);
         m.observe_request("/health", "GET", 200, None, d);
+        m.observe_request("/v1/kms/decrypt", "POST", 400, Some("context_mismatch"), d);
         m.audit_observer().observe(d, true);
         m.audit_observer().observe(d, false);
         let text = m.render(true, false);
@@ -212,6 +216,7 @@ mod tests {
             "coffer_kms_key_operations_total{operation=\"unwrap\",result=\"ok\"} 1\n",
             "coffer_kms_key_operations_total{operation=\"unwrap\",result=\"unwrap_failed\"} 1\n",
             "coffer_kms_request_duration_seconds_count{route=\"/health\"} 1\n",
+            "coffer_kms_key_operations_total{operation=\"kms_decrypt\",result=\"context_mismatch\"} 1\n",
             "coffer_kms_audit_write_duration_seconds_count 2\n",
             "coffer_kms_audit_write_failures_total 1\n",
             "coffer_kms_sealed 1\n",

@@ -44,8 +44,8 @@ pub enum ChangeError {
     /// The active root key version cannot be retired.
     #[error("root key version {0} is the active version; rotate first")]
     RootVersionActive(u32),
-    /// A named KMS key that does not exist (or was destroyed).
-    #[error("{0} not found")]
+    /// A named KMS key that does not exist (or was destroyed): its id.
+    #[error("KMS key {0} not found")]
     KeyNotFound(String),
     /// A named KMS key whose state does not allow the change.
     #[error("{0}")]

@@ -282,7 +282,7 @@ pub async fn sealed_under(conn: &mut SqliteConnection, version: u32) -> Result<i
 }
 
 fn not_found(key_id: &str) -> ApplyError {
-    ApplyError::Refused(ChangeError::KeyNotFound(format!("KMS key {key_id}")))
+    ApplyError::Refused(ChangeError::KeyNotFound(key_id.to_string()))
 }
 
 /// The state of a live key inside the transaction (destroyed or absent: not found).
