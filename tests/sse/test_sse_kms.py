@@ -639,3 +639,23 @@ def test_default_key_under_the_usual_identity_scope(lax_s3):
     assert headers_of(r)[SSE_HDR] == "aws:kms"
     assert headers_of(r)[KEY_ID_HDR].startswith("arn:aws:kms:")
     assert get_bytes(lax_s3, b, "o")[0] == b"default"
+
+
+def test_upload_part_copy_between_kms_keys(nk, copy_keys):
+    """UploadPartCopy from an SSE-KMS source (key A, bucket key) into an SSE-KMS upload (key B)."""
+    a, bkey = copy_keys
+    b = create_bucket(nk.s3)
+    first, second = rand(5 * MiB), rand(300_000)
+    nk.s3.put_object(Bucket=b, Key="src", Body=second, ServerSideEncryption="aws:kms",
+                     SSEKMSKeyId="alias/copy-a", BucketKeyEnabled=True)
+    up = nk.s3.create_multipart_upload(Bucket=b, Key="m", ServerSideEncryption="aws:kms",
+                                       SSEKMSKeyId="alias/copy-b")
+    p1 = nk.s3.upload_part(Bucket=b, Key="m", UploadId=up["UploadId"], PartNumber=1, Body=first)
+    p2 = nk.s3.upload_part_copy(Bucket=b, Key="m", UploadId=up["UploadId"], PartNumber=2,
+                                CopySource={"Bucket": b, "Key": "src"}, CopySourceRange="bytes=1000-199999")
+    assert_kms(p2, bkey["arn"], what="UploadPartCopy")
+    nk.s3.complete_multipart_upload(Bucket=b, Key="m", UploadId=up["UploadId"], MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]})
+    got, g = get_bytes(nk.s3, b, "m")
+    assert got == first + second[1000:200000]
+    assert_kms(g, bkey["arn"])
