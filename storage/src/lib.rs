@@ -3,6 +3,7 @@
 //! serves them, `dev` runs the two-process system locally.
 
 mod auth_gate;
+pub mod bk_rotation;
 pub mod cli;
 pub mod crypto;
 pub mod dev;

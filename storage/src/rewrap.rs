@@ -52,7 +52,12 @@ pub async fn adopt(
     request_id: &str,
 ) -> Result<bool, RewrapError> {
     let stored = meta
-        .replace_bucket_key(bucket_name, (&rw.old.0, rw.old.1), (&rw.new.0, rw.new.1))
+        .replace_bucket_key(
+            bucket_name,
+            rw.generation,
+            (&rw.old.0, rw.old.1),
+            (&rw.new.0, rw.new.1),
+        )
         .await?;
     if stored {
         keys.present(bucket_id, &rw.new.0, rw.new.1, request_id)
@@ -104,34 +109,27 @@ pub async fn sweep(
     let started = Instant::now();
     let mut report = Report::default();
     let mut active: Option<u32> = None;
-    let mut after = String::new();
     let mut done = 0u64;
+    // The newest generation of each bucket's key (the bucket rows) ...
+    let mut after = String::new();
     loop {
         let page = meta.wrapped_bucket_keys(&after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after.clone_from(&last.name);
         for row in page {
-            let rid = format!("rewrap-{}", uuid::Uuid::new_v4());
-            match keys.present(&row.id, &row.wrapped, row.version, &rid).await {
-                Ok(u) => {
-                    report.presented += 1;
-                    active = active.max(u.active_version);
-                    if let Some(new) = u.newer {
-                        let rw = Rewrapping {
-                            old: (row.wrapped, row.version),
-                            new,
-                        };
-                        if adopt(meta, keys, &row.name, &row.id, &rw, &rid).await? {
-                            report.rewrapped += 1;
-                        }
-                    }
-                }
-                Err(e) if e.is_unavailable() => return Err(e.into()),
-                Err(e) => {
-                    report.failed += 1;
-                    tracing::error!(bucket = %row.name, version = row.version, error = %e, request_id = %rid, "re-wrap: the KMS refused this bucket's key");
-                }
-            }
+            sweep_row(meta, keys, row, &mut report, &mut active).await?;
+            done += 1;
+            progress(done);
+        }
+    }
+    // ... and the older generations still kept for objects not yet re-sealed.
+    let mut after = (String::new(), 0u32);
+    loop {
+        let page = meta.archived_bucket_keys((&after.0, after.1), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = (last.id.clone(), last.generation);
+        for row in page {
+            sweep_row(meta, keys, row, &mut report, &mut active).await?;
             done += 1;
             progress(done);
         }
@@ -162,8 +160,42 @@ pub async fn sweep(
     Ok(report)
 }
 
+/// One stored wrapping: present it, and store and present the newer one the KMS answers.
+async fn sweep_row(
+    meta: &Meta,
+    keys: &BucketKeys,
+    row: crate::store::bucket_keys::WrappedRow,
+    report: &mut Report,
+    active: &mut Option<u32>,
+) -> Result<(), RewrapError> {
+    let rid = format!("rewrap-{}", uuid::Uuid::new_v4());
+    match keys.present(&row.id, &row.wrapped, row.version, &rid).await {
+        Ok(u) => {
+            report.presented += 1;
+            *active = (*active).max(u.active_version);
+            if let Some(new) = u.newer {
+                let rw = Rewrapping {
+                    generation: row.generation,
+                    old: (row.wrapped, row.version),
+                    new,
+                };
+                if adopt(meta, keys, &row.name, &row.id, &rw, &rid).await? {
+                    report.rewrapped += 1;
+                }
+            }
+        }
+        Err(e) if e.is_unavailable() => return Err(e.into()),
+        Err(e) => {
+            report.failed += 1;
+            tracing::error!(bucket = %row.name, generation = row.generation, version = row.version, error = %e, request_id = %rid, "re-wrap: the KMS refused this bucket key");
+        }
+    }
+    Ok(())
+}
+
 /// The background job of `coffer-storage serve`: a sweep every `interval` (the first one
-/// `interval` after start), its report logged; ends when the node's state is dropped.
+/// `interval` after start), then the bucket key re-seal sweep (`crate::bk_rotation`), their
+/// reports logged; ends when the node's state is dropped.
 pub async fn background(state: Weak<NodeState>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
@@ -182,6 +214,19 @@ pub async fn background(state: Weak<NodeState>, interval: Duration) {
                 "re-wrap sweep done"
             ),
             Err(e) => tracing::warn!(error = %e, "re-wrap sweep stopped; retried next interval"),
+        }
+        match crate::bk_rotation::reseal_sweep(&st.meta, &st.keys, |_| {}).await {
+            Ok(r) => tracing::info!(
+                rows = r.rows,
+                coverage_percent = r.coverage_percent,
+                resealed = r.resealed,
+                failed = r.failed,
+                elapsed_ms = r.elapsed_ms,
+                "bucket key re-seal sweep done"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "bucket key re-seal sweep stopped; retried next interval")
+            }
         }
     }
 }

@@ -299,3 +299,156 @@ async fn rotate_sweep_resume_after_kill9_retire_and_every_object_reads() {
         assert!(get.body == body_of(i), "bucket {i}: other bytes");
     }
 }
+
+/// Every file under `dir` with its contents (blobs: proof that a sweep rewrote none).
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// SSE-S3 objects per bucket key generation, read from the node's meta.db.
+async fn generations(data_dir: &Path) -> Vec<(i64, i64)> {
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("meta.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(bk_generation, 1), COUNT(*) FROM objects WHERE sse_mode = 'sse-s3' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows
+}
+
+/// SSE-S3 bucket key rotation: new writes use the new generation, old objects keep reading, the
+/// sweep re-seals every object key (and an upload in progress) without rewriting a blob, the
+/// root sweep also re-wraps the older generation, and everything reads byte-exact afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_key_rotation_reseals_object_keys_without_rewriting_blobs() {
+    let (kms, cred) = kms_with_storage_identity().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let (mut node, c) = serve(&kms, &cred, &data).await;
+    assert_eq!(c.call("PUT", "/rot", &[], &[], vec![]).await.status, 200);
+    for i in 0..30 {
+        let put = c
+            .call("PUT", &format!("/rot/o{i:02}"), &[], &[], body_of(i))
+            .await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    // A multipart upload in progress across the rotation (its object key is sealed too).
+    let init = c
+        .call("POST", "/rot/mp", &[("uploads", "")], &[], vec![])
+        .await;
+    assert_eq!(init.status, 200, "{}", init.text());
+    let upload_id = init.one("UploadId");
+    let part = c
+        .call(
+            "PUT",
+            "/rot/mp",
+            &[("partNumber", "1"), ("uploadId", &upload_id)],
+            &[],
+            body_of(77),
+        )
+        .await;
+    assert_eq!(part.status, 200, "{}", part.text());
+    let part_etag = part.header("etag");
+    node.kill().await.unwrap();
+
+    // An unknown bucket is refused.
+    let o = storage_cmd(&kms, &cred, &data, "rotate-bucket-key")
+        .arg("nope")
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    let o = storage_cmd(&kms, &cred, &data, "rotate-bucket-key")
+        .arg("rot")
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["generation"], 2);
+
+    // New writes use generation 2; generation-1 objects still read.
+    let (mut node, c) = serve(&kms, &cred, &data).await;
+    let put = c.call("PUT", "/rot/new", &[], &[], body_of(99)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let get = c.call("GET", "/rot/o05", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert!(get.body == body_of(5));
+    node.kill().await.unwrap();
+    assert_eq!(generations(&data).await, vec![(1, 30), (2, 1)]);
+
+    // A root rotation too: the sweep re-wraps both generations' wrapped keys.
+    rotate(&kms, 1).await;
+    let blobs_before = tree(&data.join("blobs"));
+    let out = storage_cmd(&kms, &cred, &data, "rewrap")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("rewrap + re-seal report: {report}");
+    assert_eq!(
+        report["per_version"],
+        serde_json::json!({ "2": 2 }),
+        "{report}"
+    );
+    let g = &report["bucket_key_generations"];
+    assert_eq!(g["rows"], 32, "{report}");
+    assert_eq!(g["resealed"], 31, "{report}");
+    assert_eq!(g["coverage_percent"], 100.0, "{report}");
+    assert_eq!(g["failed"], 0);
+    assert_eq!(generations(&data).await, vec![(2, 31)]);
+    assert!(
+        tree(&data.join("blobs")) == blobs_before,
+        "a blob was rewritten"
+    );
+    retire(&kms, 1).await.unwrap();
+
+    // Everything reads byte-exact; the upload completes.
+    let (_node, c) = serve(&kms, &cred, &data).await;
+    for i in 0..30 {
+        let get = c
+            .call("GET", &format!("/rot/o{i:02}"), &[], &[], vec![])
+            .await;
+        assert_eq!(get.status, 200, "o{i}: {}", get.text());
+        assert!(get.body == body_of(i), "o{i}: other bytes");
+    }
+    let get = c.call("GET", "/rot/new", &[], &[], vec![]).await;
+    assert!(get.body == body_of(99));
+    let xml = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part_etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let done = c
+        .call(
+            "POST",
+            "/rot/mp",
+            &[("uploadId", &upload_id)],
+            &[],
+            xml.into_bytes(),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let get = c.call("GET", "/rot/mp", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert!(get.body == body_of(77));
+}

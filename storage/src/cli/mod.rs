@@ -39,6 +39,9 @@ enum Cmd {
     /// `coffer-kms admin rotate`) on a stopped node, and print the coverage report. Takes the
     /// `serve` settings; a running node does the same every rewrap_interval_secs.
     Rewrap(Box<rewrap_cmd::RewrapArgs>),
+    /// Make a new generation of a bucket's SSE-S3 key (node stopped): new writes seal under
+    /// it; `rewrap` (or the running node's background job) re-seals older objects' keys.
+    RotateBucketKey(Box<rewrap_cmd::RotateBucketKeyArgs>),
 }
 
 /// Parse `argv` (with the serve config file applied), set up logging and run the command.
@@ -64,5 +67,6 @@ pub async fn run(argv: Vec<OsString>) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::RotateBucketKey(a) => rewrap_cmd::rotate_bucket_key(*a).await,
     }
 }

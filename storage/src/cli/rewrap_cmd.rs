@@ -4,7 +4,10 @@
 //! a running node sweeps by itself every `rewrap_interval_secs`), walks every bucket row, prints
 //! a progress line to stderr every `--progress-every` rows and the coverage report as JSON on
 //! stdout. Exit status 0 when every row is at the KMS's active version and none failed, 2 when
-//! the report shows otherwise (rerun it; it resumes), 1 on an error.
+//! the report shows otherwise (rerun it; it resumes), 1 on an error. The same run re-seals the
+//! object keys still sealed under an older SSE-S3 bucket key generation (`crate::bk_rotation`;
+//! report under `bucket_key_generations`). `coffer-storage rotate-bucket-key BUCKET` (also on a
+//! stopped node) makes a new generation.
 
 use std::time::Duration;
 
@@ -41,7 +44,7 @@ pub async fn run(a: RewrapArgs) -> Result<bool> {
         "a running node sweeps by itself (rewrap_interval_secs); stop it to run the command",
     )?;
     let meta = Meta::open(dir).await?;
-    let keys = BucketKeys::new(Some(kms), Duration::from_secs(1), 1);
+    let keys = BucketKeys::new(Some(kms), Duration::from_secs(300), 1000);
     let every = a.progress_every;
     let report = crate::rewrap::sweep(&meta, &keys, |done| {
         if every > 0 && done % every == 0 {
@@ -49,6 +52,49 @@ pub async fn run(a: RewrapArgs) -> Result<bool> {
         }
     })
     .await?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(report.complete())
+    let objects = crate::bk_rotation::reseal_sweep(&meta, &keys, |done| {
+        if every > 0 && done % every == 0 {
+            eprintln!("reseal: {done} objects done");
+        }
+    })
+    .await?;
+    let complete = report.complete() && objects.complete();
+    let mut out = serde_json::to_value(&report)?;
+    out["bucket_key_generations"] = serde_json::to_value(&objects)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(complete)
+}
+
+/// Settings of `coffer-storage rotate-bucket-key`.
+#[derive(clap::Args)]
+pub struct RotateBucketKeyArgs {
+    /// The S3 bucket name.
+    pub bucket: String,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// A new generation of one bucket's SSE-S3 key, on a stopped node; prints it as JSON.
+pub async fn rotate_bucket_key(a: RotateBucketKeyArgs) -> Result<()> {
+    let Some(kms) = build_kms(&a.serve)? else {
+        bail!("rotate-bucket-key needs the KMS settings (kms_url, kms_credential, kms_ca)");
+    };
+    let dir = &a.serve.data_dir;
+    if !dir.join("meta.db").exists() {
+        bail!(
+            "{} holds no coffer-storage metadata (meta.db)",
+            dir.display()
+        );
+    }
+    let _lock = DataDirLock::acquire(dir, "coffer-storage", "coffer-storage rotate-bucket-key")
+        .context("stop the node to rotate a bucket key")?;
+    let meta = Meta::open(dir).await?;
+    let keys = BucketKeys::new(Some(kms), Duration::from_secs(1), 1);
+    let rid = format!("rotate-bucket-key-{}", uuid::Uuid::new_v4());
+    let generation = crate::bk_rotation::rotate(&meta, &keys, &a.bucket, &rid).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "bucket": a.bucket, "generation": generation })
+    );
+    Ok(())
 }

@@ -21,8 +21,9 @@ use super::sse_kms::KmsMeta;
 pub enum StoredSse {
     /// Stored as plaintext (only when the operator turned encryption off, or legacy data).
     None,
-    /// Object key sealed under the bucket data key.
-    SseS3(SealedKey),
+    /// Object key sealed under the bucket data key of the given generation (1 until the bucket
+    /// key is rotated, `crate::bk_rotation`).
+    SseS3(SealedKey, u32),
     /// Object key sealed under the customer's key.
     SseC(SealedKey),
     /// Object key sealed under a data key of a named KMS key (SSE-KMS).
@@ -34,7 +35,7 @@ impl StoredSse {
     pub fn mode_str(&self) -> &'static str {
         match self {
             StoredSse::None => "none",
-            StoredSse::SseS3(_) => "sse-s3",
+            StoredSse::SseS3(..) => "sse-s3",
             StoredSse::SseC(_) => "sse-c",
             StoredSse::SseKms(..) => "sse-kms",
         }
@@ -46,6 +47,7 @@ impl StoredSse {
         salt: Option<&[u8]>,
         sealed: Option<&[u8]>,
         kms: Option<&str>,
+        bk_generation: Option<i64>,
     ) -> Option<Self> {
         let sealed_key = || -> Option<SealedKey> {
             Some(SealedKey {
@@ -55,7 +57,10 @@ impl StoredSse {
         };
         match mode {
             "none" => Some(StoredSse::None),
-            "sse-s3" => Some(StoredSse::SseS3(sealed_key()?)),
+            "sse-s3" => Some(StoredSse::SseS3(
+                sealed_key()?,
+                u32::try_from(bk_generation.unwrap_or(1)).ok()?,
+            )),
             "sse-c" => Some(StoredSse::SseC(sealed_key()?)),
             "sse-kms" => Some(StoredSse::SseKms(
                 sealed_key()?,
@@ -69,7 +74,7 @@ impl StoredSse {
     pub fn columns(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         match self {
             StoredSse::None => (None, None),
-            StoredSse::SseS3(s) | StoredSse::SseC(s) | StoredSse::SseKms(s, _) => {
+            StoredSse::SseS3(s, _) | StoredSse::SseC(s) | StoredSse::SseKms(s, _) => {
                 (Some(s.salt.to_vec()), Some(s.sealed.to_vec()))
             }
         }
@@ -79,7 +84,15 @@ impl StoredSse {
     pub fn kms_column(&self) -> Option<String> {
         match self {
             StoredSse::SseKms(_, m) => Some(m.to_json()),
-            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseC(_) => None,
+            StoredSse::None | StoredSse::SseS3(..) | StoredSse::SseC(_) => None,
+        }
+    }
+
+    /// The `bk_generation` column (SSE-S3 objects only).
+    pub fn bk_generation_column(&self) -> Option<i64> {
+        match self {
+            StoredSse::SseS3(_, g) => Some(i64::from(*g)),
+            StoredSse::None | StoredSse::SseC(_) | StoredSse::SseKms(..) => None,
         }
     }
 
@@ -91,7 +104,7 @@ impl StoredSse {
     pub fn kms(&self) -> Option<&KmsMeta> {
         match self {
             StoredSse::SseKms(_, m) => Some(m),
-            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseC(_) => None,
+            StoredSse::None | StoredSse::SseS3(..) | StoredSse::SseC(_) => None,
         }
     }
 
@@ -124,6 +137,8 @@ pub enum EnvelopeError {
 /// What the stored bucket row says about its data key.
 pub struct BucketKeyRef<'a> {
     pub bucket_id: &'a str,
+    /// Which generation of the bucket key (1 until the bucket key is rotated).
+    pub generation: u32,
     /// Wrapped key and KMS root key version, if the bucket has one yet.
     pub wrapped: Option<(&'a [u8], u32)>,
 }
@@ -132,12 +147,16 @@ pub struct BucketKeyRef<'a> {
 /// key rotation) when this call unwrapped it: the caller stores that one in place of the old.
 pub struct BucketKey {
     pub key: Arc<SecretKey32>,
+    /// The bucket key generation of `key`.
+    pub generation: u32,
     pub newer: Option<Rewrapping>,
 }
 
 /// A stored wrapping of a bucket key and the newer one the KMS offered for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewrapping {
+    /// The bucket key generation whose wrapping this is.
+    pub generation: u32,
     /// What is stored: (wrapped key, root version).
     pub old: (Vec<u8>, u32),
     /// What the KMS offered: (wrapped key, root version).
@@ -157,15 +176,21 @@ where
     F: FnOnce(Vec<u8>, u32) -> Fut,
     Fut: Future<Output = Result<(Vec<u8>, u32), String>>,
 {
+    let generation = bucket.generation;
     if let Some((wrapped, version)) = bucket.wrapped {
         let (key, newer) = keys
-            .unwrap(bucket.bucket_id, wrapped, version, request_id)
+            .unwrap(bucket.bucket_id, generation, wrapped, version, request_id)
             .await?;
         let newer = newer.map(|new| Rewrapping {
+            generation,
             old: (wrapped.to_vec(), version),
             new,
         });
-        return Ok(BucketKey { key, newer });
+        return Ok(BucketKey {
+            key,
+            generation,
+            newer,
+        });
     }
     let generated = keys.generate(bucket.bucket_id, request_id).await?;
     let mine = generated.wrapped.clone();
@@ -173,29 +198,44 @@ where
         .await
         .map_err(EnvelopeError::Store)?;
     if stored == mine {
-        let key = keys.insert(bucket.bucket_id, generated.plaintext).await;
-        Ok(BucketKey { key, newer: None })
+        let key = keys
+            .insert(bucket.bucket_id, generation, generated.plaintext)
+            .await;
+        Ok(BucketKey {
+            key,
+            generation,
+            newer: None,
+        })
     } else {
         // Another writer stored its key first; use that one.
         let (key, newer) = keys
-            .unwrap(bucket.bucket_id, &stored, version, request_id)
+            .unwrap(bucket.bucket_id, generation, &stored, version, request_id)
             .await?;
         let newer = newer.map(|new| Rewrapping {
+            generation,
             old: (stored, version),
             new,
         });
-        Ok(BucketKey { key, newer })
+        Ok(BucketKey {
+            key,
+            generation,
+            newer,
+        })
     }
 }
 
 /// Seal an object key (new, or re-sealed by a self-copy without touching blobs) under the
-/// bucket data key (SSE-S3).
+/// bucket data key (SSE-S3) of generation `generation`.
 pub fn seal_sse_s3(
     bucket_key: &SecretKey32,
+    generation: u32,
     binding: &Binding<'_>,
     object_key: &SecretKey32,
 ) -> StoredSse {
-    StoredSse::SseS3(keys::seal(SealMode::SseS3, bucket_key, binding, object_key))
+    StoredSse::SseS3(
+        keys::seal(SealMode::SseS3, bucket_key, binding, object_key),
+        generation,
+    )
 }
 
 /// Seal an object key under the customer's key (SSE-C; also SSE-C key rotation).

@@ -243,6 +243,7 @@ impl BucketKeys {
     pub async fn unwrap(
         &self,
         bucket_id: &str,
+        generation: u32,
         wrapped: &[u8],
         version: u32,
         request_id: &str,
@@ -251,7 +252,7 @@ impl BucketKeys {
         self.check_enabled()?;
         let newer = std::sync::Mutex::new(None);
         let key = self
-            .get_or_load(bucket_id, || async {
+            .get_or_load(&cache_key(bucket_id, generation), || async {
                 let u = kms.unwrap(bucket_id, wrapped, version, request_id).await?;
                 if let Ok(mut n) = newer.lock() {
                     *n = u.newer;
@@ -298,10 +299,26 @@ impl BucketKeys {
     }
 
     /// Put a known plaintext key in the cache.
-    pub async fn insert(&self, bucket_id: &str, key: SecretKey32) -> Arc<SecretKey32> {
+    pub async fn insert(
+        &self,
+        bucket_id: &str,
+        generation: u32,
+        key: SecretKey32,
+    ) -> Arc<SecretKey32> {
         let k = Arc::new(key);
-        self.cache.insert(bucket_id.to_string(), k.clone()).await;
+        self.cache
+            .insert(cache_key(bucket_id, generation), k.clone())
+            .await;
         k
+    }
+}
+
+/// The cache entry of one generation of a bucket's key (generation 1 under the bucket id).
+fn cache_key(bucket_id: &str, generation: u32) -> String {
+    if generation <= 1 {
+        bucket_id.to_string()
+    } else {
+        format!("{bucket_id}\u{0}{generation}")
     }
 }
 
@@ -343,7 +360,7 @@ mod tests {
     async fn capacity_bounds_the_keys_held() {
         let keys = BucketKeys::new(None, Duration::from_secs(60), 3);
         for i in 0..10u8 {
-            keys.insert(&format!("b{i}"), key(i)).await;
+            keys.insert(&format!("b{i}"), 1, key(i)).await;
             keys.sweep().await;
         }
         assert_eq!(keys.len(), 3);
@@ -361,12 +378,12 @@ mod tests {
     #[tokio::test]
     async fn evicted_key_is_dropped_not_copied() {
         let keys = BucketKeys::new(None, Duration::from_secs(60), 1);
-        let k = keys.insert("a", key(1)).await;
+        let k = keys.insert("a", 1, key(1)).await;
         let weak = Arc::downgrade(&k);
         drop(k);
         keys.sweep().await;
         assert!(weak.upgrade().is_some(), "the cache holds the key");
-        keys.insert("b", key(2)).await;
+        keys.insert("b", 1, key(2)).await;
         keys.sweep().await;
         keys.sweep().await;
         assert!(

@@ -143,7 +143,7 @@ fn same_customer_key(plan: &WritePlan, src: Option<&CustomerKey>) -> bool {
 /// Whether writing under `plan` keeps the source's encryption as it is.
 fn unchanged_encryption(plan: &WritePlan, src: &StoredSse, same_customer_key: bool) -> bool {
     match (plan, src) {
-        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(_)) => true,
+        (WritePlan::Plain, StoredSse::None) | (WritePlan::SseS3, StoredSse::SseS3(..)) => true,
         (WritePlan::SseC(_), StoredSse::SseC(_)) => same_customer_key,
         _ => false,
     }

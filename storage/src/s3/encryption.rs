@@ -147,7 +147,7 @@ impl<'a> EncryptionParams<'a> {
     /// `x-amz-server-side-encryption` (SSE-S3: `AES256`, SSE-KMS: `aws:kms`).
     pub(crate) fn server_side_encryption(&self) -> Option<ServerSideEncryption> {
         match self.stored {
-            StoredSse::SseS3(_) => Some(ServerSideEncryption::from_static(
+            StoredSse::SseS3(..) => Some(ServerSideEncryption::from_static(
                 ServerSideEncryption::AES256,
             )),
             StoredSse::SseKms(..) => Some(ServerSideEncryption::from_static(
@@ -176,7 +176,7 @@ impl<'a> EncryptionParams<'a> {
     pub(crate) fn customer_algorithm(&self) -> Option<String> {
         match self.stored {
             StoredSse::SseC(_) => Some("AES256".into()),
-            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseKms(..) => None,
+            StoredSse::None | StoredSse::SseS3(..) | StoredSse::SseKms(..) => None,
         }
     }
 
@@ -184,7 +184,7 @@ impl<'a> EncryptionParams<'a> {
     pub(crate) fn customer_key_md5(&self) -> Option<String> {
         match self.stored {
             StoredSse::SseC(_) => self.customer_key_md5.map(str::to_string),
-            StoredSse::None | StoredSse::SseS3(_) | StoredSse::SseKms(..) => None,
+            StoredSse::None | StoredSse::SseS3(..) | StoredSse::SseKms(..) => None,
         }
     }
 
@@ -236,7 +236,7 @@ mod tests {
     fn response_fields_and_etag_policy() {
         let md5 = [7u8; 16];
         let plain = StoredSse::None;
-        let s3 = StoredSse::SseS3(sealed());
+        let s3 = StoredSse::SseS3(sealed(), 1);
         let c = StoredSse::SseC(sealed());
         for (stored, sse, alg, key_md5, md5_etag) in [
             (&plain, None, None, None, true),

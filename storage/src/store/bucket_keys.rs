@@ -9,11 +9,12 @@ use sqlx::Row;
 
 use super::meta::{DbError, Meta};
 
-/// One bucket row that holds a wrapped data key.
+/// One stored wrapped bucket key: a bucket row's newest generation, or an older generation.
 #[derive(Debug, Clone)]
 pub struct WrappedRow {
     pub name: String,
     pub id: String,
+    pub generation: u32,
     pub wrapped: Vec<u8>,
     pub version: u32,
 }
@@ -25,7 +26,7 @@ impl Meta {
         after: &str,
         limit: i64,
     ) -> Result<Vec<WrappedRow>, DbError> {
-        sqlx::query("SELECT name, id, wrapped_key, wrapped_key_version FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL AND name > ? ORDER BY name LIMIT ?")
+        sqlx::query("SELECT name, id, bk_generation, wrapped_key, wrapped_key_version FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL AND name > ? ORDER BY name LIMIT ?")
             .bind(after)
             .bind(limit)
             .fetch_all(self.reader())
@@ -35,6 +36,7 @@ impl Meta {
                 Ok(WrappedRow {
                     name: r.try_get("name")?,
                     id: r.try_get("id")?,
+                    generation: r.try_get::<i64, _>("bk_generation")? as u32,
                     wrapped: r.try_get("wrapped_key")?,
                     version: r.try_get::<i64, _>("wrapped_key_version")? as u32,
                 })
@@ -42,9 +44,55 @@ impl Meta {
             .collect()
     }
 
-    /// Bucket rows with a wrapped key, per KMS root version (ascending).
+    /// Up to `limit` older bucket key generations, by (bucket id, generation), after `after`.
+    pub async fn archived_bucket_keys(
+        &self,
+        after: (&str, u32),
+        limit: i64,
+    ) -> Result<Vec<WrappedRow>, DbError> {
+        sqlx::query("SELECT g.bucket_id, g.generation, g.wrapped_key, g.wrapped_key_version, b.name FROM bucket_key_generations g JOIN buckets b ON b.id = g.bucket_id WHERE g.bucket_id > ? OR (g.bucket_id = ? AND g.generation > ?) ORDER BY g.bucket_id, g.generation LIMIT ?")
+            .bind(after.0)
+            .bind(after.0)
+            .bind(i64::from(after.1))
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(WrappedRow {
+                    name: r.try_get("name")?,
+                    id: r.try_get("bucket_id")?,
+                    generation: r.try_get::<i64, _>("generation")? as u32,
+                    wrapped: r.try_get("wrapped_key")?,
+                    version: r.try_get::<i64, _>("wrapped_key_version")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// The wrapped key and root version of an older generation of a bucket's key.
+    pub async fn archived_bucket_key(
+        &self,
+        bucket_id: &str,
+        generation: u32,
+    ) -> Result<Option<(Vec<u8>, u32)>, DbError> {
+        let row = sqlx::query("SELECT wrapped_key, wrapped_key_version FROM bucket_key_generations WHERE bucket_id = ? AND generation = ?")
+            .bind(bucket_id)
+            .bind(i64::from(generation))
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("wrapped_key")?,
+                r.try_get::<i64, _>("wrapped_key_version")? as u32,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Stored wrapped bucket keys (every generation), per KMS root version (ascending).
     pub async fn bucket_keys_per_version(&self) -> Result<Vec<(u32, i64)>, DbError> {
-        sqlx::query("SELECT wrapped_key_version AS v, COUNT(*) AS n FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL GROUP BY wrapped_key_version ORDER BY wrapped_key_version")
+        sqlx::query("SELECT v, SUM(n) AS n FROM (SELECT wrapped_key_version AS v, COUNT(*) AS n FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL GROUP BY wrapped_key_version UNION ALL SELECT wrapped_key_version AS v, COUNT(*) AS n FROM bucket_key_generations GROUP BY wrapped_key_version) t GROUP BY v ORDER BY v")
             .fetch_all(self.reader())
             .await?
             .iter()
@@ -52,25 +100,197 @@ impl Meta {
             .collect()
     }
 
-    /// Store `new` as the wrapping of bucket `name`'s key if the row still holds exactly `old`.
-    /// `false`: the row holds something else now (or is gone); nothing changed.
+    /// Store `new` as the wrapping of generation `generation` of bucket `name`'s key (the
+    /// bucket row's, or an older generation's) if it still is exactly `old`. `false`: something
+    /// else is stored now (or nothing); nothing changed.
     pub async fn replace_bucket_key(
         &self,
         name: &str,
+        generation: u32,
         old: (&[u8], u32),
         new: (&[u8], u32),
     ) -> Result<bool, DbError> {
         let mut w = self.write_conn().await?;
-        let n = sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND wrapped_key = ? AND wrapped_key_version = ?")
+        let mut n = sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND bk_generation = ? AND wrapped_key = ? AND wrapped_key_version = ?")
             .bind(new.0)
             .bind(i64::from(new.1))
             .bind(name)
+            .bind(i64::from(generation))
             .bind(old.0)
             .bind(i64::from(old.1))
             .execute(&mut *w)
             .await?
             .rows_affected();
+        if n == 0 {
+            n = sqlx::query("UPDATE bucket_key_generations SET wrapped_key = ?, wrapped_key_version = ? WHERE bucket_id = (SELECT id FROM buckets WHERE name = ?) AND generation = ? AND wrapped_key = ? AND wrapped_key_version = ?")
+                .bind(new.0)
+                .bind(i64::from(new.1))
+                .bind(name)
+                .bind(i64::from(generation))
+                .bind(old.0)
+                .bind(i64::from(old.1))
+                .execute(&mut *w)
+                .await?
+                .rows_affected();
+        }
         w.done();
         Ok(n == 1)
+    }
+
+    /// Make `new` (wrapped, root version) generation `from + 1` of bucket `name`'s key, moving
+    /// generation `from` to `bucket_key_generations`, in one transaction, if the bucket still
+    /// is at generation `from`. `false`: it is not (rotated concurrently, or gone).
+    pub async fn rotate_bucket_key(
+        &self,
+        name: &str,
+        from: u32,
+        new: (&[u8], u32),
+    ) -> Result<bool, DbError> {
+        let mut w = self.write_conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *w).await?;
+        let moved = sqlx::query("INSERT INTO bucket_key_generations (bucket_id, generation, wrapped_key, wrapped_key_version, created_ms) SELECT id, bk_generation, wrapped_key, wrapped_key_version, ? FROM buckets WHERE name = ? AND bk_generation = ? AND wrapped_key IS NOT NULL")
+            .bind(super::meta::now_ms())
+            .bind(name)
+            .bind(i64::from(from))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let n = sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ?, bk_generation = ? WHERE name = ? AND bk_generation = ? AND wrapped_key IS NOT NULL")
+            .bind(new.0)
+            .bind(i64::from(new.1))
+            .bind(i64::from(from) + 1)
+            .bind(name)
+            .bind(i64::from(from))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved != 1 || n != 1 {
+            tx.rollback().await?;
+            w.done();
+            return Ok(false);
+        }
+        tx.commit().await?;
+        w.done();
+        Ok(true)
+    }
+}
+
+/// An SSE-S3 object version or upload whose object key is sealed under an older bucket key
+/// generation than its bucket's newest.
+#[derive(Debug, Clone)]
+pub struct StaleSeal {
+    /// `objects` or `uploads` row: the upload id for an upload, else `None`.
+    pub upload_id: Option<String>,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub generation: u32,
+    pub salt: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+fn stale_from_row(r: &sqlx::sqlite::SqliteRow, upload: bool) -> Result<StaleSeal, DbError> {
+    Ok(StaleSeal {
+        upload_id: if upload {
+            Some(r.try_get("upload_id")?)
+        } else {
+            None
+        },
+        bucket: r.try_get("bucket")?,
+        key: r.try_get("key")?,
+        version_id: r.try_get("version_id")?,
+        generation: r.try_get::<i64, _>("g")? as u32,
+        salt: r
+            .try_get::<Option<Vec<u8>>, _>("seal_salt")?
+            .unwrap_or_default(),
+        sealed: r
+            .try_get::<Option<Vec<u8>>, _>("sealed_key")?
+            .unwrap_or_default(),
+    })
+}
+
+impl Meta {
+    /// Up to `limit` SSE-S3 object versions sealed under an older bucket key generation, by
+    /// (bucket, key) after `after`.
+    pub async fn stale_object_seals(
+        &self,
+        after: (&str, &str),
+        limit: i64,
+    ) -> Result<Vec<StaleSeal>, DbError> {
+        sqlx::query("SELECT o.bucket, o.key, o.version_id, o.seal_salt, o.sealed_key, COALESCE(o.bk_generation, 1) AS g FROM objects o JOIN buckets b ON b.name = o.bucket WHERE o.sse_mode = 'sse-s3' AND COALESCE(o.bk_generation, 1) < b.bk_generation AND (o.bucket > ? OR (o.bucket = ? AND o.key > ?)) ORDER BY o.bucket, o.key LIMIT ?")
+            .bind(after.0)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(|r| stale_from_row(r, false))
+            .collect()
+    }
+
+    /// Up to `limit` SSE-S3 uploads sealed under an older bucket key generation, by upload id
+    /// after `after`.
+    pub async fn stale_upload_seals(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<StaleSeal>, DbError> {
+        sqlx::query("SELECT u.upload_id, u.bucket, u.key, u.version_id, u.seal_salt, u.sealed_key, COALESCE(u.bk_generation, 1) AS g FROM uploads u JOIN buckets b ON b.name = u.bucket WHERE u.sse_mode = 'sse-s3' AND COALESCE(u.bk_generation, 1) < b.bk_generation AND u.upload_id > ? ORDER BY u.upload_id LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(|r| stale_from_row(r, true))
+            .collect()
+    }
+
+    /// Replace the sealed object key of `row` by (`salt`, `sealed`) under `generation`, if it is
+    /// still exactly the stale one (a concurrent overwrite or re-seal wins). `false`: unchanged.
+    pub async fn reseal_stale(
+        &self,
+        row: &StaleSeal,
+        salt: &[u8],
+        sealed: &[u8],
+        generation: u32,
+    ) -> Result<bool, DbError> {
+        let mut w = self.write_conn().await?;
+        let q = match &row.upload_id {
+            None => sqlx::query("UPDATE objects SET seal_salt = ?, sealed_key = ?, bk_generation = ? WHERE version_id = ? AND sse_mode = 'sse-s3' AND seal_salt = ? AND sealed_key = ?")
+                .bind(salt)
+                .bind(sealed)
+                .bind(i64::from(generation))
+                .bind(&row.version_id),
+            Some(id) => sqlx::query("UPDATE uploads SET seal_salt = ?, sealed_key = ?, bk_generation = ? WHERE upload_id = ? AND sse_mode = 'sse-s3' AND seal_salt = ? AND sealed_key = ?")
+                .bind(salt)
+                .bind(sealed)
+                .bind(i64::from(generation))
+                .bind(id),
+        };
+        let n = q
+            .bind(&row.salt)
+            .bind(&row.sealed)
+            .execute(&mut *w)
+            .await?
+            .rows_affected();
+        w.done();
+        Ok(n == 1)
+    }
+
+    /// SSE-S3 object versions and uploads: (total, sealed under their bucket's newest
+    /// generation).
+    pub async fn sse_s3_generation_coverage(&self) -> Result<(i64, i64), DbError> {
+        let mut total = 0;
+        let mut current = 0;
+        for sql in [
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN COALESCE(t.bk_generation, 1) = b.bk_generation THEN 1 ELSE 0 END), 0) AS c FROM objects t JOIN buckets b ON b.name = t.bucket WHERE t.sse_mode = 'sse-s3'",
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN COALESCE(t.bk_generation, 1) = b.bk_generation THEN 1 ELSE 0 END), 0) AS c FROM uploads t JOIN buckets b ON b.name = t.bucket WHERE t.sse_mode = 'sse-s3'",
+        ] {
+            let r = sqlx::query(sql).fetch_one(self.reader()).await?;
+            total += r.try_get::<i64, _>("n")?;
+            current += r.try_get::<i64, _>("c")?;
+        }
+        Ok((total, current))
     }
 }

@@ -27,6 +27,8 @@ pub struct Bucket {
     pub id: String,
     pub created_ms: i64,
     pub wrapped_key: Option<(Vec<u8>, u32)>,
+    /// Generation of the bucket key in `wrapped_key` (new SSE-S3 writes use it).
+    pub bk_generation: u32,
     pub encryption_config: Option<String>,
 }
 
@@ -175,8 +177,15 @@ fn sse_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSse, DbError> {
     let salt: Option<Vec<u8>> = row.try_get("seal_salt")?;
     let sealed: Option<Vec<u8>> = row.try_get("sealed_key")?;
     let kms: Option<String> = row.try_get("sse_kms")?;
-    StoredSse::from_columns(&mode, salt.as_deref(), sealed.as_deref(), kms.as_deref())
-        .ok_or_else(|| DbError::Decode("inconsistent sse columns".into()))
+    let generation: Option<i64> = row.try_get("bk_generation")?;
+    StoredSse::from_columns(
+        &mode,
+        salt.as_deref(),
+        sealed.as_deref(),
+        kms.as_deref(),
+        generation,
+    )
+    .ok_or_else(|| DbError::Decode("inconsistent sse columns".into()))
 }
 
 fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Object, DbError> {
@@ -284,7 +293,7 @@ impl Meta {
     }
 
     pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, DbError> {
-        let row = sqlx::query("SELECT name, id, created_ms, wrapped_key, wrapped_key_version, encryption_config FROM buckets WHERE name = ?")
+        let row = sqlx::query("SELECT name, id, created_ms, wrapped_key, wrapped_key_version, bk_generation, encryption_config FROM buckets WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -296,6 +305,7 @@ impl Meta {
                 id: r.try_get("id")?,
                 created_ms: r.try_get("created_ms")?,
                 wrapped_key: wk.zip(wv.map(|v| v as u32)),
+                bk_generation: r.try_get::<i64, _>("bk_generation")? as u32,
                 encryption_config: r.try_get("encryption_config")?,
             })
         })
@@ -472,7 +482,7 @@ impl Meta {
         o: &Object,
     ) -> Result<(), DbError> {
         let (salt, sealed) = o.sse.columns();
-        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart, sse_kms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart, sse_kms, bk_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
@@ -488,6 +498,7 @@ impl Meta {
             .bind(o.part_count as i64)
             .bind(i64::from(o.multipart))
             .bind(o.sse.kms_column())
+            .bind(o.sse.bk_generation_column())
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -546,11 +557,12 @@ impl Meta {
         let (salt, sealed) = o.sse.columns();
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, sse_kms = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
+        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, sse_kms = ?, bk_generation = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
             .bind(o.sse.mode_str())
             .bind(salt)
             .bind(sealed)
             .bind(o.sse.kms_column())
+            .bind(o.sse.bk_generation_column())
             .bind(&o.etag)
             .bind(&o.content_type)
             .bind(&o.headers)
@@ -592,7 +604,7 @@ impl Meta {
             w.done();
             return Ok(false);
         }
-        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key, sse_kms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key, sse_kms, bk_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
             .bind(&u.key)
@@ -605,6 +617,7 @@ impl Meta {
             .bind(salt)
             .bind(sealed)
             .bind(u.sse.kms_column())
+            .bind(u.sse.bk_generation_column())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
