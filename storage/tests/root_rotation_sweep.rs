@@ -4,6 +4,8 @@
 //! version with a coverage report, resumes after `kill -9`; `coffer-kms admin keys retire N` is
 //! refused while anything depends on N (and for the active version), succeeds after the sweep, and
 //! every object still reads byte-exact afterwards (KMS restarted without the retired versions).
+//! SSE-S3 bucket key rotation (`rotate-bucket-key`) and its metadata-only re-seal sweep, and the
+//! serving node's background job doing both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -167,12 +169,27 @@ fn storage_cmd(kms: &Kms, cred: &Path, data_dir: &Path, sub: &str) -> Command {
     cmd
 }
 
-/// Start `coffer-storage serve` and wait for its `listening on` line.
+/// Start `coffer-storage serve` (no background sweep) and wait for its `listening on` line.
 async fn serve(kms: &Kms, cred: &Path, data_dir: &Path) -> (Child, S3Client) {
+    serve_sweeping(kms, cred, data_dir, "0").await
+}
+
+/// Start `coffer-storage serve` with a background sweep every `interval` seconds.
+async fn serve_sweeping(
+    kms: &Kms,
+    cred: &Path,
+    data_dir: &Path,
+    interval: &str,
+) -> (Child, S3Client) {
     let mut cmd = storage_cmd(kms, cred, data_dir, "serve");
-    cmd.args(["--listen", "127.0.0.1:0", "--rewrap-interval-secs", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--rewrap-interval-secs",
+        interval,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let host = loop {
@@ -451,4 +468,81 @@ async fn bucket_key_rotation_reseals_object_keys_without_rewriting_blobs() {
     let get = c.call("GET", "/rot/mp", &[], &[], vec![]).await;
     assert_eq!(get.status, 200, "{}", get.text());
     assert!(get.body == body_of(77));
+}
+
+/// The running node's background job does what `rewrap` does: after a root rotation and a bucket
+/// key rotation, `keys retire 1` becomes possible and every object key moves to the newest
+/// generation without the node being stopped (bounded polling of the observable state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_node_sweeps_in_the_background() {
+    let (kms, cred) = kms_with_storage_identity().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let (mut node, c) = serve(&kms, &cred, &data).await;
+    for b in ["bg-a", "bg-b", "bg-c"] {
+        assert_eq!(
+            c.call("PUT", &format!("/{b}"), &[], &[], vec![])
+                .await
+                .status,
+            200
+        );
+        for i in 0..5 {
+            let put = c
+                .call("PUT", &format!("/{b}/o{i}"), &[], &[], body_of(i))
+                .await;
+            assert_eq!(put.status, 200, "{}", put.text());
+        }
+    }
+    node.kill().await.unwrap();
+    let o = storage_cmd(&kms, &cred, &data, "rotate-bucket-key")
+        .arg("bg-b")
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rotate(&kms, 1).await;
+
+    let (_node, c) = serve_sweeping(&kms, &cred, &data, "1").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let root_done = versions(&data).await == vec![(2, 3)]
+            && sqlx_count(
+                &data,
+                "SELECT COUNT(*) FROM bucket_key_generations WHERE wrapped_key_version = 2",
+            )
+            .await
+                == 1;
+        let bk_done = generations(&data).await == vec![(1, 10), (2, 5)]
+            && sqlx_count(
+                &data,
+                "SELECT COUNT(*) FROM objects WHERE bucket = 'bg-b' AND bk_generation = 2",
+            )
+            .await
+                == 5;
+        if root_done && bk_done && retire(&kms, 1).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background sweep did not finish: {:?} {:?}",
+            versions(&data).await,
+            generations(&data).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for b in ["bg-a", "bg-b", "bg-c"] {
+        for i in 0..5 {
+            let get = c.call("GET", &format!("/{b}/o{i}"), &[], &[], vec![]).await;
+            assert_eq!(get.status, 200, "{b}/o{i}: {}", get.text());
+            assert!(get.body == body_of(i));
+        }
+    }
+}
+
+async fn sqlx_count(data_dir: &Path, sql: &str) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("meta.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n
 }
