@@ -181,6 +181,10 @@ pub struct KeyVersionInfo {
     pub active: bool,
     /// Data keys whose current wrapping uses this version.
     pub data_keys: i64,
+    /// Data keys whose wrapping a storage node last presented (unwrapped) under this version:
+    /// `keys retire` waits for 0 here and in `data_keys`.
+    #[serde(default)]
+    pub presented_data_keys: i64,
 }
 
 /// Rotation progress.

@@ -29,6 +29,16 @@ pub async fn record_presented(
     Ok(())
 }
 
+/// Data keys per version of the wrapping last presented for them.
+pub async fn keys_per_presented_version(
+    pool: &sqlx::SqlitePool,
+) -> Result<Vec<(u32, i64)>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT presented_version, COUNT(*) FROM data_keys WHERE presented_version IS NOT NULL GROUP BY presented_version")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|(v, n)| (v as u32, n)).collect())
+}
+
 /// What depends on a root key version: data keys wrapped under it, and data keys whose last
 /// presented wrapping is under it.
 pub async fn dependents(

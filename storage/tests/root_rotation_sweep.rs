@@ -62,6 +62,13 @@ async fn retire(kms: &Kms, v: u32) -> Result<(), String> {
     }
 }
 
+/// `admin keys list`.
+async fn keys_list(kms: &Kms) -> serde_json::Value {
+    let o = kms.admin(&["keys", "list"]).await;
+    assert!(o.status.success(), "{}", kms.logs());
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 /// Bucket rows per wrapped-key version, read from the node's meta.db.
 async fn versions(data_dir: &Path) -> Vec<(i64, i64)> {
     let url = format!("sqlite://{}?mode=ro", data_dir.join("meta.db").display());
@@ -249,6 +256,9 @@ async fn rotate_sweep_resume_after_kill9_retire_and_every_object_reads() {
     assert!(e.contains(&format!("{BUCKETS} were last presented")), "{e}");
     let e = retire(&kms, 4).await.unwrap_err();
     assert!(e.contains("root_version_active"), "{e}");
+    let list = keys_list(&kms).await;
+    assert_eq!(list[0]["presented_data_keys"], BUCKETS, "{list}");
+    assert_eq!(list[3]["data_keys"], BUCKETS, "{list}");
 
     // The sweep, killed -9 once it reported progress.
     let mut cmd = storage_cmd(&kms, &cred, &data, "rewrap");
@@ -294,6 +304,9 @@ async fn rotate_sweep_resume_after_kill9_retire_and_every_object_reads() {
     assert_eq!(report["per_version"], serde_json::json!({ "4": BUCKETS }));
     assert_eq!(versions(&data).await, vec![(4, BUCKETS as i64)]);
 
+    let list = keys_list(&kms).await;
+    assert_eq!(list[3]["presented_data_keys"], BUCKETS, "{list}");
+    assert_eq!(list[0]["presented_data_keys"], 0, "{list}");
     for v in 1..=3 {
         retire(&kms, v).await.unwrap();
     }

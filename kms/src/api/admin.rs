@@ -261,6 +261,11 @@ async fn list_keys(
         .map_err(|e| internal(&ctx, e))?
         .into_iter()
         .collect();
+    let presented: HashMap<u32, i64> = crate::retire::keys_per_presented_version(&st.pool)
+        .await
+        .map_err(|e| internal(&ctx, e))?
+        .into_iter()
+        .collect();
     record(&st, &ctx, ev).await?;
     let active = versions.last().map(|v| v.0);
     Ok(Json(
@@ -271,6 +276,7 @@ async fn list_keys(
                 created: rfc3339_ms(created),
                 active: Some(v) == active,
                 data_keys: counts.get(&v).copied().unwrap_or(0),
+                presented_data_keys: presented.get(&v).copied().unwrap_or(0),
             })
             .collect(),
     ))
