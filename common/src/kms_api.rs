@@ -208,6 +208,10 @@ pub struct RotateResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetireRequest {
     pub version: u32,
+    /// Ignore data keys last presented under this version (their buckets were deleted, so no
+    /// storage node will present them again). Keys still wrapped under it are never ignored.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/admin/keys/retire` response: the version whose sealed root key was deleted.

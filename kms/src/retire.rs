@@ -57,9 +57,28 @@ pub async fn dependents(
     Ok((wrapped, presented))
 }
 
+/// Buckets whose data keys were last presented under `version` (at most `limit`).
+async fn presenting_buckets(
+    conn: &mut SqliteConnection,
+    version: u32,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT bucket_id FROM data_keys WHERE presented_version = ? ORDER BY bucket_id LIMIT ?")
+        .bind(i64::from(version))
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
 /// Delete the sealed root key of `version`, refusing the active version, an unknown one, and one
-/// that data keys still depend on.
-pub async fn delete_root_key(conn: &mut SqliteConnection, version: u32) -> Result<(), ApplyError> {
+/// that data keys still depend on. `force` ignores data keys last presented under it (for
+/// buckets that were deleted: no node will ever present them again); never keys still wrapped
+/// under it.
+pub async fn delete_root_key(
+    conn: &mut SqliteConnection,
+    version: u32,
+    force: bool,
+) -> Result<(), ApplyError> {
     let active: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM root_keys")
         .fetch_one(&mut *conn)
         .await?;
@@ -75,14 +94,19 @@ pub async fn delete_root_key(conn: &mut SqliteConnection, version: u32) -> Resul
     if active == Some(i64::from(version)) {
         return Err(ApplyError::Refused(ChangeError::RootVersionActive(version)));
     }
-    let (mut wrapped, presented) = dependents(conn, version).await?;
+    let (mut wrapped, mut presented) = dependents(conn, version).await?;
+    if force {
+        presented = 0;
+    }
     // Named KMS key material sealed under it (re-sealed by the re-wrap worker after a rotation).
     wrapped += crate::kmskeys::store::sealed_under(conn, version).await?;
     if wrapped > 0 || presented > 0 {
+        let buckets = presenting_buckets(conn, version, 10).await?;
         return Err(ApplyError::Refused(ChangeError::RootVersionInUse {
             version,
             wrapped,
             presented,
+            buckets,
         }));
     }
     sqlx::query("DELETE FROM root_keys WHERE version = ?")

@@ -34,12 +34,15 @@ pub enum ChangeError {
     NotFound(String),
     /// A root key version that data keys still depend on (`admin keys retire`).
     #[error(
-        "root key version {version} is still in use: {wrapped} data keys are wrapped under it and {presented} were last presented under it; run the storage nodes' re-wrap sweep first"
+        "root key version {version} is still in use: {wrapped} data keys (or named-key materials) are wrapped under it and {presented} were last presented under it by storage nodes{}; run the re-wrap sweep on every storage node first (`coffer-storage rewrap`), or, if only deleted buckets still hold it, retire with --force",
+        sample_buckets(.buckets)
     )]
     RootVersionInUse {
         version: u32,
         wrapped: i64,
         presented: i64,
+        /// Some of the buckets whose data keys were last presented under it.
+        buckets: Vec<String>,
     },
     /// The active root key version cannot be retired.
     #[error("root key version {0} is the active version; rotate first")]
@@ -63,6 +66,14 @@ impl ChangeError {
             ChangeError::KeyNotFound(_) => "kms_key_not_found",
             ChangeError::InvalidState(_) => "kms_key_invalid_state",
         }
+    }
+}
+
+fn sample_buckets(buckets: &[String]) -> String {
+    if buckets.is_empty() {
+        String::new()
+    } else {
+        format!(" (buckets: {})", buckets.join(", "))
     }
 }
 
@@ -131,6 +142,8 @@ pub enum StateChange {
     /// Delete the sealed root key of `version` if nothing depends on it (`crate::retire`).
     RetireRootKey {
         version: u32,
+        /// Ignore data keys last presented under `version` (their buckets were deleted).
+        force: bool,
     },
     /// A change of named KMS keys (`kmskeys::store`).
     KmsKey(crate::kmskeys::store::Change),
@@ -338,8 +351,8 @@ pub async fn apply_change(
             data_key_id,
             version,
         } => crate::retire::record_presented(conn, *data_key_id, *version).await?,
-        StateChange::RetireRootKey { version } => {
-            crate::retire::delete_root_key(conn, *version).await?
+        StateChange::RetireRootKey { version, force } => {
+            crate::retire::delete_root_key(conn, *version, *force).await?
         }
         StateChange::KmsKey(c) => crate::kmskeys::store::apply(conn, c).await?,
         StateChange::Rewrap(items) => {

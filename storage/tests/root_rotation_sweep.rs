@@ -159,6 +159,41 @@ async fn a_newer_wrapping_offered_on_unwrap_is_stored() {
     let get = c.call("GET", "/bk1/o", &[], &[], vec![]).await;
     assert_eq!(get.status, 200, "{}", get.text());
     assert!(get.body == body_of(1));
+
+    // A deleted bucket's data key is never presented again: retire names the bucket, and
+    // --force (audited) ignores what was last presented, never what is still wrapped.
+    assert_eq!(
+        c.call("PUT", "/gone-bucket", &[], &[], vec![]).await.status,
+        200
+    );
+    let put = c.call("PUT", "/gone-bucket/x", &[], &[], body_of(2)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let del = c.call("DELETE", "/gone-bucket/x", &[], &[], vec![]).await;
+    assert_eq!(del.status, 204);
+    let del = c.call("DELETE", "/gone-bucket", &[], &[], vec![]).await;
+    assert_eq!(del.status, 204, "{}", del.text());
+    rotate(&kms, 1).await;
+    let get = c.call("GET", "/bk1/o", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(versions(dir.path()).await, vec![(5, 1)]);
+    let e = retire(&kms, 4).await.unwrap_err();
+    assert!(
+        e.contains("root_version_in_use") && e.contains("gone-bucket:"),
+        "{e}"
+    );
+    let o = kms.admin(&["keys", "retire", "4", "--force"]).await;
+    assert!(o.status.success(), "{}", kms.logs());
+    let q = kms
+        .admin(&["audit", "query", "--op", "keys.retire", "--result", "ok"])
+        .await;
+    let forced = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .filter(|l| l.contains("force"))
+        .count();
+    assert_eq!(forced, 1, "{}", String::from_utf8_lossy(&q.stdout));
+    let get = c.call("GET", "/bk1/o", &[], &[], vec![]).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert!(get.body == body_of(1));
 }
 
 /// A `coffer-storage` process with the KMS settings of `kms`.

@@ -37,12 +37,15 @@ async fn retire_root_key(
             return Err(refuse(&st, &ctx, ev, e).await);
         }
     };
-    let version = req.version;
+    let (version, force) = (req.version, req.force);
     ev.key_version = Some(version);
+    if force {
+        ev.detail = Some("force: data keys last presented under this version are ignored".into());
+    }
     // Rotation and retirement are serialized by the passphrase-key lock.
     let guard = st.passphrase_key.lock().await;
     st.audit
-        .write(ev, StateChange::RetireRootKey { version })
+        .write(ev, StateChange::RetireRootKey { version, force })
         .await
         .map_err(|e| ctx.fail(e.into()))?;
     if let Ok(mut ring) = st.keyring.write()

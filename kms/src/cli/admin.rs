@@ -122,7 +122,13 @@ enum KeysCmd {
     /// root_version_in_use, with counts) while data keys are wrapped under it or storage nodes
     /// last presented it (run `coffer-storage rewrap` on every node first), and for the active
     /// version (409 root_version_active).
-    Retire { version: u32 },
+    Retire {
+        version: u32,
+        /// Ignore data keys a storage node last presented under it: only when the buckets the
+        /// 409 names were deleted (no node will present them again). Audited.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -321,11 +327,11 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
             print(&c.json(c.request(Method::GET, api::PATH_ADMIN_KEYS)).await?)
         }
         AdminCmd::Keys {
-            cmd: KeysCmd::Retire { version },
+            cmd: KeysCmd::Retire { version, force },
         } => print(
             &c.json(
                 c.request(Method::POST, api::PATH_ADMIN_RETIRE)
-                    .json(&api::RetireRequest { version }),
+                    .json(&api::RetireRequest { version, force }),
             )
             .await?,
         ),

@@ -353,6 +353,11 @@ impl Meta {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // Older bucket key generations go with the bucket (`store::bucket_keys`).
+        sqlx::query("DELETE FROM bucket_key_generations WHERE bucket_id = (SELECT id FROM buckets WHERE name = ?)")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM buckets WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
