@@ -3,8 +3,8 @@
 //!
 //! Secret: the service credential (signs one short-lived token per request) and the plaintext
 //! keys in responses, which are turned into [`SecretKey32`] at once and never logged. Every call
-//! has a timeout; failures are classified so the S3 edge can answer 503 (unreachable or slow)
-//! or 500 (refused, malformed) and never falls back to plaintext.
+//! has a timeout; failures are classified so the S3 edge can answer 503 (unreachable, slow,
+//! 5xx or throttled) or 500 (refused, malformed) and never falls back to plaintext.
 //!
 //! What the KMS answers is bounded before it is believed: at most [`MAX_RESPONSE_BYTES`] are read
 //! (a larger or endless body is `Malformed`, not buffered), and a generated wrapped key must be
@@ -50,8 +50,8 @@ impl KmsError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             KmsError::Unavailable(_) => true,
-            // 503: sealed or overloaded; 429: throttled.
-            KmsError::Refused { status, .. } => *status == 503 || *status == 429,
+            // 5xx: sealed, overloaded, failing, or a proxy in front of it; 429: throttled.
+            KmsError::Refused { status, .. } => *status >= 500 || *status == 429,
             KmsError::Malformed | KmsError::NotConfigured => false,
         }
     }

@@ -1197,6 +1197,9 @@ mod tests {
             (refused(403, "forbidden_scope"), 403, "AccessDenied"),
             (refused(503, "sealed"), 503, "ServiceUnavailable"),
             (refused(429, "throttled"), 503, "ServiceUnavailable"),
+            (refused(500, "internal"), 503, "ServiceUnavailable"),
+            (refused(502, "unknown"), 503, "ServiceUnavailable"),
+            (refused(401, "invalid_token"), 500, "InternalError"),
             (
                 KmsError::Unavailable("reset".into()),
                 503,
