@@ -678,21 +678,33 @@ pub async fn root_versions(pool: &SqlitePool) -> Result<Vec<(u32, i64)>, sqlx::E
         .collect()
 }
 
-/// The data key that `lookup` designates, if registered: (id, current version, current wrapping).
+/// The data key that `lookup` designates, if registered.
+pub struct Registered {
+    pub id: i64,
+    pub cur_version: u32,
+    pub cur_wrapped: Vec<u8>,
+    /// Version of the wrapping last presented for it (`crate::retire`).
+    pub presented_version: Option<u32>,
+}
+
+/// The registered data key that `lookup` designates, if any.
 pub async fn current_wrapping(
     pool: &SqlitePool,
     lookup: &[u8],
-) -> Result<Option<(i64, u32, Vec<u8>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT d.id, d.cur_version, d.cur_wrapped FROM key_wrappings w JOIN data_keys d ON d.id = w.data_key_id WHERE w.lookup = ?")
+) -> Result<Option<Registered>, sqlx::Error> {
+    let row = sqlx::query("SELECT d.id, d.cur_version, d.cur_wrapped, d.presented_version FROM key_wrappings w JOIN data_keys d ON d.id = w.data_key_id WHERE w.lookup = ?")
         .bind(lookup)
         .fetch_optional(pool)
         .await?;
     row.map(|r| {
-        Ok((
-            r.try_get("id")?,
-            r.try_get::<i64, _>("cur_version")? as u32,
-            r.try_get("cur_wrapped")?,
-        ))
+        Ok(Registered {
+            id: r.try_get("id")?,
+            cur_version: r.try_get::<i64, _>("cur_version")? as u32,
+            cur_wrapped: r.try_get("cur_wrapped")?,
+            presented_version: r
+                .try_get::<Option<i64>, _>("presented_version")?
+                .map(|v| v as u32),
+        })
     })
     .transpose()
 }

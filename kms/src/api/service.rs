@@ -190,13 +190,17 @@ pub async fn unwrap_data_key(
     let mut change = StateChange::None;
     let lookup = wrapping_lookup(&req.bucket_id, req.key_version, &wrapped);
     match store::current_wrapping(&st.pool, &lookup).await {
-        Ok(Some((id, v, w))) => {
-            change = StateChange::Presented {
-                data_key_id: id,
-                version: req.key_version,
-            };
-            if v != req.key_version {
-                current = Some((v, w));
+        Ok(Some(reg)) => {
+            // Written only when it changes: repeated unwraps of one wrapping stay on the audit
+            // writer's fast path.
+            if reg.presented_version != Some(req.key_version) {
+                change = StateChange::Presented {
+                    data_key_id: reg.id,
+                    version: req.key_version,
+                };
+            }
+            if reg.cur_version != req.key_version {
+                current = Some((reg.cur_version, reg.cur_wrapped));
             }
         }
         Ok(None) => {}
