@@ -4,7 +4,8 @@
 //! version with a coverage report, resumes after `kill -9`; `coffer-kms admin keys retire N` is
 //! refused while anything depends on N (and for the active version), succeeds after the sweep, and
 //! every object still reads byte-exact afterwards (KMS restarted without the retired versions).
-//! SSE-S3 bucket key rotation (`rotate-bucket-key`) and its metadata-only re-seal sweep, and the
+//! SSE-S3 bucket key rotation (`rotate-bucket-key`) and its metadata-only re-seal sweep (also
+//! resumed after `kill -9`; a hidden `--test-row-delay-ms` hook keeps the kill mid-way), and the
 //! serving node's background job doing both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -297,7 +298,7 @@ async fn rotate_sweep_resume_after_kill9_retire_and_every_object_reads() {
 
     // The sweep, killed -9 once it reported progress.
     let mut cmd = storage_cmd(&kms, &cred, &data, "rewrap");
-    cmd.args(["--progress-every", "20"])
+    cmd.args(["--progress-every", "20", "--test-row-delay-ms", "5"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut sweep = cmd.spawn().unwrap();
@@ -593,4 +594,82 @@ async fn sqlx_count(data_dir: &Path, sql: &str) -> i64 {
     let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
     pool.close().await;
     n
+}
+
+/// The bucket key re-seal sweep killed -9 mid-way resumes: the rerun re-seals only what is
+/// left, coverage reaches 100 % and every object reads byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bucket_key_reseal_resumes_after_kill9() {
+    const N: usize = 240;
+    let (kms, cred) = kms_with_storage_identity().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let (mut node, c) = serve(&kms, &cred, &data).await;
+    assert_eq!(c.call("PUT", "/many", &[], &[], vec![]).await.status, 200);
+    let c = Arc::new(c);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..N).step_by(8) {
+                let put = c
+                    .call("PUT", &format!("/many/o{i:03}"), &[], &[], body_of(i))
+                    .await;
+                assert_eq!(put.status, 200, "{}", put.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    node.kill().await.unwrap();
+    let o = storage_cmd(&kms, &cred, &data, "rotate-bucket-key")
+        .arg("many")
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut cmd = storage_cmd(&kms, &cred, &data, "rewrap");
+    cmd.args(["--progress-every", "20", "--test-row-delay-ms", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut sweep = cmd.spawn().unwrap();
+    let mut err = BufReader::new(sweep.stderr.take().unwrap()).lines();
+    loop {
+        let line = err.next_line().await.unwrap().expect("sweep ended early");
+        if line.contains("reseal: 40 objects done") {
+            break;
+        }
+    }
+    sweep.kill().await.unwrap();
+    let mid = generations(&data).await;
+    let at2 = mid.iter().find(|(g, _)| *g == 2).map_or(0, |x| x.1);
+    assert!(at2 >= 40 && at2 < N as i64, "not killed mid-sweep: {mid:?}");
+
+    let out = storage_cmd(&kms, &cred, &data, "rewrap")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("re-seal report after resume: {report}");
+    let g = &report["bucket_key_generations"];
+    assert_eq!(g["rows"], N);
+    assert_eq!(g["resealed"], N as i64 - at2);
+    assert_eq!(g["coverage_percent"], 100.0);
+    assert_eq!(generations(&data).await, vec![(2, N as i64)]);
+
+    let (_node, c) = serve(&kms, &cred, &data).await;
+    for i in 0..N {
+        let get = c
+            .call("GET", &format!("/many/o{i:03}"), &[], &[], vec![])
+            .await;
+        assert_eq!(get.status, 200, "o{i}: {}", get.text());
+        assert!(get.body == body_of(i), "o{i}: other bytes");
+    }
 }

@@ -24,6 +24,10 @@ pub struct RewrapArgs {
     /// A progress line on stderr every N rows (0: none).
     #[arg(long, default_value_t = 100)]
     pub progress_every: u64,
+    /// Testing hook: pause this many milliseconds after each row, so that a test can kill the
+    /// sweep mid-way deterministically.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub test_row_delay_ms: u64,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -46,16 +50,25 @@ pub async fn run(a: RewrapArgs) -> Result<bool> {
     let meta = Meta::open(dir).await?;
     let keys = BucketKeys::new(Some(kms), Duration::from_secs(300), 1000);
     let every = a.progress_every;
+    let delay = Duration::from_millis(a.test_row_delay_ms);
+    // (The testing pause blocks this command's runtime thread; nothing else runs in it.)
+    let pause = || {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    };
     let report = crate::rewrap::sweep(&meta, &keys, |done| {
         if every > 0 && done % every == 0 {
             eprintln!("rewrap: {done} rows done");
         }
+        pause();
     })
     .await?;
     let objects = crate::bk_rotation::reseal_sweep(&meta, &keys, |done| {
         if every > 0 && done % every == 0 {
             eprintln!("reseal: {done} objects done");
         }
+        pause();
     })
     .await?;
     let complete = report.complete() && objects.complete();
