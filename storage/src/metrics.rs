@@ -61,11 +61,32 @@ struct Operation {
     operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RootVersion {
+    root_version: u32,
+}
+
+/// What the last background sweep reported (`crate::rewrap`, `crate::bk_rotation`).
+#[derive(Clone, Debug, Default)]
+pub struct SweepSnapshot {
+    /// Unix seconds when it finished.
+    pub finished_unix: i64,
+    /// Stored wrapped bucket keys per KMS root version.
+    pub per_version: Vec<(u32, i64)>,
+    /// Root coverage: rows at the KMS's active version / rows (1 with no rows).
+    pub root_coverage: f64,
+    /// Bucket key coverage: SSE-S3 objects under their bucket's newest generation / objects.
+    pub generation_coverage: f64,
+    /// Rows the last sweep could not handle.
+    pub failed: u64,
+}
+
 /// Handles to the node's metric families.
 pub struct NodeMetrics {
     registry: Registry,
     requests: Family<OperationStatus, Counter>,
     latency: Family<Operation, Histogram, fn() -> Histogram>,
+    sweep: std::sync::Mutex<Option<SweepSnapshot>>,
 }
 
 impl Default for NodeMetrics {
@@ -96,6 +117,14 @@ impl NodeMetrics {
             registry,
             requests,
             latency,
+            sweep: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Keep the last background sweep's figures for `/metrics`.
+    pub fn record_sweep(&self, snapshot: SweepSnapshot) {
+        if let Ok(mut s) = self.sweep.lock() {
+            *s = Some(snapshot);
         }
     }
 
@@ -178,6 +207,38 @@ impl NodeMetrics {
             "Bucket keys cached now.",
             ConstGauge::new(i64::try_from(keys.len()).unwrap_or(i64::MAX)),
         );
+        if let Some(sw) = self.sweep.lock().ok().and_then(|s| s.clone()) {
+            let rows = Family::<RootVersion, prometheus_client::metrics::gauge::Gauge>::default();
+            for (v, n) in &sw.per_version {
+                rows.get_or_create(&RootVersion { root_version: *v })
+                    .set(*n);
+            }
+            cache.register(
+                "coffer_rewrap_bucket_keys",
+                "Stored wrapped bucket keys per KMS root version, as of the last background sweep.",
+                rows,
+            );
+            cache.register(
+                "coffer_rewrap_root_coverage_ratio",
+                "Last background sweep: wrapped bucket keys at the KMS's active root version / all (1 = swept).",
+                ConstGauge::new(sw.root_coverage),
+            );
+            cache.register(
+                "coffer_rewrap_generation_coverage_ratio",
+                "Last background sweep: SSE-S3 objects sealed under their bucket's newest key generation / all.",
+                ConstGauge::new(sw.generation_coverage),
+            );
+            cache.register(
+                "coffer_rewrap_failed_rows",
+                "Rows the last background sweep could not re-wrap or re-seal.",
+                ConstGauge::new(i64::try_from(sw.failed).unwrap_or(i64::MAX)),
+            );
+            cache.register(
+                "coffer_rewrap_last_run_timestamp_seconds",
+                "Unix time the last background sweep finished.",
+                ConstGauge::new(sw.finished_unix),
+            );
+        }
         encode(&[&self.registry, &cache])
     }
 }

@@ -203,30 +203,49 @@ pub async fn background(state: Weak<NodeState>, interval: Duration) {
         if !st.keys.has_kms() {
             return;
         }
-        match sweep(&st.meta, &st.keys, |_| {}).await {
-            Ok(r) => tracing::info!(
-                rows = r.rows,
-                active_version = r.active_version,
-                coverage_percent = r.coverage_percent,
-                rewrapped = r.rewrapped,
-                failed = r.failed,
-                elapsed_ms = r.elapsed_ms,
-                "re-wrap sweep done"
-            ),
-            Err(e) => tracing::warn!(error = %e, "re-wrap sweep stopped; retried next interval"),
-        }
-        match crate::bk_rotation::reseal_sweep(&st.meta, &st.keys, |_| {}).await {
-            Ok(r) => tracing::info!(
-                rows = r.rows,
-                coverage_percent = r.coverage_percent,
-                resealed = r.resealed,
-                failed = r.failed,
-                elapsed_ms = r.elapsed_ms,
-                "bucket key re-seal sweep done"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "bucket key re-seal sweep stopped; retried next interval")
+        let root = match sweep(&st.meta, &st.keys, |_| {}).await {
+            Ok(r) => {
+                tracing::info!(
+                    rows = r.rows,
+                    active_version = r.active_version,
+                    coverage_percent = r.coverage_percent,
+                    rewrapped = r.rewrapped,
+                    failed = r.failed,
+                    elapsed_ms = r.elapsed_ms,
+                    "re-wrap sweep done"
+                );
+                Some(r)
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-wrap sweep stopped; retried next interval");
+                None
+            }
+        };
+        let objects = match crate::bk_rotation::reseal_sweep(&st.meta, &st.keys, |_| {}).await {
+            Ok(r) => {
+                tracing::info!(
+                    rows = r.rows,
+                    coverage_percent = r.coverage_percent,
+                    resealed = r.resealed,
+                    failed = r.failed,
+                    elapsed_ms = r.elapsed_ms,
+                    "bucket key re-seal sweep done"
+                );
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bucket key re-seal sweep stopped; retried next interval");
+                None
+            }
+        };
+        if let (Some(r), Some(o)) = (root, objects) {
+            st.metrics.record_sweep(crate::metrics::SweepSnapshot {
+                finished_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+                per_version: r.per_version.into_iter().collect(),
+                root_coverage: r.coverage_percent / 100.0,
+                generation_coverage: o.coverage_percent / 100.0,
+                failed: r.failed + o.failed,
+            });
         }
     }
 }

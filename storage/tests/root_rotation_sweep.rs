@@ -568,14 +568,28 @@ async fn the_serving_node_sweeps_in_the_background() {
             )
             .await
                 == 5;
-        if root_done && bk_done && retire(&kms, 1).await.is_ok() {
+        let metrics = reqwest::get(format!("http://{}/metrics", c.host))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let exported = metrics.contains("coffer_rewrap_root_coverage_ratio 1.0")
+            && metrics.contains("coffer_rewrap_generation_coverage_ratio 1.0")
+            && metrics.contains("coffer_rewrap_bucket_keys{root_version=\"2\"} 4");
+        if root_done && bk_done && exported && retire(&kms, 1).await.is_ok() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "background sweep did not finish: {:?} {:?}",
+            "background sweep did not finish: {:?} {:?}\n{}",
             versions(&data).await,
-            generations(&data).await
+            generations(&data).await,
+            metrics
+                .lines()
+                .filter(|l| l.contains("rewrap"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
