@@ -552,6 +552,17 @@ async fn the_serving_node_sweeps_in_the_background() {
     rotate(&kms, 1).await;
 
     let (_node, c) = serve_sweeping(&kms, &cred, &data, "1").await;
+    // The command refuses to run beside a serving node (which sweeps by itself).
+    let o = storage_cmd(&kms, &cred, &data, "rewrap")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a running node sweeps by itself") && err.contains("in use by"),
+        "{err}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let root_done = versions(&data).await == vec![(2, 3)]
