@@ -35,6 +35,8 @@ pub enum StartError {
     /// Another process serves this data dir (one line naming its pid).
     #[error(transparent)]
     Locked(#[from] coffer_common::data_dir_lock::LockError),
+    #[error(transparent)]
+    BlobStore(#[from] crate::store::blobs_s3::S3ConfigError),
 }
 
 /// Virtual-hosted-style addressing for the configured domains only. Any other Host (an IP,
@@ -89,6 +91,15 @@ pub async fn open_state(
     cfg: NodeConfig,
     kms: Option<KmsClient>,
 ) -> Result<Arc<NodeState>, StartError> {
+    open_state_with(cfg, kms, None).await
+}
+
+/// [`open_state`] with blobs on an S3 backend when `blob_store` is given (else `blobs/`).
+pub async fn open_state_with(
+    cfg: NodeConfig,
+    kms: Option<KmsClient>,
+    blob_store: Option<&crate::store::blobs_s3::S3BlobConfig>,
+) -> Result<Arc<NodeState>, StartError> {
     if let Some(Err(e)) = virtual_hosts(&cfg.virtual_host_domains) {
         return Err(e);
     }
@@ -97,7 +108,10 @@ pub async fn open_state(
     // first one's in-flight writes.
     let dir_lock = DataDirLock::acquire(&cfg.data_dir, "coffer-storage", "coffer-storage")?;
     let meta = Meta::open(&cfg.data_dir).await?;
-    let blobs = BlobStore::open(&cfg.data_dir)?;
+    let blobs = match blob_store {
+        Some(s3) => BlobStore::open_s3(&cfg.data_dir, s3)?,
+        None => BlobStore::open(&cfg.data_dir)?,
+    };
     let report = crate::store::recovery::sweep(&meta, &blobs).await?;
     if report.tmp_removed + report.orphans_removed > 0 || report.versions_forgotten > 0 {
         tracing::info!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::crypto::kms_client::{KmsClient, KmsClientConfig, ProbeError};
 use crate::state::{DefaultEncryption, NodeConfig};
+use crate::store::blobs_s3::S3BlobConfig;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
@@ -124,6 +125,85 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_S3_BODY_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
+    /// Keep blobs (ciphertext only) in an S3-compatible store, `s3://BUCKET[/PREFIX]`, instead
+    /// of `blobs/` under the data dir.
+    #[arg(long, env = "COFFER_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// Endpoint URL of a non-AWS blob store (`https://host:port`).
+    #[arg(long, env = "COFFER_BLOB_STORE_ENDPOINT", requires = "blob_store")]
+    pub blob_store_endpoint: Option<String>,
+    /// Region the blob store signs requests for.
+    #[arg(long, env = "COFFER_BLOB_STORE_REGION", default_value = "us-east-1")]
+    pub blob_store_region: String,
+    /// File holding the blob store's access key id (mode 0600).
+    #[arg(
+        long,
+        env = "COFFER_BLOB_STORE_ACCESS_KEY_FILE",
+        requires = "blob_store"
+    )]
+    pub blob_store_access_key_file: Option<PathBuf>,
+    /// File holding the blob store's secret access key (mode 0600).
+    #[arg(
+        long,
+        env = "COFFER_BLOB_STORE_SECRET_KEY_FILE",
+        requires = "blob_store"
+    )]
+    pub blob_store_secret_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) of an https blob store endpoint (else the system roots).
+    #[arg(long, env = "COFFER_BLOB_STORE_CA", requires = "blob_store")]
+    pub blob_store_ca: Option<PathBuf>,
+    /// Allow an http:// blob store endpoint (tests and loopback only).
+    #[arg(long, env = "COFFER_BLOB_STORE_ALLOW_HTTP")]
+    pub blob_store_allow_http: bool,
+    /// Bound in milliseconds of one blob store request (with its retries).
+    #[arg(long, env = "COFFER_BLOB_STORE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub blob_store_timeout_ms: u64,
+}
+
+/// A one-line secret from a 0600 file.
+fn secret_line(f: &Path) -> Result<zeroize::Zeroizing<String>> {
+    let raw = zeroize::Zeroizing::new(coffer_common::secret_file::read_secret_file(f)?);
+    let text =
+        std::str::from_utf8(&raw).with_context(|| format!("{} is not UTF-8", f.display()))?;
+    let line = zeroize::Zeroizing::new(text.trim().to_string());
+    if line.is_empty() {
+        bail!("{} is empty", f.display());
+    }
+    Ok(line)
+}
+
+/// The S3 blob backend's settings, when `blob_store` is set.
+fn blob_store(a: &ServeArgs) -> Result<Option<S3BlobConfig>> {
+    let Some(url) = &a.blob_store else {
+        return Ok(None);
+    };
+    let (Some(ak), Some(sk)) = (&a.blob_store_access_key_file, &a.blob_store_secret_key_file)
+    else {
+        bail!("blob_store needs blob_store_access_key_file and blob_store_secret_key_file");
+    };
+    if let Some(e) = &a.blob_store_endpoint
+        && e.starts_with("http://")
+        && !a.blob_store_allow_http
+    {
+        bail!("blob store endpoint {e} is plain http: set blob_store_allow_http (tests only)");
+    }
+    let ca_pem = match &a.blob_store_ca {
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("reading blob store CA {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(S3BlobConfig {
+        url: url.clone(),
+        endpoint: a.blob_store_endpoint.clone(),
+        region: a.blob_store_region.clone(),
+        access_key: secret_line(ak)?.to_string(),
+        secret_key: secret_line(sk)?,
+        ca_pem,
+        allow_http: a.blob_store_allow_http,
+        timeout: Duration::from_millis(a.blob_store_timeout_ms),
+    }))
 }
 
 /// The S3 key pair: access key from settings, secret from a 0600 file or the environment.
@@ -251,6 +331,7 @@ pub(super) fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
 pub async fn run(a: ServeArgs) -> Result<()> {
     let (access_key, secret_key) = s3_keys(&a)?;
     let kms = build_kms(&a)?;
+    let blob_cfg = blob_store(&a)?;
     if let (Some(k), Some(url)) = (&kms, &a.kms_url) {
         probe_kms(k, url).await?;
     }
@@ -281,7 +362,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         virtual_host_domains: a.domain.clone(),
     };
-    let state = crate::server::open_state(cfg, kms).await?;
+    let state = crate::server::open_state_with(cfg, kms, blob_cfg.as_ref()).await?;
     if a.rewrap_interval_secs > 0 && state.keys.has_kms() {
         tokio::spawn(crate::rewrap::background(
             std::sync::Arc::downgrade(&state),

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The data dir's file system is full (ENOSPC, SQLITE_FULL): retry once space is freed.
     #[error("disk full: {0}")]
     DiskFull(String),
+    /// The S3 blob backend failed or timed out; nothing was committed or sent.
+    #[error("blob store unavailable: {0}")]
+    BlobStoreUnavailable(String),
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
     #[error("invalid argument: {0}")]
@@ -250,6 +253,14 @@ impl ApiError {
                     "The storage node is out of disk space. Please retry later.",
                 )
             },
+            ApiError::BlobStoreUnavailable(_) => Wire {
+                retry_after: Some("1"),
+                ..w(
+                    503,
+                    "ServiceUnavailable",
+                    "The blob store is unavailable. Please retry.",
+                )
+            },
             ApiError::InvalidRequest(m) => w(400, "InvalidRequest", *m),
             ApiError::InvalidArgument(m) => w(400, "InvalidArgument", m.clone()),
             ApiError::BadDigest => w(
@@ -359,6 +370,9 @@ impl ApiError {
             }
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
             ApiError::DiskFull(cause) => tracing::warn!(%cause, "write refused: disk full"),
+            ApiError::BlobStoreUnavailable(cause) => {
+                tracing::warn!(%cause, "blob store unavailable")
+            }
             ApiError::Form(f) => {
                 if let FormError::Write(e) = &**f {
                     e.log();
@@ -572,6 +586,7 @@ impl From<BlobError> for ApiError {
             BlobError::Io(e) if disk::io_is_full(&e) => ApiError::DiskFull(format!("blob: {e}")),
             BlobError::Io(e) => ApiError::Internal(format!("blob: {e}")),
             BlobError::Format(e) => ApiError::Internal(format!("blob format: {e}")),
+            BlobError::Backend(e) => ApiError::BlobStoreUnavailable(e),
         }
     }
 }
@@ -755,9 +770,10 @@ mod tests {
             ApiError::Form(_) => 33,
             ApiError::Db(_) => 34,
             ApiError::Internal(_) => 35,
+            ApiError::BlobStoreUnavailable(_) => 37,
         }
     }
-    const VARIANTS: usize = 37;
+    const VARIANTS: usize = 38;
 
     fn form(f: FormError) -> ApiError {
         ApiError::from(f)
@@ -843,6 +859,12 @@ mod tests {
                 503,
                 "ServiceUnavailable",
                 Some("10"),
+            ),
+            (
+                ApiError::BlobStoreUnavailable("timeout".into()),
+                503,
+                "ServiceUnavailable",
+                Some("1"),
             ),
             (ApiError::InvalidRequest("x"), 400, "InvalidRequest", None),
             (

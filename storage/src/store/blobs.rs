@@ -1,7 +1,9 @@
-//! The only module that touches object files. A blob is one part's bytes (ciphertext when a
-//! `PartCipher` is given): written to `tmp/`, fsynced, renamed into `blobs/`, and the directory
-//! fsynced, before the caller commits the metadata row that references it. Reads stream a
-//! plaintext range, decrypting only the segments that cover it.
+//! The blob store: the only module that touches object files. A blob is one part's bytes
+//! (ciphertext when a `PartCipher` is given) under a random name. It is sealed into `tmp/`, then
+//! made durable in the backend before the caller commits the metadata row that references it:
+//! locally (the default) fsynced, renamed into `blobs/` and the directory fsynced; on an S3
+//! backend ([`super::blobs_s3`]) uploaded. Reads stream a plaintext range, decrypting (and, on
+//! S3, fetching) only the segments that cover it.
 //!
 //! Secret: none stored; the `PartCipher` passed in holds the part key and is dropped (zeroized)
 //! with the writer/reader. Atomic: a blob file either exists complete under `blobs/` or not at all.
@@ -14,9 +16,10 @@ use md5::{Digest, Md5};
 use std::io::{Seek, Write};
 use tokio::io::AsyncReadExt;
 
+use super::blobs_s3::{self, S3BlobConfig, S3Blobs, S3ConfigError};
 use super::disk::DiskHealth;
 use crate::crypto::format::{
-    self, BATCH_BYTES, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SegmentReader,
+    self, BATCH_BYTES, BATCH_SEGMENTS, Batch, HEADER_LEN, PartCipher, SEGMENT_SIZE, SegmentReader,
 };
 
 /// A request body stream's error, as it came.
@@ -39,6 +42,9 @@ pub enum BlobError {
     DigestMismatch,
     #[error("body length {got} does not match Content-Length {want}")]
     LengthMismatch { got: u64, want: u64 },
+    /// The S3 blob backend failed or timed out (answered 503 + Retry-After).
+    #[error("blob store: {0}")]
+    Backend(String),
 }
 
 /// A blob that is durable under `blobs/`.
@@ -49,11 +55,12 @@ pub struct WrittenBlob {
     pub md5: Option<[u8; 16]>,
 }
 
-/// Blob files under a data dir.
+/// Blobs of a node: staged under the data dir's `tmp/`, kept in `blobs/` or on S3.
 pub struct BlobStore {
     tmp: PathBuf,
     blobs: PathBuf,
     disk: DiskHealth,
+    s3: Option<S3Blobs>,
 }
 
 /// Removes a temporary file unless disarmed.
@@ -79,7 +86,19 @@ impl BlobStore {
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(&blobs)?;
         let disk = DiskHealth::new(&tmp);
-        Ok(Self { tmp, blobs, disk })
+        Ok(Self {
+            tmp,
+            blobs,
+            disk,
+            s3: None,
+        })
+    }
+
+    /// Blobs on an S3 backend (`tmp/` under the data dir still stages writes and reads).
+    pub fn open_s3(data_dir: &Path, cfg: &S3BlobConfig) -> Result<Self, S3ConfigError> {
+        let mut s = Self::open(data_dir).map_err(|e| S3ConfigError::Url(e.to_string()))?;
+        s.s3 = Some(S3Blobs::new(cfg)?);
+        Ok(s)
     }
 
     /// Whether the data dir's file system is marked full.
@@ -190,6 +209,18 @@ impl BlobStore {
             return Err(BlobError::DigestMismatch);
         }
         let file = sink.file;
+        if let Some(s3) = &self.s3 {
+            // The upload is the durable step; `guard` removes the staged file either way.
+            drop(file);
+            let staged = std::fs::File::open(&tmp_path)?;
+            let len = staged.metadata()?.len();
+            s3.upload(&name, staged, len).await?;
+            return Ok(WrittenBlob {
+                file: name,
+                size,
+                md5: digest,
+            });
+        }
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(std::io::Error::other)??;
@@ -209,6 +240,9 @@ impl BlobStore {
 
     /// The header of an encrypted blob (to build its `PartCipher`).
     pub async fn read_header(&self, file: &str) -> Result<[u8; HEADER_LEN], BlobError> {
+        if let Some(s3) = &self.s3 {
+            return s3.header(file).await;
+        }
         let mut f = tokio::fs::File::open(self.path(file)).await?;
         let mut h = [0u8; HEADER_LEN];
         f.read_exact(&mut h).await?;
@@ -228,25 +262,43 @@ impl BlobStore {
         range: Option<(u64, u64)>,
         cipher: Option<PartCipher>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, BlobError> {
-        let (offset, source) = match cipher {
+        // The blob bytes the read needs: `offset..end` (`end` may lie past the blob's end).
+        let (offset, end, source) = match cipher {
             Some(c) => {
                 let plan = match range {
                     Some((s, e)) => format::plan_range(plain_len, s, e),
                     None => format::plan_full(plain_len),
                 };
+                let covered = (plan.last_segment + 1).saturating_mul(SEGMENT_SIZE as u64);
+                let end = format::encrypted_len(covered).min(format::encrypted_len(plain_len));
                 let reader = SegmentReader::new(c, plain_len, &plan);
-                (plan.file_offset, Source::Sealed(Box::new(reader)))
+                (plan.file_offset, end, Source::Sealed(Box::new(reader)))
             }
             None => match range {
-                Some((s, e)) => (s, Source::Plain((e + 1).saturating_sub(s))),
-                None => (0, Source::Plain(plain_len)),
+                Some((s, e)) => (s, e + 1, Source::Plain((e + 1).saturating_sub(s))),
+                None => (0, plain_len, Source::Plain(plain_len)),
             },
         };
-        let mut f = tokio::fs::File::open(self.path(file))
-            .await?
-            .into_std()
-            .await;
-        f.seek(std::io::SeekFrom::Start(offset))?;
+        let f = match &self.s3 {
+            Some(s3) => {
+                let scratch = blobs_s3::scratch_file(&self.tmp)?;
+                let mut f = if end > offset {
+                    s3.fetch(file, offset..end, scratch).await?
+                } else {
+                    scratch
+                };
+                f.seek(std::io::SeekFrom::Start(0))?;
+                f
+            }
+            None => {
+                let mut f = tokio::fs::File::open(self.path(file))
+                    .await?
+                    .into_std()
+                    .await;
+                f.seek(std::io::SeekFrom::Start(offset))?;
+                f
+            }
+        };
         let cursor = Cursor { file: f, source };
         Ok(futures::stream::try_unfold(
             ReadStage::Start(Box::new(cursor)),
@@ -254,8 +306,26 @@ impl BlobStore {
         ))
     }
 
-    /// Delete a blob file (after its metadata row is gone). Missing files are fine.
+    /// Names of every blob in the backend (for the start-up sweep).
+    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+        if let Some(s3) = &self.s3 {
+            return s3.list().await;
+        }
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&self.blobs)?.flatten() {
+            names.push(e.file_name().to_string_lossy().to_string());
+        }
+        Ok(names)
+    }
+
+    /// Delete a blob (after its metadata row is gone). Missing blobs are fine.
     pub async fn remove(&self, file: &str) {
+        if let Some(s3) = &self.s3 {
+            if let Err(e) = s3.delete(file).await {
+                tracing::warn!(file, error = %e, "removing blob failed");
+            }
+            return;
+        }
         if let Err(e) = tokio::fs::remove_file(self.path(file)).await
             && e.kind() != std::io::ErrorKind::NotFound
         {

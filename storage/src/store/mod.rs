@@ -8,6 +8,7 @@
 //! `docs/storage.md` ("Durability").
 
 pub mod blobs;
+pub mod blobs_s3;
 pub mod bucket_keys;
 pub mod conditions;
 pub mod disk;

@@ -1,6 +1,7 @@
 //! Start-up sweep: abort versions left `writing` by a crash (except live multipart uploads) and
 //! forget aborted ones, then remove temporary files (interrupted writes) and blob files that no
-//! committed row references (written but never published, or retired before a crash). Runs
+//! committed row references (written but never published, or retired before a crash), listing
+//! the blob store (the local `blobs/` dir or the S3 backend's prefix) against the database. Runs
 //! before the node accepts requests, so nothing is in flight. Secret: none.
 
 use std::collections::HashSet;
@@ -30,13 +31,14 @@ pub async fn sweep(meta: &Meta, blobs: &BlobStore) -> Result<SweepReport, DbErro
         }
     }
     let live: HashSet<String> = meta.all_blob_files().await?.into_iter().collect();
-    if let Ok(entries) = std::fs::read_dir(blobs.blobs_dir()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !live.contains(&name) && std::fs::remove_file(e.path()).is_ok() {
+    match blobs.list().await {
+        Ok(names) => {
+            for name in names.into_iter().filter(|n| !live.contains(n)) {
+                blobs.remove(&name).await;
                 report.orphans_removed += 1;
             }
         }
+        Err(e) => tracing::warn!(error = %e, "listing blobs failed: orphan sweep skipped"),
     }
     Ok(report)
 }
