@@ -96,7 +96,7 @@ impl BlobStore {
 
     /// Blobs on an S3 backend (`tmp/` under the data dir still stages writes and reads).
     pub fn open_s3(data_dir: &Path, cfg: &S3BlobConfig) -> Result<Self, S3ConfigError> {
-        let mut s = Self::open(data_dir).map_err(|e| S3ConfigError::Url(e.to_string()))?;
+        let mut s = Self::open(data_dir)?;
         s.s3 = Some(S3Blobs::new(cfg)?);
         Ok(s)
     }

@@ -59,6 +59,8 @@ pub enum S3ConfigError {
     Url(String),
     #[error("blob store client: {0}")]
     Client(#[from] object_store::Error),
+    #[error("data dir: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The S3 backend.
