@@ -157,7 +157,30 @@ pub fn options(db_file: &Path, create: bool) -> Result<SqliteConnectOptions, sql
         .journal_mode(SqliteJournalMode::Delete)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true))
+        .foreign_keys(true)
+        // Deleted key material (destroyed KMS keys, retired root keys) is overwritten, not
+        // left in free space; see [`truncate_wal`] for the WAL's old frames.
+        .pragma("secure_delete", "ON"))
+}
+
+impl StateChange {
+    /// Whether applying it deletes key material (the writer then calls [`truncate_wal`]).
+    pub fn erases_material(&self) -> bool {
+        matches!(
+            self,
+            StateChange::RetireRootKey { .. }
+                | StateChange::KmsKey(crate::kmskeys::store::Change::Destroy { .. })
+        )
+    }
+}
+
+/// Checkpoint the WAL into the database file and truncate it, so that the old frames holding
+/// deleted key material are gone too. Ok(false) when a reader kept it from completing.
+pub async fn truncate_wal(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(conn)
+        .await?;
+    Ok(busy == 0)
 }
 
 /// Run the migrations on a connection.

@@ -799,3 +799,46 @@ async fn root_rotation_reseals_material_and_allows_retire() {
     let recs = a.audit("op=kmskey.reseal").await;
     assert!(!recs.is_empty());
 }
+
+/// Count of `needle` in the KMS database files (main file and WAL) of `a`.
+fn db_occurrences(a: &App, needle: &[u8]) -> usize {
+    let data = a._tmp.path().join("data");
+    ["kms.db", "kms.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(data.join(f)).ok())
+        .map(|b| b.windows(needle.len()).filter(|w| *w == needle).count())
+        .sum()
+}
+
+/// Review of issue 13: a destroyed key's sealed material must be gone from the database files
+/// (not only from the table): SQLite keeps deleted cells in free space and old WAL frames.
+#[tokio::test]
+async fn destroyed_material_is_erased_from_the_database_files() {
+    let a = app().await;
+    let key = a.create_key(Some("alias/erase")).await;
+    let (_, sealed) = coffer_kms::kmskeys::store::version(&a.st.pool, &key, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        db_occurrences(&a, &sealed) > 0,
+        "material is on disk before"
+    );
+    let (s, _) = a
+        .action(
+            &key,
+            "schedule-deletion",
+            Some(json!({"pending_window_days": 7})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    a.advance_days(7);
+    a.st.clock.advance(1000);
+    assert_eq!(run_due(&a.st).await.unwrap(), (1, 0));
+    assert_eq!(a.describe(&key).await["state"], "Destroyed");
+    assert_eq!(
+        db_occurrences(&a, &sealed),
+        0,
+        "destroyed material left on disk"
+    );
+}

@@ -192,6 +192,21 @@ async fn run(
                     "audit group committed"
                 );
                 healthy.store(true, Ordering::Relaxed);
+                let erased = batch
+                    .iter()
+                    .zip(&outcomes)
+                    .any(|(j, o)| o.is_ok() && j.change.erases_material());
+                if erased {
+                    match store::truncate_wal(&mut conn).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            "WAL not truncated after erasing key material (a reader was busy); old frames stay until the WAL is reused"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL not truncated after erasing key material")
+                        }
+                    }
+                }
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }
