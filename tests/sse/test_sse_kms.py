@@ -65,6 +65,7 @@ BAD_CONTEXTS = [
     ("nested", b64json({"a": {"b": "c"}})),
     ("null-value", b64json({"a": None})),
     ("not-utf8", base64.b64encode(b"\xff\xfe{}").decode()),
+    ("empty-key", b64json({"": "x"})),
 ]
 
 

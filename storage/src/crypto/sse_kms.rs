@@ -93,7 +93,8 @@ pub fn parse_context_header(v: &str) -> Result<EncryptionContext, BadContext> {
         serde_json::from_str(text).map_err(|_| BadContext)?;
     map.into_iter()
         .map(|(k, v)| match v {
-            serde_json::Value::String(s) => Ok((k, s)),
+            // An empty key is refused here (the KMS refuses it too, which would be a 500).
+            serde_json::Value::String(s) if !k.is_empty() => Ok((k, s)),
             _ => Err(BadContext),
         })
         .collect()
@@ -302,6 +303,7 @@ mod tests {
             b64(r#"{"a":1}"#),
             b64(r#"{"a":{"b":"c"}}"#),
             b64(r#"{"a":null}"#),
+            b64(r#"{"":"x"}"#),
             b64(r#""s""#),
             STANDARD.encode([0xff, 0xfe]),
             "A".repeat(MAX_CONTEXT_HEADER + 4),
