@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import string
 
 import pytest
 import requests
@@ -79,6 +80,25 @@ def test_a_context_that_is_not_base64_json_of_a_string_map_is_invalid_argument(l
                      ServerSideEncryption="aws:kms", message=MSG_BAD_CONTEXT)
     expect_error(404, None, lax_s3.head_object, Bucket=b, Key="o")
     assert lax_s3.list_multipart_uploads(Bucket=b).get("Uploads", []) == []
+
+
+def test_largest_context_with_a_long_object_name_is_accepted(lax_s3):
+    """The largest context header the node accepts, on an object with a 1,000-byte name (whose
+    ARN joins the context), must reach the KMS within its bound: 200, reads back (was 500: the
+    KMS refused the merged context)."""
+    b = create_bucket(lax_s3)
+    alphabet = string.ascii_letters + string.digits
+    names = (a + c for a in alphabet for c in alphabet)
+    ctx, header = {}, ""
+    for name in names:
+        nxt = base64.b64encode(json.dumps({**ctx, name: ""}, separators=(",", ":")).encode())
+        if len(nxt) > 8192:
+            break
+        ctx[name], header = "", nxt.decode()
+    key = "n" * 1000
+    with raw_headers(lax_s3, {CONTEXT_HDR: header}):
+        lax_s3.put_object(Bucket=b, Key=key, Body=b"long context", ServerSideEncryption="aws:kms")
+    assert lax_s3.get_object(Bucket=b, Key=key)["Body"].read() == b"long context"
 
 
 def test_kms_headers_without_aws_kms_are_invalid_argument(lax_s3):

@@ -40,8 +40,11 @@ use crate::kmskeys::store::{Change, NewVersion};
 use crate::kmskeys::{self as keys, DEFAULT_S3_ALIAS, Resolved};
 use crate::store::StateChange;
 
-/// Largest canonical encryption context accepted, in bytes.
-pub const MAX_CONTEXT: usize = 8192;
+/// Largest canonical encryption context accepted, in bytes. Above anything a storage node can
+/// send: its 8,192-character context header decodes to at most 6,144 bytes of JSON, whose
+/// canonical form is at most 9/7 of that (`"a":"",` → 9 bytes), plus the `aws:s3:arn` pair of a
+/// 1,024-byte object name (about 1.1 KiB), so about 9 KiB in the worst case.
+pub const MAX_CONTEXT: usize = 16 * 1024;
 
 /// The service and admin routes of named keys.
 pub fn routes() -> Router<Arc<KmsState>> {
