@@ -67,18 +67,10 @@ async fn record(st: &KmsState, ctx: &Ctx, ev: AuditEvent) -> Result<(), Failure>
         .map_err(|e| ctx.fail(e.into()))
 }
 
+use crate::kmskeys::rfc3339_ms;
+
 fn internal(ctx: &Ctx, e: impl std::fmt::Display) -> Failure {
     ctx.fail(ApiError::Internal(e.to_string()))
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 pub(super) fn valid_name(n: &str) -> bool {

@@ -19,6 +19,18 @@ pub struct WrappedRow {
     pub version: u32,
 }
 
+/// A [`WrappedRow`] from a row with columns `name, id, bk_generation, wrapped_key,
+/// wrapped_key_version` (both page queries select these names).
+fn wrapped_row(r: &sqlx::sqlite::SqliteRow) -> Result<WrappedRow, DbError> {
+    Ok(WrappedRow {
+        name: r.try_get("name")?,
+        id: r.try_get("id")?,
+        generation: r.try_get::<i64, _>("bk_generation")? as u32,
+        wrapped: r.try_get("wrapped_key")?,
+        version: r.try_get::<i64, _>("wrapped_key_version")? as u32,
+    })
+}
+
 impl Meta {
     /// Up to `limit` bucket rows with a wrapped key, by name, after `after` (exclusive).
     pub async fn wrapped_bucket_keys(
@@ -32,15 +44,7 @@ impl Meta {
             .fetch_all(self.reader())
             .await?
             .iter()
-            .map(|r| {
-                Ok(WrappedRow {
-                    name: r.try_get("name")?,
-                    id: r.try_get("id")?,
-                    generation: r.try_get::<i64, _>("bk_generation")? as u32,
-                    wrapped: r.try_get("wrapped_key")?,
-                    version: r.try_get::<i64, _>("wrapped_key_version")? as u32,
-                })
-            })
+            .map(wrapped_row)
             .collect()
     }
 
@@ -50,7 +54,7 @@ impl Meta {
         after: (&str, u32),
         limit: i64,
     ) -> Result<Vec<WrappedRow>, DbError> {
-        sqlx::query("SELECT g.bucket_id, g.generation, g.wrapped_key, g.wrapped_key_version, b.name FROM bucket_key_generations g JOIN buckets b ON b.id = g.bucket_id WHERE g.bucket_id > ? OR (g.bucket_id = ? AND g.generation > ?) ORDER BY g.bucket_id, g.generation LIMIT ?")
+        sqlx::query("SELECT g.bucket_id AS id, g.generation AS bk_generation, g.wrapped_key, g.wrapped_key_version, b.name FROM bucket_key_generations g JOIN buckets b ON b.id = g.bucket_id WHERE g.bucket_id > ? OR (g.bucket_id = ? AND g.generation > ?) ORDER BY g.bucket_id, g.generation LIMIT ?")
             .bind(after.0)
             .bind(after.0)
             .bind(i64::from(after.1))
@@ -58,15 +62,7 @@ impl Meta {
             .fetch_all(self.reader())
             .await?
             .iter()
-            .map(|r| {
-                Ok(WrappedRow {
-                    name: r.try_get("name")?,
-                    id: r.try_get("bucket_id")?,
-                    generation: r.try_get::<i64, _>("generation")? as u32,
-                    wrapped: r.try_get("wrapped_key")?,
-                    version: r.try_get::<i64, _>("wrapped_key_version")? as u32,
-                })
-            })
+            .map(wrapped_row)
             .collect()
     }
 
