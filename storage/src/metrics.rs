@@ -62,6 +62,11 @@ struct Operation {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Replica {
+    url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RootVersion {
     root_version: u32,
 }
@@ -202,6 +207,22 @@ impl NodeMetrics {
             "KMS calls by encryption mode (sse-s3, sse-kms, sse-kms-bucket-key) and operation (generate, decrypt).",
             by_mode,
         );
+        if let Some(kms) = keys.kms() {
+            cache.register(
+                "coffer_kms_failovers",
+                "KMS calls sent again to another replica after a connect error, timeout, 5xx or 429.",
+                ConstCounter::new(kms.failovers()),
+            );
+            let up = Family::<Replica, prometheus_client::metrics::gauge::Gauge>::default();
+            for (url, healthy) in kms.replica_health() {
+                up.get_or_create(&Replica { url }).set(i64::from(healthy));
+            }
+            cache.register(
+                "coffer_kms_replica_up",
+                "1 when the KMS replica answered its last health check or call, else 0.",
+                up,
+            );
+        }
         cache.register(
             "coffer_key_cache_entries",
             "Bucket keys cached now.",

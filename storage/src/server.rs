@@ -100,6 +100,34 @@ pub async fn open_state_with(
     kms: Option<KmsClient>,
     blob_store: Option<&crate::store::blobs_s3::S3BlobConfig>,
 ) -> Result<Arc<NodeState>, StartError> {
+    open_state_swept(cfg, kms, blob_store, SweepSettings::default()).await
+}
+
+/// How the node sweeps orphan blobs (see `store::recovery`).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    /// Unreferenced blobs on a shared store younger than this are kept.
+    pub orphan_grace: Duration,
+    /// Period of the sweep while serving; `None`: only at start-up.
+    pub orphan_sweep_every: Option<Duration>,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self {
+            orphan_grace: crate::store::recovery::DEFAULT_GRACE,
+            orphan_sweep_every: None,
+        }
+    }
+}
+
+/// [`open_state_with`] with the orphan sweep's settings.
+pub async fn open_state_swept(
+    cfg: NodeConfig,
+    kms: Option<KmsClient>,
+    blob_store: Option<&crate::store::blobs_s3::S3BlobConfig>,
+    sweep: SweepSettings,
+) -> Result<Arc<NodeState>, StartError> {
     if let Some(Err(e)) = virtual_hosts(&cfg.virtual_host_domains) {
         return Err(e);
     }
@@ -112,12 +140,13 @@ pub async fn open_state_with(
         Some(s3) => BlobStore::open_s3(&cfg.data_dir, s3)?,
         None => BlobStore::open(&cfg.data_dir)?,
     };
-    let report = crate::store::recovery::sweep(&meta, &blobs).await?;
+    let report = crate::store::recovery::sweep_at_start(&meta, &blobs, sweep.orphan_grace).await?;
     if report.tmp_removed + report.orphans_removed > 0 || report.versions_forgotten > 0 {
         tracing::info!(
             interrupted_versions = report.versions_aborted,
             tmp = report.tmp_removed,
             orphans = report.orphans_removed,
+            kept_young = report.orphans_kept_young,
             "start-up sweep removed unreferenced files"
         );
     }
@@ -146,6 +175,9 @@ pub async fn open_state_with(
         metrics: crate::metrics::NodeMetrics::new(),
     });
     spawn_pruner(Arc::downgrade(&state));
+    if let Some(every) = sweep.orphan_sweep_every {
+        crate::store::recovery::periodic(Arc::downgrade(&state), every, sweep.orphan_grace);
+    }
     Ok(state)
 }
 
@@ -189,13 +221,19 @@ fn metrics(state: &NodeState, headers: &http::HeaderMap) -> axum::response::Resp
         .into_response()
 }
 
-/// Ready when the metadata database answers, the data dir's disk is not full (see
-/// `store::disk`) and, with a KMS configured, the KMS child has not
-/// been lost and the KMS answers its health check.
+/// Longest wait of `/ready` for the S3 blob backend.
+const READY_BLOB_STORE_BOUND: Duration = Duration::from_secs(2);
+
+/// Ready when the metadata database answers, the S3 blob backend (when configured) answers
+/// within [`READY_BLOB_STORE_BOUND`], the data dir's disk is not full (see `store::disk`) and,
+/// with a KMS configured, the KMS child has not been lost and a KMS replica is healthy.
 async fn ready(state: &NodeState) -> axum::response::Response {
     let problem = if let Err(e) = state.meta.ping().await {
         tracing::warn!(error = %e, "readiness: metadata database");
         Some("metadata database unavailable")
+    } else if let Err(e) = state.blobs.check(READY_BLOB_STORE_BOUND).await {
+        tracing::warn!(error = %e, "readiness: blob store");
+        Some("blob store unavailable")
     } else if state.blobs.disk().still_full().await {
         Some(
             "disk full: the data dir's file system has no room; writes answer 503 until space is freed",

@@ -56,7 +56,9 @@ pub struct ServeArgs {
     /// Largest request body (object or part) in bytes; AWS's limit is 5 GiB.
     #[arg(long, env = "COFFER_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024 * 1024)]
     pub max_body_bytes: u64,
-    /// KMS base URL (https://...). Without it, SSE-S3 answers 501.
+    /// KMS base URL (https://...), or several replicas' URLs separated by commas (health
+    /// checked; a failed call is retried once on the next replica). Without it, SSE-S3 answers
+    /// 501.
     #[arg(long, env = "COFFER_KMS_URL")]
     pub kms_url: Option<String>,
     /// Service credential file from `coffer-kms admin client create` (mode 0600).
@@ -155,6 +157,19 @@ pub struct ServeArgs {
     /// Allow an http:// blob store endpoint (tests and loopback only).
     #[arg(long, env = "COFFER_BLOB_STORE_ALLOW_HTTP")]
     pub blob_store_allow_http: bool,
+    /// Seconds an unreferenced blob on the S3 blob store must be old before an orphan sweep
+    /// removes it (it may be another node's write in flight); also the age of stale `tmp/`
+    /// files for the periodic sweep.
+    #[arg(long, env = "COFFER_ORPHAN_GRACE_SECS", default_value_t = 3600)]
+    pub orphan_grace_secs: u64,
+    /// Seconds between two orphan sweeps while serving (blobs no row references, older than
+    /// `orphan_grace_secs`); 0: only the start-up sweep.
+    #[arg(
+        long,
+        env = "COFFER_ORPHAN_SWEEP_INTERVAL_SECS",
+        default_value_t = 3600
+    )]
+    pub orphan_sweep_interval_secs: u64,
     /// Bound in milliseconds of one blob store request (with its retries).
     #[arg(long, env = "COFFER_BLOB_STORE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -278,39 +293,49 @@ pub fn kms_client_with_identity(
     })?)
 }
 
-/// Check that the KMS presents a certificate we trust. A KMS that cannot be reached is only a
-/// warning (the node answers 503 until it is back); one we cannot trust stops the start.
-pub async fn probe_kms(kms: &KmsClient, url: &str) -> Result<()> {
-    match kms.probe().await {
-        Ok(()) => {
-            tracing::info!(url, "KMS reachable and trusted");
-            Ok(())
-        }
-        Err(ProbeError::Untrusted(why)) => {
-            bail!("the KMS at {url} failed TLS verification ({why}); refusing to start")
-        }
-        Err(ProbeError::Unreachable(why)) => {
-            tracing::warn!(
-                url,
-                why,
-                "KMS not reachable at start-up: SSE-S3 requests answer 503 until it is"
-            );
-            Ok(())
+/// Check that every KMS replica presents a certificate we trust. A replica that cannot be
+/// reached is only a warning (calls go to the others; with none, the node answers 503 until one
+/// is back); one we cannot trust stops the start.
+pub async fn probe_kms(kms: &KmsClient) -> Result<()> {
+    let mut reachable = 0usize;
+    for (url, r) in kms.probe_each().await {
+        match r {
+            Ok(()) => {
+                reachable += 1;
+                tracing::info!(url, "KMS reachable and trusted");
+            }
+            Err(ProbeError::Untrusted(why)) => {
+                bail!("the KMS at {url} failed TLS verification ({why}); refusing to start")
+            }
+            Err(ProbeError::Unreachable(why)) => {
+                tracing::warn!(url, why, "KMS replica not reachable at start-up");
+            }
         }
     }
+    if reachable == 0 {
+        tracing::warn!("no KMS reachable at start-up: SSE-S3 requests answer 503 until one is");
+    }
+    Ok(())
 }
 
 pub(super) fn build_kms(a: &ServeArgs) -> Result<Option<KmsClient>> {
     match (&a.kms_url, &a.kms_credential) {
-        (Some(url), Some(cred)) => {
-            if url.starts_with("http://") && !a.kms_insecure_http {
-                bail!(
-                    "KMS URL {url} is plain http: bucket keys would cross the network in clear. Use https with kms_ca, or set kms_insecure_http for a loopback benchmark"
-                );
+        (Some(list), Some(cred)) => {
+            let urls = crate::crypto::kms_client::split_urls(list);
+            if urls.is_empty() {
+                bail!("kms_url is empty");
             }
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                bail!("KMS URL {url} must start with https://");
+            for url in &urls {
+                if url.starts_with("http://") && !a.kms_insecure_http {
+                    bail!(
+                        "KMS URL {url} is plain http: bucket keys would cross the network in clear. Use https with kms_ca, or set kms_insecure_http for a loopback benchmark"
+                    );
+                }
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    bail!("KMS URL {url} must start with https://");
+                }
             }
+            let url = list;
             Ok(Some(kms_client_with_identity(
                 url,
                 cred,
@@ -332,8 +357,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let (access_key, secret_key) = s3_keys(&a)?;
     let kms = build_kms(&a)?;
     let blob_cfg = blob_store(&a)?;
-    if let (Some(k), Some(url)) = (&kms, &a.kms_url) {
-        probe_kms(k, url).await?;
+    if let Some(k) = &kms {
+        probe_kms(k).await?;
     }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(coffer_common::tls::load_server_config(c, k, None)?),
@@ -362,7 +387,12 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         virtual_host_domains: a.domain.clone(),
     };
-    let state = crate::server::open_state_with(cfg, kms, blob_cfg.as_ref()).await?;
+    let sweep = crate::server::SweepSettings {
+        orphan_grace: Duration::from_secs(a.orphan_grace_secs),
+        orphan_sweep_every: (a.orphan_sweep_interval_secs > 0)
+            .then(|| Duration::from_secs(a.orphan_sweep_interval_secs)),
+    };
+    let state = crate::server::open_state_swept(cfg, kms, blob_cfg.as_ref(), sweep).await?;
     if a.rewrap_interval_secs > 0 && state.keys.has_kms() {
         tokio::spawn(crate::rewrap::background(
             std::sync::Arc::downgrade(&state),

@@ -182,9 +182,14 @@ impl BucketKeys {
             return false;
         }
         match &self.kms {
-            Some(k) => k.probe().await.is_ok(),
+            Some(k) => k.usable().await,
             None => true,
         }
+    }
+
+    /// The KMS client, if one is configured (for its replica figures in `/metrics`).
+    pub fn kms(&self) -> Option<&KmsClient> {
+        self.kms.as_ref()
     }
 
     /// True when a KMS is configured.

@@ -6,10 +6,23 @@
 //! has a timeout; failures are classified so the S3 edge can answer 503 (unreachable, slow,
 //! 5xx or throttled) or 500 (refused, malformed) and never falls back to plaintext.
 //!
+//! Replicas: the URL setting may list several KMS base URLs (comma-separated), replicas of one
+//! KMS (same root keys, e.g. `coffer-kms serve` replicas on one PostgreSQL). A background task
+//! asks each one's `/ready` every [`HEALTH_INTERVAL`]; a call goes to the replica that answered
+//! last (while it is healthy), else to the next healthy one in list order, and a call that fails
+//! with a connect error, a timeout, a 5xx or a 429 is sent once more to the next healthy replica
+//! (every call is safe to repeat from the node's view: generate, unwrap, decrypt and describe
+//! change nothing the node relies on), marking the failed replica down until its `/ready`
+//! answers again. A replica lost under load thus costs at most the calls in flight to it (they
+//! are retried), each call at most two timeouts. Failovers are counted (`coffer_kms_failovers`)
+//! and logged with both URLs.
+//!
 //! What the KMS answers is bounded before it is believed: at most [`MAX_RESPONSE_BYTES`] are read
 //! (a larger or endless body is `Malformed`, not buffered), and a generated wrapped key must be
 //! exactly [`WRAPPED_KEY_LEN`] bytes before the node stores it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -27,6 +40,10 @@ use coffer_common::secret::SecretKey32;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Length of a wrapped bucket key: AES-KW (RFC 3394) of a 32-byte key.
 pub const WRAPPED_KEY_LEN: usize = 40;
+/// How often each replica's `/ready` is asked (with two or more replicas).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for one health check (bounded further by the call timeout).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a KMS call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +88,8 @@ pub enum ProbeError {
 
 /// Settings for the KMS client.
 pub struct KmsClientConfig {
-    /// Base URL, e.g. `https://127.0.0.1:7443`.
+    /// Base URL, e.g. `https://127.0.0.1:7443`, or several replicas' base URLs separated by
+    /// commas (tried in that order; see the module doc).
     pub url: String,
     /// Service credential (audience `coffer-kms-service`).
     pub credential: Credential,
@@ -109,11 +127,111 @@ pub struct NamedKeyInfo {
     pub state: coffer_common::kms_api::KmsKeyState,
 }
 
-/// HTTP client of the KMS service API.
+/// HTTP client of the KMS service API, over one or more replicas.
 pub struct KmsClient {
     http: reqwest::Client,
-    base: String,
+    shared: Arc<Replicas>,
     credential: Credential,
+    /// The health checker (two or more replicas), stopped with the client.
+    checker: Option<tokio::task::AbortHandle>,
+}
+
+/// One KMS replica and what the node knows of it.
+struct Replica {
+    base: String,
+    /// False from a failed call or health check until a check or call succeeds.
+    healthy: AtomicBool,
+}
+
+/// The replicas, shared with the health checker.
+struct Replicas {
+    list: Vec<Replica>,
+    /// The replica that answered last.
+    preferred: AtomicUsize,
+    /// Calls sent again to another replica after a retryable failure.
+    failovers: AtomicU64,
+    /// True once the health checker found a replica ready or finished its first round.
+    checked: tokio::sync::watch::Sender<bool>,
+    probe_timeout: Duration,
+}
+
+impl Replicas {
+    /// The replica for a call, and the one to retry it on: the preferred one when healthy, else
+    /// the next healthy one in list order (the preferred one when none is); the retry goes to
+    /// the next healthy one after it (else simply the next one).
+    fn pick(&self) -> (usize, Option<usize>) {
+        let n = self.list.len();
+        let p = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let healthy = |i: usize| {
+            self.list
+                .get(i)
+                .is_some_and(|r| r.healthy.load(Ordering::Relaxed))
+        };
+        let first = (0..n)
+            .map(|k| (p + k) % n)
+            .find(|&i| healthy(i))
+            .unwrap_or(p);
+        let second = (1..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| healthy(i))
+            .or_else(|| (n > 1).then(|| (first + 1) % n));
+        (first, second)
+    }
+
+    fn base(&self, i: usize) -> &str {
+        self.list.get(i).map_or("", |r| r.base.as_str())
+    }
+
+    fn set_health(&self, i: usize, up: bool, why: &str) {
+        if let Some(r) = self.list.get(i) {
+            let was = r.healthy.swap(up, Ordering::Relaxed);
+            if was != up && self.list.len() > 1 {
+                if up {
+                    tracing::info!(url = %r.base, "KMS replica healthy again");
+                } else {
+                    tracing::warn!(url = %r.base, why, "KMS replica marked down");
+                }
+            }
+        }
+    }
+
+    /// Ask every replica's `/ready` once, at the same time; set their health.
+    async fn check_all(&self, http: &reqwest::Client) {
+        let checks = self.list.iter().enumerate().map(|(i, r)| async move {
+            let url = format!("{}{}", r.base, coffer_common::kms_api::PATH_READY);
+            let res = http.get(url).timeout(self.probe_timeout).send().await;
+            match res {
+                Ok(resp) if resp.status().is_success() => {
+                    self.set_health(i, true, "");
+                    // A call waiting for the first round may go now.
+                    self.checked.send_replace(true);
+                }
+                Ok(resp) => self.set_health(i, false, &format!("ready answered {}", resp.status())),
+                Err(e) => self.set_health(i, false, &classify(&e)),
+            }
+        });
+        futures::future::join_all(checks).await;
+    }
+}
+
+/// Health checks every [`HEALTH_INTERVAL`] until the client is dropped.
+async fn health_loop(shared: std::sync::Weak<Replicas>, http: reqwest::Client) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(r) = shared.upgrade() else { break };
+        r.check_all(&http).await;
+        r.checked.send_replace(true);
+    }
+}
+
+impl Drop for KmsClient {
+    fn drop(&mut self) {
+        if let Some(c) = self.checker.take() {
+            c.abort();
+        }
+    }
 }
 
 /// Why a KMS client could not be built.
@@ -129,6 +247,8 @@ pub enum KmsClientBuildError {
     MissingCa(String),
     #[error("building the KMS HTTP client failed: {0}")]
     Http(String),
+    #[error("no KMS URL given")]
+    NoUrl,
 }
 
 impl KmsClient {
@@ -139,11 +259,15 @@ impl KmsClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .use_rustls_tls()
             .tls_built_in_root_certs(false);
-        if cfg.url.starts_with("https://") {
+        let urls = split_urls(&cfg.url);
+        if urls.is_empty() {
+            return Err(KmsClientBuildError::NoUrl);
+        }
+        if let Some(https) = urls.iter().find(|u| u.starts_with("https://")) {
             let ca = cfg
                 .ca_pem
                 .as_ref()
-                .ok_or_else(|| KmsClientBuildError::MissingCa(cfg.url.clone()))?;
+                .ok_or_else(|| KmsClientBuildError::MissingCa(https.clone()))?;
             for cert in reqwest::Certificate::from_pem_bundle(ca)
                 .map_err(|e| KmsClientBuildError::BadCa(e.to_string()))?
             {
@@ -158,15 +282,139 @@ impl KmsClient {
         let http = b
             .build()
             .map_err(|e| KmsClientBuildError::Http(e.to_string()))?;
+        let several = urls.len() > 1;
+        // Several replicas start unknown (down) until the first health checks answer.
+        let list = urls
+            .into_iter()
+            .map(|u| Replica {
+                base: u.trim_end_matches('/').to_string(),
+                healthy: AtomicBool::new(!several),
+            })
+            .collect::<Vec<_>>();
+        let (checked, _) = tokio::sync::watch::channel(!several);
+        let shared = Arc::new(Replicas {
+            list,
+            preferred: AtomicUsize::new(0),
+            failovers: AtomicU64::new(0),
+            checked,
+            probe_timeout: HEALTH_TIMEOUT.min(cfg.timeout),
+        });
+        // One replica needs no checker: every call goes to it anyway.
+        let checker = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if several => Some(
+                rt.spawn(health_loop(Arc::downgrade(&shared), http.clone()))
+                    .abort_handle(),
+            ),
+            _ => {
+                for r in &shared.list {
+                    r.healthy.store(true, Ordering::Relaxed);
+                }
+                shared.checked.send_replace(true);
+                None
+            }
+        };
         Ok(Self {
             http,
-            base: cfg.url.trim_end_matches('/').to_string(),
+            shared,
             credential: cfg.credential,
+            checker,
         })
     }
 
+    /// The replicas' base URLs, in the configured order.
+    pub fn urls(&self) -> Vec<String> {
+        self.shared.list.iter().map(|r| r.base.clone()).collect()
+    }
+
+    /// Calls sent again to another replica after a retryable failure.
+    pub fn failovers(&self) -> u64 {
+        self.shared.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Each replica's base URL and whether it is considered healthy now.
+    pub fn replica_health(&self) -> Vec<(String, bool)> {
+        self.shared
+            .list
+            .iter()
+            .map(|r| (r.base.clone(), r.healthy.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// For readiness: with several replicas, whether the health checker finds one healthy (no
+    /// wait on a hung one); with one, its `/ready` now.
+    pub async fn usable(&self) -> bool {
+        if self.shared.list.len() > 1 && *self.shared.checked.borrow() {
+            return self
+                .shared
+                .list
+                .iter()
+                .any(|r| r.healthy.load(Ordering::Relaxed));
+        }
+        self.probe().await.is_ok()
+    }
+
+    /// Wait (bounded) until the health checker finds a replica ready or ends its first round,
+    /// so the first calls skip replicas that are down or hung.
+    async fn first_round(&self) {
+        let mut rx = self.shared.checked.subscribe();
+        let wait = self.shared.probe_timeout + Duration::from_millis(250);
+        let _ = tokio::time::timeout(wait, rx.wait_for(|done| *done)).await;
+    }
+
+    /// Send a call to a replica and, after a retryable failure, once more to the next one.
     async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
+        path: &str,
+        body: &Req,
+        request_id: &str,
+    ) -> Result<Resp, KmsError> {
+        if !*self.shared.checked.borrow() {
+            self.first_round().await;
+        }
+        let (first, second) = self.shared.pick();
+        let err = match self.call_on(first, path, body, request_id).await {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        let (true, Some(next)) = (err.is_unavailable(), second) else {
+            return Err(err);
+        };
+        self.shared.failovers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            from = self.shared.base(first),
+            to = self.shared.base(next),
+            error = %err,
+            request_id,
+            "KMS call failed over to another replica"
+        );
+        self.call_on(next, path, body, request_id).await
+    }
+
+    /// One attempt on replica `i`, updating its health and the preferred replica.
+    async fn call_on<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Req,
+        request_id: &str,
+    ) -> Result<Resp, KmsError> {
+        let r = self
+            .call_once(self.shared.base(i), path, body, request_id)
+            .await;
+        match &r {
+            Ok(_) => {
+                self.shared.set_health(i, true, "");
+                self.shared.preferred.store(i, Ordering::Relaxed);
+            }
+            Err(e) if e.is_unavailable() => self.shared.set_health(i, false, &e.to_string()),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn call_once<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
         path: &str,
         body: &Req,
         request_id: &str,
@@ -174,7 +422,7 @@ impl KmsClient {
         let token = self.credential.token("POST", path);
         let resp = self
             .http
-            .post(format!("{}{}", self.base, path))
+            .post(format!("{base}{path}"))
             .bearer_auth(token)
             .header(coffer_common::kms_api::REQUEST_ID_HEADER, request_id)
             .json(body)
@@ -192,10 +440,45 @@ impl KmsClient {
         serde_json::from_slice(&bytes).map_err(|_| KmsError::Malformed)
     }
 
-    /// Connect to the KMS and ask `/ready` (unsealed, audit writable), telling a certificate
-    /// the node must not trust apart from a KMS that is merely down or sealed.
+    /// Connect to every replica and ask `/ready` (unsealed, audit writable), telling a
+    /// certificate the node must not trust apart from a KMS that is merely down or sealed:
+    /// `Untrusted` when any replica fails TLS verification, else `Ok` when one is ready.
     pub async fn probe(&self) -> Result<(), ProbeError> {
-        let url = format!("{}{}", self.base, coffer_common::kms_api::PATH_READY);
+        let mut unreachable = Vec::new();
+        let mut ok = false;
+        for (url, r) in self.probe_each().await {
+            match r {
+                Ok(()) => ok = true,
+                Err(ProbeError::Untrusted(why)) => {
+                    return Err(ProbeError::Untrusted(format!("{url}: {why}")));
+                }
+                Err(ProbeError::Unreachable(why)) => unreachable.push(format!("{url}: {why}")),
+            }
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(ProbeError::Unreachable(unreachable.join("; ")))
+        }
+    }
+
+    /// [`probe`](Self::probe) of each replica, at the same time: (base URL, result).
+    pub async fn probe_each(&self) -> Vec<(String, Result<(), ProbeError>)> {
+        let probes = self
+            .shared
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, r)| async move {
+                let res = self.probe_one(&r.base).await;
+                self.shared.set_health(i, res.is_ok(), "not ready");
+                (r.base.clone(), res)
+            });
+        futures::future::join_all(probes).await
+    }
+
+    async fn probe_one(&self, base: &str) -> Result<(), ProbeError> {
+        let url = format!("{base}{}", coffer_common::kms_api::PATH_READY);
         match self.http.get(url).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(ProbeError::Unreachable(format!(
@@ -338,6 +621,15 @@ pub struct Unwrapped {
     pub active_version: Option<u32>,
 }
 
+/// The non-empty, trimmed URLs of a comma-separated list.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The body of `resp`, refused (`Malformed`) as soon as it exceeds [`MAX_RESPONSE_BYTES`].
 async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, KmsError> {
     if resp
@@ -464,6 +756,115 @@ mod tests {
             "key_version": 1,
         })
         .to_string()
+    }
+
+    fn error_response(status: u16, code: &str) -> Vec<u8> {
+        let body = serde_json::json!({ "code": code, "message": "x" }).to_string();
+        format!(
+            "HTTP/1.1 {status} X\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A fake KMS answering every request with `answer`, counting the requests it got.
+    async fn counting_kms(answer: Vec<u8>) -> (String, std::sync::Arc<AtomicU64>) {
+        let n = std::sync::Arc::new(AtomicU64::new(0));
+        let seen = n.clone();
+        let url = fake_kms(move |mut s| {
+            let answer = answer.clone();
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(&answer).await;
+            }
+        })
+        .await;
+        (url, n)
+    }
+
+    /// A client over `urls` without the background health checker (the tests set health).
+    fn unchecked(urls: String) -> KmsClient {
+        let mut c = client(urls);
+        if let Some(h) = c.checker.take() {
+            h.abort();
+        }
+        for r in &c.shared.list {
+            r.healthy.store(true, Ordering::SeqCst);
+        }
+        c.shared.checked.send_replace(true);
+        c
+    }
+
+    #[tokio::test]
+    async fn a_5xx_or_unreachable_replica_is_retried_once_on_the_next() {
+        let (sealed, sealed_n) = counting_kms(error_response(503, "sealed")).await;
+        let ok = String::from_utf8(json_response(&generated(40)))
+            .unwrap()
+            .replacen("\r\n", "\r\nconnection: close\r\n", 1)
+            .into_bytes();
+        let (good, good_n) = counting_kms(ok.clone()).await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        // 503 on the first replica: answered by the second, which is preferred from then on.
+        let c = unchecked(format!("{sealed}, {good}"));
+        assert!(c.generate("b", "r1").await.is_ok());
+        assert!(c.generate("b", "r2").await.is_ok());
+        assert_eq!(c.failovers(), 1);
+        assert_eq!(good_n.load(Ordering::SeqCst), 2);
+        assert_eq!(sealed_n.load(Ordering::SeqCst), 1);
+        // Connection refused on the first: same.
+        let c = unchecked(format!("{dead},{good}"));
+        assert!(c.generate("b", "r3").await.is_ok());
+        // A refusal (4xx) is the KMS's answer, not a replica failure: not retried.
+        let (refusing, _) = counting_kms(error_response(403, "forbidden")).await;
+        let (good2, good2_n) = counting_kms(ok).await;
+        let c = unchecked(format!("{refusing},{good2}"));
+        let e = c.generate("b", "r4").await.err();
+        assert_eq!(
+            e,
+            Some(KmsError::Refused {
+                status: 403,
+                code: "forbidden".into()
+            })
+        );
+        assert_eq!(good2_n.load(Ordering::SeqCst), 0);
+        assert_eq!(c.failovers(), 0);
+        // Only one retry: two failing replicas fail the call (503 to the S3 client).
+        let (s2, _) = counting_kms(error_response(500, "internal")).await;
+        let c = unchecked(format!("{sealed},{s2},{good}"));
+        let before = good_n.load(Ordering::SeqCst);
+        let e = c.generate("b", "r5").await.err();
+        assert!(e.is_some_and(|e| e.is_unavailable()));
+        assert_eq!(good_n.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn picking_prefers_the_last_good_healthy_replica() {
+        let (checked, _) = tokio::sync::watch::channel(true);
+        let r = Replicas {
+            list: (0..3)
+                .map(|i| Replica {
+                    base: format!("http://r{i}"),
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
+            preferred: AtomicUsize::new(1),
+            failovers: AtomicU64::new(0),
+            checked,
+            probe_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(r.pick(), (1, Some(2)));
+        r.set_health(2, false, "down");
+        assert_eq!(r.pick(), (1, Some(0)));
+        r.set_health(1, false, "down");
+        // The retry falls back to a replica marked down (its mark may be a second old).
+        assert_eq!(r.pick(), (0, Some(1)));
+        r.set_health(0, false, "down");
+        // None healthy: the preferred one, then the next.
+        assert_eq!(r.pick(), (1, Some(2)));
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! with the writer/reader. Atomic: a blob file either exists complete under `blobs/` or not at all.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -306,16 +307,38 @@ impl BlobStore {
         ))
     }
 
-    /// Names of every blob in the backend (for the start-up sweep).
-    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+    /// Every blob in the backend with its last-modified time (for the orphan sweep).
+    pub async fn list(&self) -> Result<Vec<(String, SystemTime)>, BlobError> {
         if let Some(s3) = &self.s3 {
             return s3.list().await;
         }
         let mut names = Vec::new();
         for e in std::fs::read_dir(&self.blobs)?.flatten() {
-            names.push(e.file_name().to_string_lossy().to_string());
+            let modified = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            names.push((e.file_name().to_string_lossy().to_string(), modified));
         }
         Ok(names)
+    }
+
+    /// True when blobs live in a store other nodes may share (the S3 backend): blobs there
+    /// that no row references may be another node's write in flight.
+    pub fn is_shared(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    /// For readiness: the S3 backend answers within `bound` (always true for `blobs/`, whose
+    /// disk `/ready` checks apart).
+    pub async fn check(&self, bound: std::time::Duration) -> Result<(), BlobError> {
+        let Some(s3) = &self.s3 else { return Ok(()) };
+        match tokio::time::timeout(bound, s3.check()).await {
+            Ok(r) => r,
+            Err(_) => Err(BlobError::Backend(
+                "blob store did not answer in time".into(),
+            )),
+        }
     }
 
     /// Delete a blob (after its metadata row is gone). Missing blobs are fine.

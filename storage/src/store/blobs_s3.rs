@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -229,8 +229,8 @@ impl S3Blobs {
         }
     }
 
-    /// Names of every blob under the prefix (for the orphan sweep).
-    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+    /// Every blob under the prefix with its last-modified time (for the orphan sweep).
+    pub async fn list(&self) -> Result<Vec<(String, SystemTime)>, BlobError> {
         let prefix = self.prefix.trim_end_matches('/');
         let prefix = (!prefix.is_empty()).then(|| ObjPath::from(prefix));
         let mut names = Vec::new();
@@ -238,10 +238,18 @@ impl S3Blobs {
         while let Some(m) = it.next().await {
             let m = m.map_err(backend)?;
             if let Some(n) = m.location.filename() {
-                names.push(n.to_string());
+                names.push((n.to_string(), m.last_modified.into()));
             }
         }
         Ok(names)
+    }
+
+    /// Whether the backend answers now: a HEAD of a name no blob has (404 is an answer).
+    pub async fn check(&self) -> Result<(), BlobError> {
+        match self.store.head(&self.path(".ready-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
     }
 }
 
