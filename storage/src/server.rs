@@ -128,6 +128,18 @@ pub async fn open_state_swept(
     blob_store: Option<&crate::store::blobs_s3::S3BlobConfig>,
     sweep: SweepSettings,
 ) -> Result<Arc<NodeState>, StartError> {
+    let db = crate::store::db::DbConfig::sqlite_in(&cfg.data_dir);
+    open_state_on(cfg, kms, blob_store, sweep, &db).await
+}
+
+/// [`open_state_swept`] with the metadata in the database `db` names (SQLite or PostgreSQL).
+pub async fn open_state_on(
+    cfg: NodeConfig,
+    kms: Option<KmsClient>,
+    blob_store: Option<&crate::store::blobs_s3::S3BlobConfig>,
+    sweep: SweepSettings,
+    db: &crate::store::db::DbConfig,
+) -> Result<Arc<NodeState>, StartError> {
     if let Some(Err(e)) = virtual_hosts(&cfg.virtual_host_domains) {
         return Err(e);
     }
@@ -135,7 +147,7 @@ pub async fn open_state_swept(
     // Before anything reads or sweeps the data dir: a second node on it would delete the
     // first one's in-flight writes.
     let dir_lock = DataDirLock::acquire(&cfg.data_dir, "coffer-storage", "coffer-storage")?;
-    let meta = Meta::open(&cfg.data_dir).await?;
+    let meta = Meta::connect(db).await?;
     let blobs = match blob_store {
         Some(s3) => BlobStore::open_s3(&cfg.data_dir, s3)?,
         None => BlobStore::open(&cfg.data_dir)?,

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use coffer_common::data_dir_lock::DataDirLock;
 
-use super::serve::{ServeArgs, build_kms};
+use super::serve::{ServeArgs, build_kms, db_config};
 use crate::crypto::key_cache::BucketKeys;
+use crate::store::db::DatabaseUrl;
 use crate::store::meta::Meta;
 
 /// Settings of `coffer-storage rewrap`.
@@ -38,16 +39,16 @@ pub async fn run(a: RewrapArgs) -> Result<bool> {
         bail!("rewrap needs the KMS settings (kms_url, kms_credential, kms_ca)");
     };
     let dir = &a.serve.data_dir;
-    if !dir.join("meta.db").exists() {
-        bail!(
-            "{} holds no coffer-storage metadata (meta.db)",
-            dir.display()
-        );
+    let db = db_config(&a.serve)?;
+    if let DatabaseUrl::Sqlite(file) = &db.url
+        && !file.exists()
+    {
+        bail!("{} holds no coffer-storage metadata", file.display());
     }
     let _lock = DataDirLock::acquire(dir, "coffer-storage", "coffer-storage rewrap").context(
         "a running node sweeps by itself (rewrap_interval_secs); stop it to run the command",
     )?;
-    let meta = Meta::open(dir).await?;
+    let meta = Meta::connect(&db).await?;
     let keys = BucketKeys::new(Some(kms), Duration::from_secs(300), 1000);
     let every = a.progress_every;
     let delay = Duration::from_millis(a.test_row_delay_ms);
@@ -93,15 +94,15 @@ pub async fn rotate_bucket_key(a: RotateBucketKeyArgs) -> Result<()> {
         bail!("rotate-bucket-key needs the KMS settings (kms_url, kms_credential, kms_ca)");
     };
     let dir = &a.serve.data_dir;
-    if !dir.join("meta.db").exists() {
-        bail!(
-            "{} holds no coffer-storage metadata (meta.db)",
-            dir.display()
-        );
+    let db = db_config(&a.serve)?;
+    if let DatabaseUrl::Sqlite(file) = &db.url
+        && !file.exists()
+    {
+        bail!("{} holds no coffer-storage metadata", file.display());
     }
     let _lock = DataDirLock::acquire(dir, "coffer-storage", "coffer-storage rotate-bucket-key")
         .context("stop the node to rotate a bucket key")?;
-    let meta = Meta::open(dir).await?;
+    let meta = Meta::connect(&db).await?;
     let keys = BucketKeys::new(Some(kms), Duration::from_secs(1), 1);
     let rid = format!("rotate-bucket-key-{}", uuid::Uuid::new_v4());
     let generation = crate::bk_rotation::rotate(&meta, &keys, &a.bucket, &rid).await?;

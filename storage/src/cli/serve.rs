@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::crypto::kms_client::{KmsClient, KmsClientConfig, ProbeError};
 use crate::state::{DefaultEncryption, NodeConfig};
 use crate::store::blobs_s3::S3BlobConfig;
+use crate::store::db::{DatabaseUrl, DbConfig};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
@@ -40,6 +41,13 @@ pub struct ServeArgs {
         default_value = "./coffer-storage-data"
     )]
     pub data_dir: PathBuf,
+    /// Metadata database: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` (several nodes
+    /// may share one PostgreSQL database). Default: `sqlite://DATA_DIR/meta.db`.
+    #[arg(long, env = "COFFER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL password (mode 0600); overrides a password in the URL.
+    #[arg(long, env = "COFFER_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
     #[arg(long, env = "COFFER_S3_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: String,
     #[arg(long, env = "COFFER_S3_REGION", default_value = "us-east-1")]
@@ -186,6 +194,20 @@ fn secret_line(f: &Path) -> Result<zeroize::Zeroizing<String>> {
         bail!("{} is empty", f.display());
     }
     Ok(line)
+}
+
+/// The metadata database settings (`database_url`, `database_password_file`).
+pub(super) fn db_config(a: &ServeArgs) -> Result<DbConfig> {
+    let url = match &a.database_url {
+        Some(u) => DatabaseUrl::parse(u)?,
+        None => DatabaseUrl::default_for(&a.data_dir),
+    };
+    let password = match &a.database_password_file {
+        Some(f) if url.is_postgres() => Some(secret_line(f)?),
+        Some(_) => bail!("database_password_file is for a postgres:// database_url"),
+        None => None,
+    };
+    Ok(DbConfig { url, password })
 }
 
 /// The S3 blob backend's settings, when `blob_store` is set.
@@ -357,6 +379,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let (access_key, secret_key) = s3_keys(&a)?;
     let kms = build_kms(&a)?;
     let blob_cfg = blob_store(&a)?;
+    let db = db_config(&a)?;
     if let Some(k) = &kms {
         probe_kms(k).await?;
     }
@@ -392,7 +415,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         orphan_sweep_every: (a.orphan_sweep_interval_secs > 0)
             .then(|| Duration::from_secs(a.orphan_sweep_interval_secs)),
     };
-    let state = crate::server::open_state_swept(cfg, kms, blob_cfg.as_ref(), sweep).await?;
+    tracing::info!(database = ?db.url, "metadata database");
+    let state = crate::server::open_state_on(cfg, kms, blob_cfg.as_ref(), sweep, &db).await?;
     if a.rewrap_interval_secs > 0 && state.keys.has_kms() {
         tokio::spawn(crate::rewrap::background(
             std::sync::Arc::downgrade(&state),

@@ -5,8 +5,7 @@
 //!
 //! Secret: none (wrapped keys only).
 
-use sqlx::Row;
-
+use super::db::{Row, q};
 use super::meta::{DbError, Meta};
 
 /// One stored wrapped bucket key: a bucket row's newest generation, or an older generation.
@@ -21,7 +20,7 @@ pub struct WrappedRow {
 
 /// A [`WrappedRow`] from a row with columns `name, id, bk_generation, wrapped_key,
 /// wrapped_key_version` (both page queries select these names).
-fn wrapped_row(r: &sqlx::sqlite::SqliteRow) -> Result<WrappedRow, DbError> {
+fn wrapped_row(r: &Row) -> Result<WrappedRow, DbError> {
     Ok(WrappedRow {
         name: r.try_get("name")?,
         id: r.try_get("id")?,
@@ -38,7 +37,7 @@ impl Meta {
         after: &str,
         limit: i64,
     ) -> Result<Vec<WrappedRow>, DbError> {
-        sqlx::query("SELECT name, id, bk_generation, wrapped_key, wrapped_key_version FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL AND name > ? ORDER BY name LIMIT ?")
+        q("SELECT name, id, bk_generation, wrapped_key, wrapped_key_version FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL AND name > $1 ORDER BY name LIMIT $2")
             .bind(after)
             .bind(limit)
             .fetch_all(self.reader())
@@ -54,7 +53,7 @@ impl Meta {
         after: (&str, u32),
         limit: i64,
     ) -> Result<Vec<WrappedRow>, DbError> {
-        sqlx::query("SELECT g.bucket_id AS id, g.generation AS bk_generation, g.wrapped_key, g.wrapped_key_version, b.name FROM bucket_key_generations g JOIN buckets b ON b.id = g.bucket_id WHERE g.bucket_id > ? OR (g.bucket_id = ? AND g.generation > ?) ORDER BY g.bucket_id, g.generation LIMIT ?")
+        q("SELECT g.bucket_id AS id, g.generation AS bk_generation, g.wrapped_key, g.wrapped_key_version, b.name FROM bucket_key_generations g JOIN buckets b ON b.id = g.bucket_id WHERE g.bucket_id > $1 OR (g.bucket_id = $2 AND g.generation > $3) ORDER BY g.bucket_id, g.generation LIMIT $4")
             .bind(after.0)
             .bind(after.0)
             .bind(i64::from(after.1))
@@ -72,7 +71,7 @@ impl Meta {
         bucket_id: &str,
         generation: u32,
     ) -> Result<Option<(Vec<u8>, u32)>, DbError> {
-        let row = sqlx::query("SELECT wrapped_key, wrapped_key_version FROM bucket_key_generations WHERE bucket_id = ? AND generation = ?")
+        let row = q("SELECT wrapped_key, wrapped_key_version FROM bucket_key_generations WHERE bucket_id = $1 AND generation = $2")
             .bind(bucket_id)
             .bind(i64::from(generation))
             .fetch_optional(self.reader())
@@ -88,7 +87,7 @@ impl Meta {
 
     /// Stored wrapped bucket keys (every generation), per KMS root version (ascending).
     pub async fn bucket_keys_per_version(&self) -> Result<Vec<(u32, i64)>, DbError> {
-        sqlx::query("SELECT v, SUM(n) AS n FROM (SELECT wrapped_key_version AS v, COUNT(*) AS n FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL GROUP BY wrapped_key_version UNION ALL SELECT wrapped_key_version AS v, COUNT(*) AS n FROM bucket_key_generations GROUP BY wrapped_key_version) t GROUP BY v ORDER BY v")
+        q("SELECT v, CAST(SUM(n) AS BIGINT) AS n FROM (SELECT wrapped_key_version AS v, COUNT(*) AS n FROM buckets WHERE wrapped_key IS NOT NULL AND wrapped_key_version IS NOT NULL GROUP BY wrapped_key_version UNION ALL SELECT wrapped_key_version AS v, COUNT(*) AS n FROM bucket_key_generations GROUP BY wrapped_key_version) t GROUP BY v ORDER BY v")
             .fetch_all(self.reader())
             .await?
             .iter()
@@ -107,28 +106,28 @@ impl Meta {
         new: (&[u8], u32),
     ) -> Result<bool, DbError> {
         let mut w = self.write_conn().await?;
-        let mut n = sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND bk_generation = ? AND wrapped_key = ? AND wrapped_key_version = ?")
+        let mut tx = w.single().await?;
+        let mut n = q("UPDATE buckets SET wrapped_key = $1, wrapped_key_version = $2 WHERE name = $3 AND bk_generation = $4 AND wrapped_key = $5 AND wrapped_key_version = $6")
             .bind(new.0)
             .bind(i64::from(new.1))
             .bind(name)
             .bind(i64::from(generation))
             .bind(old.0)
             .bind(i64::from(old.1))
-            .execute(&mut *w)
-            .await?
-            .rows_affected();
+            .execute(tx.ex())
+            .await?;
         if n == 0 {
-            n = sqlx::query("UPDATE bucket_key_generations SET wrapped_key = ?, wrapped_key_version = ? WHERE bucket_id = (SELECT id FROM buckets WHERE name = ?) AND generation = ? AND wrapped_key = ? AND wrapped_key_version = ?")
+            n = q("UPDATE bucket_key_generations SET wrapped_key = $1, wrapped_key_version = $2 WHERE bucket_id = (SELECT id FROM buckets WHERE name = $3) AND generation = $4 AND wrapped_key = $5 AND wrapped_key_version = $6")
                 .bind(new.0)
                 .bind(i64::from(new.1))
                 .bind(name)
                 .bind(i64::from(generation))
                 .bind(old.0)
                 .bind(i64::from(old.1))
-                .execute(&mut *w)
-                .await?
-                .rows_affected();
+                .execute(tx.ex())
+                .await?;
         }
+        tx.commit().await?;
         w.done();
         Ok(n == 1)
     }
@@ -143,23 +142,21 @@ impl Meta {
         new: (&[u8], u32),
     ) -> Result<bool, DbError> {
         let mut w = self.write_conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *w).await?;
-        let moved = sqlx::query("INSERT INTO bucket_key_generations (bucket_id, generation, wrapped_key, wrapped_key_version, created_ms) SELECT id, bk_generation, wrapped_key, wrapped_key_version, ? FROM buckets WHERE name = ? AND bk_generation = ? AND wrapped_key IS NOT NULL")
+        let mut tx = w.begin().await?;
+        let moved = q("INSERT INTO bucket_key_generations (bucket_id, generation, wrapped_key, wrapped_key_version, created_ms) SELECT id, bk_generation, wrapped_key, wrapped_key_version, $1 FROM buckets WHERE name = $2 AND bk_generation = $3 AND wrapped_key IS NOT NULL")
             .bind(super::meta::now_ms())
             .bind(name)
             .bind(i64::from(from))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let n = sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ?, bk_generation = ? WHERE name = ? AND bk_generation = ? AND wrapped_key IS NOT NULL")
+            .execute(tx.ex())
+            .await?;
+        let n = q("UPDATE buckets SET wrapped_key = $1, wrapped_key_version = $2, bk_generation = $3 WHERE name = $4 AND bk_generation = $5 AND wrapped_key IS NOT NULL")
             .bind(new.0)
             .bind(i64::from(new.1))
             .bind(i64::from(from) + 1)
             .bind(name)
             .bind(i64::from(from))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(tx.ex())
+            .await?;
         if moved != 1 || n != 1 {
             tx.rollback().await?;
             w.done();
@@ -185,7 +182,7 @@ pub struct StaleSeal {
     pub sealed: Vec<u8>,
 }
 
-fn stale_from_row(r: &sqlx::sqlite::SqliteRow, upload: bool) -> Result<StaleSeal, DbError> {
+fn stale_from_row(r: &Row, upload: bool) -> Result<StaleSeal, DbError> {
     Ok(StaleSeal {
         upload_id: if upload {
             Some(r.try_get("upload_id")?)
@@ -213,7 +210,7 @@ impl Meta {
         after: (&str, &str),
         limit: i64,
     ) -> Result<Vec<StaleSeal>, DbError> {
-        sqlx::query("SELECT o.bucket, o.key, o.version_id, o.seal_salt, o.sealed_key, COALESCE(o.bk_generation, 1) AS g FROM objects o JOIN buckets b ON b.name = o.bucket WHERE o.sse_mode = 'sse-s3' AND COALESCE(o.bk_generation, 1) < b.bk_generation AND (o.bucket > ? OR (o.bucket = ? AND o.key > ?)) ORDER BY o.bucket, o.key LIMIT ?")
+        q("SELECT o.bucket, o.key, o.version_id, o.seal_salt, o.sealed_key, COALESCE(o.bk_generation, 1) AS g FROM objects o JOIN buckets b ON b.name = o.bucket WHERE o.sse_mode = 'sse-s3' AND COALESCE(o.bk_generation, 1) < b.bk_generation AND (o.bucket > $1 OR (o.bucket = $2 AND o.key > $3)) ORDER BY o.bucket, o.key LIMIT $4")
             .bind(after.0)
             .bind(after.0)
             .bind(after.1)
@@ -232,7 +229,7 @@ impl Meta {
         after: &str,
         limit: i64,
     ) -> Result<Vec<StaleSeal>, DbError> {
-        sqlx::query("SELECT u.upload_id, u.bucket, u.key, u.version_id, u.seal_salt, u.sealed_key, COALESCE(u.bk_generation, 1) AS g FROM uploads u JOIN buckets b ON b.name = u.bucket WHERE u.sse_mode = 'sse-s3' AND COALESCE(u.bk_generation, 1) < b.bk_generation AND u.upload_id > ? ORDER BY u.upload_id LIMIT ?")
+        q("SELECT u.upload_id, u.bucket, u.key, u.version_id, u.seal_salt, u.sealed_key, COALESCE(u.bk_generation, 1) AS g FROM uploads u JOIN buckets b ON b.name = u.bucket WHERE u.sse_mode = 'sse-s3' AND COALESCE(u.bk_generation, 1) < b.bk_generation AND u.upload_id > $1 ORDER BY u.upload_id LIMIT $2")
             .bind(after)
             .bind(limit)
             .fetch_all(self.reader())
@@ -252,24 +249,25 @@ impl Meta {
         generation: u32,
     ) -> Result<bool, DbError> {
         let mut w = self.write_conn().await?;
-        let q = match &row.upload_id {
-            None => sqlx::query("UPDATE objects SET seal_salt = ?, sealed_key = ?, bk_generation = ? WHERE version_id = ? AND sse_mode = 'sse-s3' AND seal_salt = ? AND sealed_key = ?")
+        let mut tx = w.single().await?;
+        let stmt = match &row.upload_id {
+            None => q("UPDATE objects SET seal_salt = $1, sealed_key = $2, bk_generation = $3 WHERE version_id = $4 AND sse_mode = 'sse-s3' AND seal_salt = $5 AND sealed_key = $6")
                 .bind(salt)
                 .bind(sealed)
                 .bind(i64::from(generation))
                 .bind(&row.version_id),
-            Some(id) => sqlx::query("UPDATE uploads SET seal_salt = ?, sealed_key = ?, bk_generation = ? WHERE upload_id = ? AND sse_mode = 'sse-s3' AND seal_salt = ? AND sealed_key = ?")
+            Some(id) => q("UPDATE uploads SET seal_salt = $1, sealed_key = $2, bk_generation = $3 WHERE upload_id = $4 AND sse_mode = 'sse-s3' AND seal_salt = $5 AND sealed_key = $6")
                 .bind(salt)
                 .bind(sealed)
                 .bind(i64::from(generation))
                 .bind(id),
         };
-        let n = q
+        let n = stmt
             .bind(&row.salt)
             .bind(&row.sealed)
-            .execute(&mut *w)
-            .await?
-            .rows_affected();
+            .execute(tx.ex())
+            .await?;
+        tx.commit().await?;
         w.done();
         Ok(n == 1)
     }
@@ -283,7 +281,7 @@ impl Meta {
             "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN COALESCE(t.bk_generation, 1) = b.bk_generation THEN 1 ELSE 0 END), 0) AS c FROM objects t JOIN buckets b ON b.name = t.bucket WHERE t.sse_mode = 'sse-s3'",
             "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN COALESCE(t.bk_generation, 1) = b.bk_generation THEN 1 ELSE 0 END), 0) AS c FROM uploads t JOIN buckets b ON b.name = t.bucket WHERE t.sse_mode = 'sse-s3'",
         ] {
-            let r = sqlx::query(sql).fetch_one(self.reader()).await?;
+            let r = q(sql).fetch_one(self.reader()).await?;
             total += r.try_get::<i64, _>("n")?;
             current += r.try_get::<i64, _>("c")?;
         }

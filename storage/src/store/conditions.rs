@@ -7,6 +7,7 @@
 //!
 //! Secret: none. Atomic: read in the publishing transaction.
 
+use super::db::{Tx, q};
 use super::meta::DbError;
 
 /// What `If-Match` asks for.
@@ -63,7 +64,7 @@ impl WriteCondition {
 
 /// Evaluate `cond` inside the publishing transaction.
 pub(crate) async fn check_tx(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx<'_>,
     bucket: &str,
     key: &str,
     cond: &WriteCondition,
@@ -71,12 +72,11 @@ pub(crate) async fn check_tx(
     if cond.is_none() {
         return Ok(Ok(()));
     }
-    let etag: Option<String> =
-        sqlx::query_scalar("SELECT etag FROM objects WHERE bucket = ? AND key = ?")
-            .bind(bucket)
-            .bind(key)
-            .fetch_optional(conn)
-            .await?;
+    let etag: Option<String> = q("SELECT etag FROM objects WHERE bucket = $1 AND key = $2")
+        .bind(bucket)
+        .bind(key)
+        .scalar_optional(tx.ex())
+        .await?;
     Ok(cond.check(etag.as_deref()))
 }
 

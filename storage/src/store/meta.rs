@@ -1,24 +1,19 @@
-//! SQLite metadata through sqlx (WAL, synchronous=FULL): buckets, visible object versions, blob
-//! rows and multipart uploads. SQL is portable (no SQLite-only functions). Atomic: every state
-//! change that publishes or retires blobs happens in one transaction; blob files are removed only
-//! after the rows that referenced them are gone.
+//! The metadata: buckets, visible object versions, blob rows and multipart uploads, on SQLite
+//! (WAL, synchronous=FULL; the default) or PostgreSQL ([`super::db`]: every query is written
+//! once, in portable SQL). Atomic: every state change that publishes or retires blobs happens
+//! in one transaction; blob files are removed only after the rows that referenced them are
+//! gone. Writes are serialized: SQLite's one writer connection, or PostgreSQL's write lock taken
+//! first by every write transaction of every node.
 //!
 //! Secret: none. Buckets hold wrapped data keys; objects and uploads hold sealed object keys.
 
 use std::path::Path;
-use std::str::FromStr;
-
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use super::conditions::{self, ConditionFailed, WriteCondition};
+pub use super::db::DbError;
+use super::db::{Db, DbConfig, Ex, Row, Tx, WriteConn, q};
 use super::versions;
 use crate::crypto::envelope::StoredSse;
-
-pub type DbError = sqlx::Error;
 
 /// A bucket row.
 #[derive(Debug, Clone)]
@@ -105,74 +100,17 @@ pub struct Pruned {
     pub completed_uploads: u64,
 }
 
-/// Metadata database handle.
+/// Metadata database handle (SQLite or PostgreSQL: [`super::db`]).
 #[derive(Clone)]
 pub struct Meta {
-    /// Readers.
-    pool: SqlitePool,
-    /// The one writer connection: SQLite allows one writer at a time, and a deferred
-    /// transaction that reads and then writes can fail with SQLITE_BUSY instead of waiting, so
-    /// all writes queue here. Checked out only as a [`WriteConn`].
-    writer: SqlitePool,
-}
-
-/// The writer connection, checked out for one write.
-///
-/// It goes back to the pool only through [`WriteConn::done`], once the write's outcome is
-/// known: its transaction committed or rolled back, or its single statement answered. Dropped
-/// any other way (an error from any statement, a failed COMMIT or ROLLBACK, a request cancelled
-/// mid-transaction) the connection is closed rather than reused, and the next write opens a
-/// fresh one. A failed COMMIT (SQLITE_FULL, SQLITE_IOERR) may leave SQLite's transaction open
-/// or rolled back while the driver still counts one open transaction; reusing such a
-/// connection turned every later transaction into a nested SAVEPOINT that never committed, so
-/// writes were acknowledged and then lost (issue 11 A1).
-pub(crate) struct WriteConn {
-    conn: PoolConnection<Sqlite>,
-    done: bool,
-}
-
-impl WriteConn {
-    /// Start a transaction on the writer connection.
-    pub(crate) async fn begin(&mut self) -> Result<Transaction<'_, Sqlite>, DbError> {
-        self.conn.begin().await
-    }
-
-    /// The write's outcome is known (committed, rolled back, or one statement answered): the
-    /// connection may be reused.
-    pub(crate) fn done(mut self) {
-        self.done = true;
-    }
-}
-
-impl std::ops::Deref for WriteConn {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.conn
-    }
-}
-
-impl std::ops::DerefMut for WriteConn {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.conn
-    }
-}
-
-impl Drop for WriteConn {
-    fn drop(&mut self) {
-        if !self.done {
-            tracing::warn!(
-                "metadata write failed or was cancelled; closing the writer connection (a fresh one serves the next write)"
-            );
-            self.conn.close_on_drop();
-        }
-    }
+    db: Db,
 }
 
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn sse_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSse, DbError> {
+fn sse_from_row(row: &Row) -> Result<StoredSse, DbError> {
     let mode: String = row.try_get("sse_mode")?;
     let salt: Option<Vec<u8>> = row.try_get("seal_salt")?;
     let sealed: Option<Vec<u8>> = row.try_get("sealed_key")?;
@@ -188,7 +126,7 @@ fn sse_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSse, DbError> {
     .ok_or_else(|| DbError::Decode("inconsistent sse columns".into()))
 }
 
-fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Object, DbError> {
+fn object_from_row(row: &Row) -> Result<Object, DbError> {
     Ok(Object {
         bucket: row.try_get("bucket")?,
         key: row.try_get("key")?,
@@ -205,7 +143,7 @@ fn object_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Object, DbError> {
     })
 }
 
-fn upload_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Upload, DbError> {
+fn upload_from_row(row: &Row) -> Result<Upload, DbError> {
     Ok(Upload {
         upload_id: row.try_get("upload_id")?,
         bucket: row.try_get("bucket")?,
@@ -220,7 +158,7 @@ fn upload_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Upload, DbError> {
     })
 }
 
-fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
+fn blob_from_row(row: &Row) -> Result<BlobRow, DbError> {
     Ok(BlobRow {
         part_number: row.try_get::<i64, _>("part_number")? as u32,
         size: row.try_get::<i64, _>("size")? as u64,
@@ -232,44 +170,47 @@ fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRow, DbError> {
 }
 
 impl Meta {
-    /// Check out the one writer connection (see [`Meta`] and [`WriteConn`]).
+    /// Check out a writer connection (see [`WriteConn`]).
     pub(crate) async fn write_conn(&self) -> Result<WriteConn, DbError> {
-        Ok(WriteConn {
-            conn: self.writer.acquire().await?,
-            done: false,
-        })
+        self.db.write_conn().await
     }
 
-    pub(crate) fn reader(&self) -> &SqlitePool {
-        &self.pool
+    /// Where reads run (the reader pool).
+    pub(crate) fn reader(&self) -> Ex<'_> {
+        self.db.reader()
     }
 
-    /// Open (creating) `meta.db` and apply migrations.
+    /// This node's number in a shared database (`None` on SQLite).
+    pub(crate) fn node(&self) -> Option<i64> {
+        self.db.node()
+    }
+
+    /// Close the database handles (PostgreSQL: and release this node's lease, so that the next
+    /// start-up sweep of any node aborts the writes this one left unfinished).
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    /// True on PostgreSQL (several nodes may share the database).
+    pub fn is_shared(&self) -> bool {
+        self.db.is_postgres()
+    }
+
+    /// Open (creating) `meta.db` in `data_dir` and apply migrations.
     pub async fn open(data_dir: &Path) -> Result<Self, DbError> {
-        let url = format!("sqlite://{}", data_dir.join("meta.db").display());
-        let opts = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("../migrations/storage")
-            .run(&writer)
-            .await
-            .map_err(|e| DbError::Migrate(Box::new(e)))?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
-        Ok(Self { pool, writer })
+        Self::connect(&DbConfig::sqlite_in(data_dir)).await
+    }
+
+    /// Open the database `cfg` names (SQLite or PostgreSQL) and apply its migrations.
+    pub async fn connect(cfg: &DbConfig) -> Result<Self, DbError> {
+        Ok(Self {
+            db: Db::open(cfg).await?,
+        })
     }
 
     /// One trivial query through the reader pool (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        q("SELECT 1").execute(self.reader()).await?;
         Ok(())
     }
 
@@ -281,21 +222,23 @@ impl Meta {
         encryption_config: Option<&str>,
     ) -> Result<bool, DbError> {
         let mut w = self.write_conn().await?;
-        let r = sqlx::query("INSERT INTO buckets (name, id, created_ms, encryption_config) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
+        let mut tx = w.single().await?;
+        let r = q("INSERT INTO buckets (name, id, created_ms, encryption_config) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(format!("{name}:{}", uuid::Uuid::new_v4()))
             .bind(now_ms())
             .bind(encryption_config)
-            .execute(&mut *w)
+            .execute(tx.ex())
             .await?;
+        tx.commit().await?;
         w.done();
-        Ok(r.rows_affected() == 1)
+        Ok(r == 1)
     }
 
     pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, DbError> {
-        let row = sqlx::query("SELECT name, id, created_ms, wrapped_key, wrapped_key_version, bk_generation, encryption_config FROM buckets WHERE name = ?")
+        let row = q("SELECT name, id, created_ms, wrapped_key, wrapped_key_version, bk_generation, encryption_config FROM buckets WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await?;
         row.map(|r| {
             let wk: Option<Vec<u8>> = r.try_get("wrapped_key")?;
@@ -313,8 +256,8 @@ impl Meta {
     }
 
     pub async fn list_buckets(&self) -> Result<Vec<(String, i64)>, DbError> {
-        let rows = sqlx::query("SELECT name, created_ms FROM buckets ORDER BY name")
-            .fetch_all(&self.pool)
+        let rows = q("SELECT name, created_ms FROM buckets ORDER BY name")
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("created_ms")?)))
@@ -327,40 +270,38 @@ impl Meta {
     pub async fn delete_bucket(&self, name: &str) -> Result<Option<Vec<String>>, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE bucket = ?")
+        let n: i64 = q("SELECT COUNT(*) FROM objects WHERE bucket = $1")
             .bind(name)
-            .fetch_one(&mut *tx)
+            .scalar(tx.ex())
             .await?;
         if n > 0 {
             tx.rollback().await?;
             w.done();
             return Ok(None);
         }
-        let files: Vec<String> = sqlx::query_scalar(
-            "SELECT file FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = ?)",
+        let files: Vec<String> = q(
+            "SELECT file FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = $1)",
         )
         .bind(name)
-        .fetch_all(&mut *tx)
+        .scalars(tx.ex())
         .await?;
-        sqlx::query(
-            "DELETE FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = ?)",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-        versions::abort_bucket_tx(&mut tx, name).await?;
-        sqlx::query("DELETE FROM uploads WHERE bucket = ?")
+        q("DELETE FROM blobs WHERE owner IN (SELECT upload_id FROM uploads WHERE bucket = $1)")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(tx.ex())
+            .await?;
+        versions::abort_bucket_tx(&mut tx, name).await?;
+        q("DELETE FROM uploads WHERE bucket = $1")
+            .bind(name)
+            .execute(tx.ex())
             .await?;
         // Older bucket key generations go with the bucket (`store::bucket_keys`).
-        sqlx::query("DELETE FROM bucket_key_generations WHERE bucket_id = (SELECT id FROM buckets WHERE name = ?)")
+        q("DELETE FROM bucket_key_generations WHERE bucket_id = (SELECT id FROM buckets WHERE name = $1)")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM buckets WHERE name = ?")
+        q("DELETE FROM buckets WHERE name = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
@@ -375,12 +316,14 @@ impl Meta {
         version: u32,
     ) -> Result<Option<(Vec<u8>, u32)>, DbError> {
         let mut w = self.write_conn().await?;
-        sqlx::query("UPDATE buckets SET wrapped_key = ?, wrapped_key_version = ? WHERE name = ? AND wrapped_key IS NULL")
+        let mut tx = w.single().await?;
+        q("UPDATE buckets SET wrapped_key = $1, wrapped_key_version = $2 WHERE name = $3 AND wrapped_key IS NULL")
             .bind(wrapped)
             .bind(version as i64)
             .bind(name)
-            .execute(&mut *w)
+            .execute(tx.ex())
             .await?;
+        tx.commit().await?;
         w.done();
         Ok(self.bucket(name).await?.and_then(|b| b.wrapped_key))
     }
@@ -391,11 +334,13 @@ impl Meta {
         config: Option<&str>,
     ) -> Result<(), DbError> {
         let mut w = self.write_conn().await?;
-        sqlx::query("UPDATE buckets SET encryption_config = ? WHERE name = ?")
+        let mut tx = w.single().await?;
+        q("UPDATE buckets SET encryption_config = $1 WHERE name = $2")
             .bind(config)
             .bind(name)
-            .execute(&mut *w)
+            .execute(tx.ex())
             .await?;
+        tx.commit().await?;
         w.done();
         Ok(())
     }
@@ -403,18 +348,18 @@ impl Meta {
     // ---------------------------------------------------------------- objects
 
     pub async fn object(&self, bucket: &str, key: &str) -> Result<Option<Object>, DbError> {
-        let row = sqlx::query("SELECT * FROM objects WHERE bucket = ? AND key = ?")
+        let row = q("SELECT * FROM objects WHERE bucket = $1 AND key = $2")
             .bind(bucket)
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(object_from_row).transpose()
     }
 
     pub async fn blobs(&self, owner: &str) -> Result<Vec<BlobRow>, DbError> {
-        let rows = sqlx::query("SELECT * FROM blobs WHERE owner = ? ORDER BY part_number")
+        let rows = q("SELECT * FROM blobs WHERE owner = $1 ORDER BY part_number")
             .bind(owner)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(blob_from_row).collect()
     }
@@ -427,13 +372,13 @@ impl Meta {
         after: &str,
         limit: i64,
     ) -> Result<Vec<Object>, DbError> {
-        let rows = sqlx::query("SELECT * FROM objects WHERE bucket = ? AND key > ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?")
+        let rows = q("SELECT * FROM objects WHERE bucket = $1 AND key > $2 AND substr(key, 1, CAST($3 AS INTEGER)) = $4 ORDER BY key LIMIT $5")
             .bind(bucket)
             .bind(after)
             .bind(prefix.chars().count() as i64)
             .bind(prefix)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(object_from_row).collect()
     }
@@ -468,26 +413,23 @@ impl Meta {
         }
         let old = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
-        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES (?, ?, ?, ?, ?, ?)")
+        q("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&o.version_id)
             .bind(blob.part_number as i64)
             .bind(blob.size as i64)
             .bind(&blob.etag)
             .bind(&blob.file)
             .bind(blob.created_ms)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
         Ok(Ok(old))
     }
 
-    async fn insert_object_tx(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        o: &Object,
-    ) -> Result<(), DbError> {
+    async fn insert_object_tx(tx: &mut Tx<'_>, o: &Object) -> Result<(), DbError> {
         let (salt, sealed) = o.sse.columns();
-        sqlx::query("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart, sse_kms, bk_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        q("INSERT INTO objects (bucket, key, version_id, size, etag, content_type, headers, metadata, last_modified_ms, sse_mode, seal_salt, sealed_key, part_count, multipart, sse_kms, bk_generation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
@@ -504,38 +446,38 @@ impl Meta {
             .bind(i64::from(o.multipart))
             .bind(o.sse.kms_column())
             .bind(o.sse.bk_generation_column())
-            .execute(&mut **tx)
+            .execute(tx.ex())
             .await?;
         Ok(())
     }
 
     /// Remove the visible version of a key and its blob rows; returns the blob files to delete.
     async fn retire_object_tx(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         bucket: &str,
         key: &str,
     ) -> Result<Vec<String>, DbError> {
         let vid: Option<String> =
-            sqlx::query_scalar("SELECT version_id FROM objects WHERE bucket = ? AND key = ?")
+            q("SELECT version_id FROM objects WHERE bucket = $1 AND key = $2")
                 .bind(bucket)
                 .bind(key)
-                .fetch_optional(&mut **tx)
+                .scalar_optional(tx.ex())
                 .await?;
         let Some(vid) = vid else {
             return Ok(Vec::new());
         };
-        let files: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+        let files: Vec<String> = q("SELECT file FROM blobs WHERE owner = $1")
             .bind(&vid)
-            .fetch_all(&mut **tx)
+            .scalars(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+        q("DELETE FROM blobs WHERE owner = $1")
             .bind(&vid)
-            .execute(&mut **tx)
+            .execute(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM objects WHERE bucket = ? AND key = ?")
+        q("DELETE FROM objects WHERE bucket = $1 AND key = $2")
             .bind(bucket)
             .bind(key)
-            .execute(&mut **tx)
+            .execute(tx.ex())
             .await?;
         versions::forget_tx(tx, &vid).await?;
         Ok(files)
@@ -562,7 +504,7 @@ impl Meta {
         let (salt, sealed) = o.sse.columns();
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let r = sqlx::query("UPDATE objects SET sse_mode = ?, seal_salt = ?, sealed_key = ?, sse_kms = ?, bk_generation = ?, etag = ?, content_type = ?, headers = ?, metadata = ?, last_modified_ms = ? WHERE bucket = ? AND key = ? AND version_id = ?")
+        let r = q("UPDATE objects SET sse_mode = $1, seal_salt = $2, sealed_key = $3, sse_kms = $4, bk_generation = $5, etag = $6, content_type = $7, headers = $8, metadata = $9, last_modified_ms = $10 WHERE bucket = $11 AND key = $12 AND version_id = $13")
             .bind(o.sse.mode_str())
             .bind(salt)
             .bind(sealed)
@@ -576,19 +518,19 @@ impl Meta {
             .bind(&o.bucket)
             .bind(&o.key)
             .bind(&o.version_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
-        if r.rows_affected() != 1 {
+        if r != 1 {
             tx.rollback().await?;
             w.done();
             return Ok(false);
         }
         for (n, etag) in part_etags {
-            sqlx::query("UPDATE blobs SET etag = ? WHERE owner = ? AND part_number = ?")
+            q("UPDATE blobs SET etag = $1 WHERE owner = $2 AND part_number = $3")
                 .bind(etag)
                 .bind(&o.version_id)
                 .bind(i64::from(*n))
-                .execute(&mut *tx)
+                .execute(tx.ex())
                 .await?;
         }
         tx.commit().await?;
@@ -604,12 +546,12 @@ impl Meta {
         let (salt, sealed) = u.sse.columns();
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        if !versions::insert_writing(&mut tx, &u.version_id, bucket, &u.key).await? {
+        if !versions::insert_writing(&mut tx, self.node(), &u.version_id, bucket, &u.key).await? {
             tx.rollback().await?;
             w.done();
             return Ok(false);
         }
-        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key, sse_kms, bk_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        q("INSERT INTO uploads (upload_id, bucket, key, version_id, created_ms, content_type, headers, metadata, sse_mode, seal_salt, sealed_key, sse_kms, bk_generation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
             .bind(&u.key)
@@ -623,7 +565,7 @@ impl Meta {
             .bind(sealed)
             .bind(u.sse.kms_column())
             .bind(u.sse.bk_generation_column())
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
@@ -631,15 +573,15 @@ impl Meta {
     }
 
     pub async fn upload(&self, upload_id: &str) -> Result<Option<Upload>, DbError> {
-        let row = sqlx::query("SELECT * FROM uploads WHERE upload_id = ?")
+        let row = q("SELECT * FROM uploads WHERE upload_id = $1")
             .bind(upload_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(upload_from_row).transpose()
     }
 
     pub async fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>, DbError> {
-        let rows = sqlx::query("SELECT * FROM uploads WHERE bucket = ? AND completed_etag IS NULL ORDER BY key, created_ms, upload_id").bind(bucket).fetch_all(&self.pool).await?;
+        let rows = q("SELECT * FROM uploads WHERE bucket = $1 AND completed_etag IS NULL ORDER BY key, created_ms, upload_id").bind(bucket).fetch_all(self.reader()).await?;
         rows.iter().map(upload_from_row).collect()
     }
 
@@ -652,29 +594,27 @@ impl Meta {
     ) -> Result<Option<Vec<String>>, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let live: Option<String> = sqlx::query_scalar(
-            "SELECT upload_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
-        )
-        .bind(upload_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let live: Option<String> =
+            q("SELECT upload_id FROM uploads WHERE upload_id = $1 AND completed_etag IS NULL")
+                .bind(upload_id)
+                .scalar_optional(tx.ex())
+                .await?;
         if live.is_none() {
             tx.rollback().await?;
             w.done();
             return Ok(None);
         }
-        let old: Vec<String> =
-            sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ? AND part_number = ?")
-                .bind(upload_id)
-                .bind(blob.part_number as i64)
-                .fetch_all(&mut *tx)
-                .await?;
-        sqlx::query("DELETE FROM blobs WHERE owner = ? AND part_number = ?")
+        let old: Vec<String> = q("SELECT file FROM blobs WHERE owner = $1 AND part_number = $2")
             .bind(upload_id)
             .bind(blob.part_number as i64)
-            .execute(&mut *tx)
+            .scalars(tx.ex())
             .await?;
-        sqlx::query("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms, checksums) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        q("DELETE FROM blobs WHERE owner = $1 AND part_number = $2")
+            .bind(upload_id)
+            .bind(blob.part_number as i64)
+            .execute(tx.ex())
+            .await?;
+        q("INSERT INTO blobs (owner, part_number, size, etag, file, created_ms, checksums) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(upload_id)
             .bind(blob.part_number as i64)
             .bind(blob.size as i64)
@@ -682,7 +622,7 @@ impl Meta {
             .bind(&blob.file)
             .bind(blob.created_ms)
             .bind(&blob.checksums)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
@@ -702,9 +642,9 @@ impl Meta {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
         let state: Option<Option<String>> =
-            sqlx::query_scalar("SELECT completed_etag FROM uploads WHERE upload_id = ?")
+            q("SELECT completed_etag FROM uploads WHERE upload_id = $1")
                 .bind(&u.upload_id)
-                .fetch_optional(&mut *tx)
+                .scalar_optional(tx.ex())
                 .await?;
         let early = match state {
             None if !Self::bucket_exists_tx(&mut tx, &o.bucket).await? => {
@@ -730,26 +670,26 @@ impl Meta {
         let mut dead = Self::retire_object_tx(&mut tx, &o.bucket, &o.key).await?;
         Self::insert_object_tx(&mut tx, o).await?;
         for p in parts {
-            sqlx::query("UPDATE blobs SET owner = ? WHERE owner = ? AND part_number = ?")
+            q("UPDATE blobs SET owner = $1 WHERE owner = $2 AND part_number = $3")
                 .bind(&o.version_id)
                 .bind(&u.upload_id)
                 .bind(*p as i64)
-                .execute(&mut *tx)
+                .execute(tx.ex())
                 .await?;
         }
-        let rest: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+        let rest: Vec<String> = q("SELECT file FROM blobs WHERE owner = $1")
             .bind(&u.upload_id)
-            .fetch_all(&mut *tx)
+            .scalars(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+        q("DELETE FROM blobs WHERE owner = $1")
             .bind(&u.upload_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
-        sqlx::query("UPDATE uploads SET completed_etag = ?, completed_ms = ? WHERE upload_id = ?")
+        q("UPDATE uploads SET completed_etag = $1, completed_ms = $2 WHERE upload_id = $3")
             .bind(&o.etag)
             .bind(now_ms())
             .bind(&u.upload_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
@@ -761,29 +701,28 @@ impl Meta {
     pub async fn abort_upload(&self, upload_id: &str) -> Result<Option<Vec<String>>, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let live: Option<String> = sqlx::query_scalar(
-            "SELECT version_id FROM uploads WHERE upload_id = ? AND completed_etag IS NULL",
-        )
-        .bind(upload_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let live: Option<String> =
+            q("SELECT version_id FROM uploads WHERE upload_id = $1 AND completed_etag IS NULL")
+                .bind(upload_id)
+                .scalar_optional(tx.ex())
+                .await?;
         let Some(version_id) = live else {
             tx.rollback().await?;
             w.done();
             return Ok(None);
         };
         versions::abort_tx(&mut tx, &version_id).await?;
-        let files: Vec<String> = sqlx::query_scalar("SELECT file FROM blobs WHERE owner = ?")
+        let files: Vec<String> = q("SELECT file FROM blobs WHERE owner = $1")
             .bind(upload_id)
-            .fetch_all(&mut *tx)
+            .scalars(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM blobs WHERE owner = ?")
+        q("DELETE FROM blobs WHERE owner = $1")
             .bind(upload_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
-        sqlx::query("DELETE FROM uploads WHERE upload_id = ?")
+        q("DELETE FROM uploads WHERE upload_id = $1")
             .bind(upload_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         tx.commit().await?;
         w.done();
@@ -797,11 +736,10 @@ impl Meta {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
         let aborted_versions = versions::forget_aborted_tx(&mut tx).await?;
-        let completed_uploads = sqlx::query("DELETE FROM uploads WHERE completed_etag IS NOT NULL AND (completed_ms IS NULL OR completed_ms < ?)")
+        let completed_uploads = q("DELETE FROM uploads WHERE completed_etag IS NOT NULL AND (completed_ms IS NULL OR completed_ms < $1)")
             .bind(now_ms.saturating_sub(COMPLETED_UPLOAD_RETENTION_MS))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(tx.ex())
+            .await?;
         tx.commit().await?;
         w.done();
         Ok(Pruned {
@@ -812,28 +750,23 @@ impl Meta {
 
     /// True when a blob row references `file` (read through a fresh reader connection).
     pub async fn blob_file_referenced(&self, file: &str) -> Result<bool, DbError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blobs WHERE file = ?")
+        let n: i64 = q("SELECT COUNT(*) FROM blobs WHERE file = $1")
             .bind(file)
-            .fetch_one(&self.pool)
+            .scalar(self.reader())
             .await?;
         Ok(n > 0)
     }
 
-    async fn bucket_exists_tx(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        name: &str,
-    ) -> Result<bool, DbError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM buckets WHERE name = ?")
+    async fn bucket_exists_tx(tx: &mut Tx<'_>, name: &str) -> Result<bool, DbError> {
+        let n: i64 = q("SELECT COUNT(*) FROM buckets WHERE name = $1")
             .bind(name)
-            .fetch_one(&mut **tx)
+            .scalar(tx.ex())
             .await?;
         Ok(n > 0)
     }
 
     /// Every blob file name that a row references (for the start-up sweep).
     pub async fn all_blob_files(&self) -> Result<Vec<String>, DbError> {
-        sqlx::query_scalar("SELECT file FROM blobs")
-            .fetch_all(&self.pool)
-            .await
+        q("SELECT file FROM blobs").scalars(self.reader()).await
     }
 }

@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod blobs_s3;
 pub mod bucket_keys;
 pub mod conditions;
+pub mod db;
 pub mod disk;
 pub mod meta;
 pub mod objects;

@@ -10,6 +10,7 @@
 //!
 //! Secret: none. Atomic: each transition is one statement or part of the publishing transaction.
 
+use super::db::{Tx, q};
 use super::meta::{Bucket, DbError, Meta, now_ms};
 
 /// The state of an object version.
@@ -90,13 +91,14 @@ impl Drop for WritingVersion {
 /// starts before the delete and is aborted by it, or finds no bucket: a write racing
 /// DeleteBucket can never publish into the deleted bucket or a re-created one (issue 11 E18).
 pub(crate) async fn insert_writing(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx<'_>,
+    node: Option<i64>,
     version_id: &str,
     bucket: &Bucket,
     key: &str,
 ) -> Result<bool, DbError> {
     let now = now_ms();
-    let r = sqlx::query("INSERT INTO versions (version_id, bucket, key, state, created_ms, updated_ms) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM buckets WHERE name = ? AND id = ?)")
+    let r = q("INSERT INTO versions (version_id, bucket, key, state, created_ms, updated_ms, node) SELECT $1, $2, $3, $4, $5, $6, $9 WHERE EXISTS (SELECT 1 FROM buckets WHERE name = $7 AND id = $8)")
         .bind(version_id)
         .bind(&bucket.name)
         .bind(key)
@@ -105,78 +107,65 @@ pub(crate) async fn insert_writing(
         .bind(now)
         .bind(&bucket.name)
         .bind(&bucket.id)
-        .execute(conn)
+        .bind(node)
+        .execute(tx.ex())
         .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(r == 1)
 }
 
 /// `writing` → `complete` inside the publishing transaction; `false` (the caller rolls back)
 /// when the version is no longer writing: while the node runs only DeleteBucket aborts a
 /// version whose write is still in flight.
-pub(crate) async fn complete_tx(
-    conn: &mut sqlx::SqliteConnection,
-    version_id: &str,
-) -> Result<bool, DbError> {
-    let r = sqlx::query(
-        "UPDATE versions SET state = ?, updated_ms = ? WHERE version_id = ? AND state = ?",
-    )
-    .bind(VersionState::Complete.as_str())
-    .bind(now_ms())
-    .bind(version_id)
-    .bind(VersionState::Writing.as_str())
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
+pub(crate) async fn complete_tx(tx: &mut Tx<'_>, version_id: &str) -> Result<bool, DbError> {
+    let r =
+        q("UPDATE versions SET state = $1, updated_ms = $2 WHERE version_id = $3 AND state = $4")
+            .bind(VersionState::Complete.as_str())
+            .bind(now_ms())
+            .bind(version_id)
+            .bind(VersionState::Writing.as_str())
+            .execute(tx.ex())
+            .await?;
+    Ok(r == 1)
 }
 
 /// Forget every aborted version (nothing reads them: only `writing` rows can be published).
-pub(crate) async fn forget_aborted_tx(conn: &mut sqlx::SqliteConnection) -> Result<u64, DbError> {
-    let r = sqlx::query("DELETE FROM versions WHERE state = ?")
+pub(crate) async fn forget_aborted_tx(tx: &mut Tx<'_>) -> Result<u64, DbError> {
+    let r = q("DELETE FROM versions WHERE state = $1")
         .bind(VersionState::Aborted.as_str())
-        .execute(conn)
+        .execute(tx.ex())
         .await?;
-    Ok(r.rows_affected())
+    Ok(r)
 }
 
 /// Abort every `writing` version of a bucket (inside DeleteBucket's transaction).
-pub(crate) async fn abort_bucket_tx(
-    conn: &mut sqlx::SqliteConnection,
-    bucket: &str,
-) -> Result<u64, DbError> {
-    let r =
-        sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE bucket = ? AND state = ?")
-            .bind(VersionState::Aborted.as_str())
-            .bind(now_ms())
-            .bind(bucket)
-            .bind(VersionState::Writing.as_str())
-            .execute(conn)
-            .await?;
-    Ok(r.rows_affected())
+pub(crate) async fn abort_bucket_tx(tx: &mut Tx<'_>, bucket: &str) -> Result<u64, DbError> {
+    let r = q("UPDATE versions SET state = $1, updated_ms = $2 WHERE bucket = $3 AND state = $4")
+        .bind(VersionState::Aborted.as_str())
+        .bind(now_ms())
+        .bind(bucket)
+        .bind(VersionState::Writing.as_str())
+        .execute(tx.ex())
+        .await?;
+    Ok(r)
 }
 
 /// `writing` → `aborted` (no-op in any other state).
-pub(crate) async fn abort_tx(
-    conn: &mut sqlx::SqliteConnection,
-    version_id: &str,
-) -> Result<(), DbError> {
-    sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE version_id = ? AND state = ?")
+pub(crate) async fn abort_tx(tx: &mut Tx<'_>, version_id: &str) -> Result<(), DbError> {
+    q("UPDATE versions SET state = $1, updated_ms = $2 WHERE version_id = $3 AND state = $4")
         .bind(VersionState::Aborted.as_str())
         .bind(now_ms())
         .bind(version_id)
         .bind(VersionState::Writing.as_str())
-        .execute(conn)
+        .execute(tx.ex())
         .await?;
     Ok(())
 }
 
 /// A retired (overwritten or deleted) complete version leaves no row.
-pub(crate) async fn forget_tx(
-    conn: &mut sqlx::SqliteConnection,
-    version_id: &str,
-) -> Result<(), DbError> {
-    sqlx::query("DELETE FROM versions WHERE version_id = ?")
+pub(crate) async fn forget_tx(tx: &mut Tx<'_>, version_id: &str) -> Result<(), DbError> {
+    q("DELETE FROM versions WHERE version_id = $1")
         .bind(version_id)
-        .execute(conn)
+        .execute(tx.ex())
         .await?;
     Ok(())
 }
@@ -196,7 +185,9 @@ impl Meta {
         version_id: &str,
     ) -> Result<Option<WritingVersion>, DbError> {
         let mut w = self.write_conn().await?;
-        let inserted = insert_writing(&mut w, version_id, bucket, key).await?;
+        let mut tx = w.single().await?;
+        let inserted = insert_writing(&mut tx, self.node(), version_id, bucket, key).await?;
+        tx.commit().await?;
         w.done();
         Ok(inserted.then(|| WritingVersion {
             meta: self.clone(),
@@ -208,32 +199,43 @@ impl Meta {
     /// Mark a version aborted if it is still being written.
     pub async fn abort_version(&self, version_id: &str) -> Result<(), DbError> {
         let mut w = self.write_conn().await?;
-        abort_tx(&mut w, version_id).await?;
+        let mut tx = w.single().await?;
+        abort_tx(&mut tx, version_id).await?;
+        tx.commit().await?;
         w.done();
         Ok(())
     }
 
     pub async fn version_state(&self, version_id: &str) -> Result<Option<VersionState>, DbError> {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT state FROM versions WHERE version_id = ?")
-                .bind(version_id)
-                .fetch_optional(self.reader())
-                .await?;
+        let s: Option<String> = q("SELECT state FROM versions WHERE version_id = $1")
+            .bind(version_id)
+            .scalar_optional(self.reader())
+            .await?;
         Ok(s.as_deref().and_then(VersionState::parse))
     }
 
     /// Start-up: every `writing` version without a live upload was interrupted; abort it, then
-    /// forget all aborted rows. Runs before requests are accepted.
+    /// forget all aborted rows. Runs before requests are accepted. On PostgreSQL, other nodes
+    /// may be serving: only the versions of nodes that no longer hold their lease (see
+    /// `db::NodeLease`) were interrupted; a live node's in-flight writes are left alone.
     pub async fn sweep_versions(&self) -> Result<VersionSweep, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let interrupted = sqlx::query("UPDATE versions SET state = ?, updated_ms = ? WHERE state = ? AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
-            .bind(VersionState::Aborted.as_str())
-            .bind(now_ms())
-            .bind(VersionState::Writing.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let interrupted = if self.is_shared() {
+            q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL) AND (node IS NULL OR node NOT IN (SELECT CAST(objid AS BIGINT) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND CAST(classid AS BIGINT) = $4 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))")
+        } else {
+            q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
+        }
+        .bind(VersionState::Aborted.as_str())
+        .bind(now_ms())
+        .bind(VersionState::Writing.as_str());
+        let interrupted = if self.is_shared() {
+            interrupted.bind(i64::from(super::db::NODE_LOCK_CLASS))
+        } else {
+            interrupted
+        }
+        .execute(tx.ex())
+        .await?;
         let forgotten = forget_aborted_tx(&mut tx).await?;
         tx.commit().await?;
         w.done();
