@@ -5,7 +5,8 @@
 //! unreachable; a backend that breaks or stalls mid-GET gives 503 + Retry-After, never a 200
 //! with part of the object; and the multi-node orphan sweep rule: a blob just uploaded but not
 //! yet referenced (another node's write in flight) survives a second node's sweep, an old one is
-//! removed, a referenced one is kept.
+//! removed, a referenced one is kept; an incomplete backend multipart upload under the node's
+//! prefix is aborted by the same rule, one under another prefix never.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -126,6 +127,7 @@ async fn relay(target: String) -> (String, Arc<RelayCtl>) {
 struct Gateway {
     client: S3Client,
     host: String,
+    backend_host: String,
     blob_cfg: S3BlobConfig,
     dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -143,7 +145,7 @@ async fn gateway() -> Gateway {
         admin.call("PUT", "/blobs", &[], &[], vec![]).await.status,
         200
     );
-    let (rhost, ctl) = relay(bhost).await;
+    let (rhost, ctl) = relay(bhost.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let blob_cfg = S3BlobConfig {
         url: "s3://blobs/node".into(),
@@ -176,6 +178,7 @@ async fn gateway() -> Gateway {
     Gateway {
         client: S3Client::plain(&host, "bb-test", "bb-test-secret"),
         host,
+        backend_host: bhost,
         blob_cfg,
         dir,
         _stop: tx,
@@ -365,6 +368,24 @@ async fn a_second_nodes_sweep_keeps_young_unreferenced_blobs_and_removes_old_one
     let meta = Meta::open(g.dir.path()).await.unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let blobs2 = BlobStore::open_s3(d2.path(), &g.blob_cfg).unwrap();
+    // A backend multipart upload in flight under the node's prefix, and one of someone else.
+    let admin = S3Client::plain(&g.backend_host, "bb-test", "bb-test-secret");
+    for key in ["/blobs/node/0123abcd", "/blobs/other/0123abcd"] {
+        let r = admin
+            .call("POST", key, &[("uploads", "")], &[], vec![])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let uploads = || async {
+        let r = admin
+            .call("GET", "/blobs", &[("uploads", "")], &[], vec![])
+            .await;
+        assert_eq!(r.status, 200);
+        let mut k = r.all("Key");
+        k.sort();
+        k
+    };
+    assert_eq!(uploads().await, ["node/0123abcd", "other/0123abcd"]);
     let all = names(&blobs2).await;
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.contains(&inflight.file));
@@ -374,6 +395,8 @@ async fn a_second_nodes_sweep_keeps_young_unreferenced_blobs_and_removes_old_one
         .await
         .unwrap();
     assert_eq!((r.orphans_removed, r.orphans_kept_young), (0, 1));
+    assert_eq!(r.uploads_aborted, 0);
+    assert_eq!(uploads().await, ["node/0123abcd", "other/0123abcd"]);
     assert_eq!(
         names(&blobs2).await,
         all,
@@ -387,6 +410,9 @@ async fn a_second_nodes_sweep_keeps_young_unreferenced_blobs_and_removes_old_one
         .await
         .unwrap();
     assert_eq!((r.orphans_removed, r.orphans_kept_young), (1, 0));
+    // The abandoned upload under the prefix is aborted; other prefixes are not touched.
+    assert_eq!(r.uploads_aborted, 1);
+    assert_eq!(uploads().await, ["other/0123abcd"]);
     let left = names(&blobs2).await;
     assert_eq!(left.len(), 1);
     assert!(!left.contains(&inflight.file));

@@ -214,15 +214,27 @@ def test_start_up_sweep_removes_backend_blobs_without_rows(backend, start_node):
     backend.client.put_object(Bucket=bbucket, Key=stray, Body=b"orphan")
     other = f"other-prefix/{uuid.uuid4().hex}"
     backend.client.put_object(Bucket=bbucket, Key=other, Body=b"not ours")
+    # Backend multipart uploads left incomplete (a node killed mid-upload), ours and another's.
+    for k in (f"{prefix}/{uuid.uuid4().hex}", other):
+        backend.client.create_multipart_upload(Bucket=bbucket, Key=k)
+
+    def uploads() -> set[str]:
+        return {u["Key"] for u in backend.client.list_multipart_uploads(Bucket=bbucket).get("Uploads", [])}
+
+    pending = uploads()
+    assert len(pending) == 2
     node.stop()
     # Issue 14: a blob younger than the grace period (1 h by default) may be another node's
-    # write in flight (uploaded, row not yet committed): the sweep keeps it.
+    # write in flight (uploaded, row not yet committed): the sweep keeps it, and the uploads.
     again = _restart(node, start_node)
     assert set(backend.objects(bbucket)) == live | {other, stray}
+    assert uploads() == pending
     again.stop()
-    # With no grace, it is an orphan and goes; other prefixes are never touched.
+    # With no grace, it is an orphan and goes, and our upload is aborted; other prefixes are
+    # never touched.
     again = _restart(node, start_node, "--orphan-grace-secs", "0")
     assert set(backend.objects(bbucket)) == live | {other}
+    assert uploads() == {other}
     assert again.client().get_object(Bucket=bucket, Key="live")["Body"].read() == MARKER
 
 

@@ -62,6 +62,8 @@ pub struct BlobStore {
     blobs: PathBuf,
     disk: DiskHealth,
     s3: Option<S3Blobs>,
+    /// Incomplete backend multipart uploads (by upload id) and when a sweep first saw them.
+    uploads_seen: std::sync::Mutex<std::collections::HashMap<String, SystemTime>>,
 }
 
 /// Removes a temporary file unless disarmed.
@@ -92,6 +94,7 @@ impl BlobStore {
             blobs,
             disk,
             s3: None,
+            uploads_seen: std::sync::Mutex::default(),
         })
     }
 
@@ -321,6 +324,40 @@ impl BlobStore {
             names.push((e.file_name().to_string_lossy().to_string(), modified));
         }
         Ok(names)
+    }
+
+    /// Abort the S3 backend's incomplete multipart uploads under the prefix that were started
+    /// more than `grace` before `now` and that this node has seen pending for that long; how
+    /// many (none on `blobs/`).
+    pub async fn abort_stale_uploads(
+        &self,
+        grace: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<usize, BlobError> {
+        let Some(s3) = &self.s3 else { return Ok(0) };
+        let pending = s3.pending_uploads().await?;
+        // When this node first saw each upload: some stores (moto) answer a fixed, old
+        // initiation time, so an upload must also have been seen pending for the grace period.
+        let first_seen: Vec<SystemTime> = {
+            let mut seen = self
+                .uploads_seen
+                .lock()
+                .map_err(|_| BlobError::Backend("upload registry poisoned".into()))?;
+            seen.retain(|id, _| pending.iter().any(|u| &u.upload_id == id));
+            pending
+                .iter()
+                .map(|u| *seen.entry(u.upload_id.clone()).or_insert(now))
+                .collect()
+        };
+        let old = |t: SystemTime| now.duration_since(t).is_ok_and(|age| age > grace);
+        let mut n = 0;
+        for (u, first) in pending.iter().zip(first_seen) {
+            if grace.is_zero() || (old(u.initiated) && old(first)) {
+                s3.abort_upload(u).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// True when blobs live in a store other nodes may share (the S3 backend): blobs there

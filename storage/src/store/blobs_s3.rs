@@ -8,6 +8,10 @@
 //! range covering the requested segments. Any backend failure or timeout is
 //! [`BlobError::Backend`] (answered 503 + Retry-After).
 //!
+//! The orphan sweep also lists the prefix's incomplete backend multipart uploads (a signed
+//! ListMultipartUploads, which `object_store` has no call for) so that it can abort abandoned
+//! ones.
+//!
 //! Secret: the backend's secret access key, read from a file and handed to the client; never
 //! logged. Atomic: an S3 PUT or CompleteMultipartUpload makes the object appear whole or not at
 //! all; an upload that fails is aborted.
@@ -61,6 +65,8 @@ pub enum S3ConfigError {
     Client(#[from] object_store::Error),
     #[error("data dir: {0}")]
     Io(#[from] std::io::Error),
+    #[error("blob store client: {0}")]
+    Raw(String),
 }
 
 /// The S3 backend.
@@ -68,6 +74,190 @@ pub struct S3Blobs {
     store: AmazonS3,
     /// Key prefix with a trailing `/`, or empty.
     prefix: String,
+    /// Signed requests `object_store` has no call for (listing incomplete multipart uploads).
+    raw: RawS3,
+}
+
+/// A backend multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
+/// SigV4-signed requests to the bucket, path style (`ENDPOINT/BUCKET`).
+struct RawS3 {
+    http: reqwest::Client,
+    bucket_url: String,
+    credential: object_store::aws::AwsCredential,
+    region: String,
+}
+
+/// Most pages of ListMultipartUploads read by one sweep.
+const MAX_UPLOAD_PAGES: usize = 100;
+
+impl RawS3 {
+    fn new(cfg: &S3BlobConfig, bucket: &str) -> Result<Self, S3ConfigError> {
+        let mut b = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            .use_rustls_tls();
+        if let Some(pem) = &cfg.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| S3ConfigError::Raw(e.to_string()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let endpoint = match &cfg.endpoint {
+            Some(e) => e.trim_end_matches('/').to_string(),
+            None => format!("https://s3.{}.amazonaws.com", cfg.region),
+        };
+        if endpoint.starts_with("http://") && !cfg.allow_http {
+            return Err(S3ConfigError::Raw(format!("{endpoint} is plain http")));
+        }
+        Ok(Self {
+            http: b.build().map_err(|e| S3ConfigError::Raw(e.to_string()))?,
+            bucket_url: format!("{endpoint}/{bucket}"),
+            credential: object_store::aws::AwsCredential {
+                key_id: cfg.access_key.clone(),
+                secret_key: cfg.secret_key.to_string(),
+                token: None,
+            },
+            region: cfg.region.clone(),
+        })
+    }
+
+    /// Send `method url` (empty body) signed; the status and body.
+    async fn send(&self, method: http::Method, url: &str) -> Result<(u16, Bytes), BlobError> {
+        let mut req: object_store::client::HttpRequest = http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| BlobError::Backend(e.to_string()))?;
+        object_store::aws::AwsAuthorizer::new(&self.credential, "s3", &self.region)
+            .authorize(&mut req, None);
+        let mut rb = self.http.request(method, url);
+        for (k, v) in req.headers() {
+            if k != http::header::HOST {
+                rb = rb.header(k, v);
+            }
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| BlobError::Backend(format!("blob store request failed: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| BlobError::Backend(format!("blob store answer: {e}")))?;
+        Ok((status, body))
+    }
+
+    /// Incomplete multipart uploads of keys under `prefix`.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, BlobError> {
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let mut url = format!("{}?uploads&prefix={}", self.bucket_url, enc(prefix));
+            if let Some((k, u)) = &markers {
+                url.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    enc(k),
+                    enc(u)
+                ));
+            }
+            let (status, body) = self.send(http::Method::GET, &url).await?;
+            if status != 200 {
+                return Err(BlobError::Backend(format!(
+                    "ListMultipartUploads answered {status}"
+                )));
+            }
+            let text = String::from_utf8_lossy(&body);
+            for block in xml_blocks(&text, "Upload") {
+                let (Some(key), Some(id)) = (xml_text(block, "Key"), xml_text(block, "UploadId"))
+                else {
+                    continue;
+                };
+                let initiated = xml_text(block, "Initiated")
+                    .and_then(|t| {
+                        time::OffsetDateTime::parse(
+                            &t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(SystemTime::from);
+                // An upload of unknown age is left alone.
+                if let Some(initiated) = initiated {
+                    out.push(PendingUpload {
+                        key,
+                        upload_id: id,
+                        initiated,
+                    });
+                }
+            }
+            let truncated = xml_text(&text, "IsTruncated").is_some_and(|t| t == "true");
+            match (
+                truncated,
+                xml_text(&text, "NextKeyMarker"),
+                xml_text(&text, "NextUploadIdMarker"),
+            ) {
+                (true, Some(k), Some(u)) => markers = Some((k, u)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BlobError> {
+        let path: String = key.split('/').map(enc).collect::<Vec<_>>().join("/");
+        let url = format!("{}/{path}?uploadId={}", self.bucket_url, enc(upload_id));
+        match self.send(http::Method::DELETE, &url).await? {
+            (200..=299, _) | (404, _) => Ok(()),
+            (status, _) => Err(BlobError::Backend(format!(
+                "AbortMultipartUpload answered {status}"
+            ))),
+        }
+    }
+}
+
+/// Percent-encoding of a query value or key segment (RFC 3986 unreserved kept).
+fn enc(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+/// The inner texts of every `<tag>…</tag>` in `xml`.
+fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = rest.get(i + open.len()..).unwrap_or_default();
+        let Some(j) = after.find(&close) else { break };
+        out.push(after.get(..j).unwrap_or_default());
+        rest = after.get(j + close.len()..).unwrap_or_default();
+    }
+    out
+}
+
+/// The first `<tag>` text in `xml`, XML entities decoded.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let raw = xml_blocks(xml, tag).into_iter().next()?;
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 /// A backend error as the node reports it (the message names no secret).
@@ -120,6 +310,7 @@ impl S3Blobs {
         }
         Ok(Self {
             store: b.build()?,
+            raw: RawS3::new(cfg, bucket)?,
             prefix: if prefix.is_empty() {
                 String::new()
             } else {
@@ -242,6 +433,24 @@ impl S3Blobs {
             }
         }
         Ok(names)
+    }
+
+    /// Incomplete backend multipart uploads of blobs under the prefix (another node's upload in
+    /// flight, or one abandoned by a node killed mid-upload).
+    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, BlobError> {
+        let mut all = self.raw.list_uploads(&self.prefix).await?;
+        // Only blobs directly under the prefix are ours.
+        all.retain(|u| {
+            u.key
+                .strip_prefix(&self.prefix)
+                .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+        });
+        Ok(all)
+    }
+
+    /// Abort one incomplete backend multipart upload (its parts are freed).
+    pub async fn abort_upload(&self, u: &PendingUpload) -> Result<(), BlobError> {
+        self.raw.abort_upload(&u.key, &u.upload_id).await
     }
 
     /// Whether the backend answers now: a HEAD of a name no blob has (404 is an answer).
