@@ -232,6 +232,13 @@ pub struct StatusResponse {
     /// True when the KMS holds a local CA key and can issue client certificates.
     #[serde(default)]
     pub issues_client_certificates: bool,
+    /// Replicas on PostgreSQL: whether this replica holds the lease of background work (it
+    /// signs checkpoints and runs re-wrap and the named-key lifecycle); absent on SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<bool>,
+    /// Replicas on PostgreSQL: the lease epoch (fencing token) this replica last held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<u64>,
 }
 
 /// `GET /v1/admin/audit/public-key`.

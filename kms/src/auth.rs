@@ -192,6 +192,13 @@ impl Identities {
         }
     }
 
+    /// Replace them all (a replica reloading after another replica's change).
+    pub fn replace_all(&self, ids: Vec<Identity>) {
+        if let Ok(mut m) = self.map.write() {
+            *m = ids.into_iter().map(|i| (i.name.clone(), i)).collect();
+        }
+    }
+
     /// Look one up.
     pub fn get(&self, name: &str) -> Option<Identity> {
         self.map.read().ok()?.get(name).cloned()

@@ -16,7 +16,9 @@ pub mod hardening;
 pub mod init;
 pub mod keyring;
 pub mod kmskeys;
+pub mod lease;
 pub mod metrics;
+pub mod replicas;
 pub mod retire;
 pub mod rotation;
 pub mod seal;
@@ -30,7 +32,6 @@ use std::time::Duration;
 
 use coffer_common::secret::Passphrase;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use sqlx::sqlite::SqlitePool;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify};
 
@@ -49,7 +50,9 @@ pub struct KmsState {
     pub replay: ReplayCache,
     pub audit: AuditLog,
     /// Read pool (the audit writer owns the only writing connection).
-    pub pool: SqlitePool,
+    pub pool: store::Db,
+    /// The lease of background work among replicas (`crate::lease`; SQLite: always held).
+    pub lease: Arc<lease::Lease>,
     /// Unix time this process started (tokens issued earlier are refused).
     pub started_unix: i64,
     /// Wakes the re-wrap worker.
@@ -99,9 +102,11 @@ pub struct Tasks {
     writer: tokio::task::JoinHandle<()>,
     rewrap: tokio::task::JoinHandle<()>,
     lifecycle: tokio::task::JoinHandle<()>,
+    /// PostgreSQL: the lease keeper and the poller of other replicas' changes.
+    replicas: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
+pub(crate) fn identity_from_row(r: &store::IdentityRow) -> Result<Identity, StartError> {
     let pk: [u8; 32] = r
         .public_key
         .as_slice()
@@ -151,13 +156,32 @@ pub async fn open_with(
     cfg: WriterConfig,
     arn: kmskeys::material::ArnSettings,
 ) -> Result<(Arc<KmsState>, Tasks), StartError> {
+    let loc = store::Location::Sqlite(data_dir.to_path_buf());
+    open_at(data_dir, &loc, passphrase, cfg, arn, lease::DEFAULT_TTL).await
+}
+
+/// [`open_with`] with the database at `loc`: the data dir's `kms.db`, or PostgreSQL shared with
+/// other replicas (each unsealing with the same passphrase; `lease_ttl` is the lease of
+/// background work, `crate::lease`).
+pub async fn open_at(
+    data_dir: &Path,
+    loc: &store::Location,
+    passphrase: &Passphrase,
+    cfg: WriterConfig,
+    arn: kmskeys::material::ArnSettings,
+    lease_ttl: Duration,
+) -> Result<(Arc<KmsState>, Tasks), StartError> {
     arn.validate().map_err(StartError::Config)?;
-    if !data_dir.join(store::DB_FILE).exists() {
-        return Err(StartError::NotInitialized(data_dir.display().to_string()));
+    let where_ = match loc {
+        store::Location::Sqlite(_) => data_dir.display().to_string(),
+        store::Location::Pg(_) => "the PostgreSQL database of database_url".to_string(),
+    };
+    if !loc.is_pg() && !data_dir.join(store::DB_FILE).exists() {
+        return Err(StartError::NotInitialized(where_));
     }
-    let (mut writer, pool) = store::open(data_dir).await?;
+    let (mut writer, pool) = store::open_at(loc).await?;
     if !store::is_initialized(&mut writer).await? {
-        return Err(StartError::NotInitialized(data_dir.display().to_string()));
+        return Err(StartError::NotInitialized(where_));
     }
     let sealed = store::root_keys(&mut writer).await?;
     let mut ring = Keyring::default();
@@ -169,7 +193,7 @@ pub async fn open_with(
         };
         ring.insert(version, key.unseal(&row.sealed)?);
     }
-    let pk = pk.ok_or_else(|| StartError::NotInitialized(data_dir.display().to_string()))?;
+    let pk = pk.ok_or_else(|| StartError::NotInitialized(where_.clone()))?;
     let (audit_row, audit_pub) = store::audit_key(&mut writer).await?;
     let audit_pk = if audit_row.params == pk.params && audit_row.salt == pk.salt {
         None
@@ -199,7 +223,17 @@ pub async fn open_with(
     };
     let local_ca = certs::LocalCa::load(data_dir)?;
     let metrics = Arc::new(metrics::KmsMetrics::new());
-    let (audit, writer_task) = AuditLog::start(writer, head, signing, cfg);
+    let (lease, pg_pool) = match &pool {
+        store::Db::Pg(p) => (
+            Arc::new(lease::Lease::replicated(lease_ttl)),
+            Some(p.clone()),
+        ),
+        store::Db::Sqlite(_) => (Arc::new(lease::Lease::single()), None),
+    };
+    // The lease keeper's own connection, so that renewals never wait for the read pool.
+    let lease_conn = store::connect_pg(loc).await?;
+    let (audit, writer_task) =
+        AuditLog::start_with(writer, head, signing, cfg, lease.clone(), pg_pool.clone());
     let audit = audit.with_observer(metrics.audit_observer());
     let state = Arc::new(KmsState {
         keyring: RwLock::new(Some(ring)),
@@ -208,6 +242,7 @@ pub async fn open_with(
         replay: ReplayCache::default(),
         audit,
         pool,
+        lease,
         started_unix: coffer_common::jwt::now_unix(),
         rewrap_notify: Notify::new(),
         local_ca,
@@ -220,12 +255,24 @@ pub async fn open_with(
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));
     state.rewrap_notify.notify_one();
     let lifecycle = tokio::spawn(kmskeys::lifecycle::worker(Arc::downgrade(&state)));
+    let mut replicas = Vec::new();
+    if let (Some(conn), Some(pool)) = (lease_conn, pg_pool) {
+        replicas.push(tokio::spawn(replicas::lease_keeper(
+            Arc::downgrade(&state),
+            conn,
+        )));
+        replicas.push(tokio::spawn(replicas::change_poller(
+            Arc::downgrade(&state),
+            pool,
+        )));
+    }
     Ok((
         state,
         Tasks {
             writer: writer_task,
             rewrap,
             lifecycle,
+            replicas,
         },
     ))
 }
@@ -248,6 +295,10 @@ pub async fn serve(
     let _ = tasks.rewrap.await;
     tasks.lifecycle.abort();
     let _ = tasks.lifecycle.await;
+    for t in tasks.replicas {
+        t.abort();
+        let _ = t.await;
+    }
     audit::refusals::flush(&state, true).await;
     // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.
     drop(state);

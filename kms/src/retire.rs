@@ -10,64 +10,59 @@
 //!
 //! Secret: nothing here; the root key row is deleted sealed, and the keyring drops its copy.
 
-use sqlx::SqliteConnection;
-
-use crate::store::{ApplyError, ChangeError};
+use crate::store::{ApplyError, ChangeError, Db, DbConn};
+use crate::{on_conn, on_db};
 
 /// Remember that a storage node presented a wrapping of `data_key_id` under `version`
 /// (same transaction as the unwrap's audit record).
 pub async fn record_presented(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     data_key_id: i64,
     version: u32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE data_keys SET presented_version = ? WHERE id = ?")
+    on_conn!(conn, c => sqlx::query("UPDATE data_keys SET presented_version = $1 WHERE id = $2")
         .bind(i64::from(version))
         .bind(data_key_id)
-        .execute(conn)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected()))?;
     Ok(())
 }
 
 /// Data keys per version of the wrapping last presented for them.
-pub async fn keys_per_presented_version(
-    pool: &sqlx::SqlitePool,
-) -> Result<Vec<(u32, i64)>, sqlx::Error> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT presented_version, COUNT(*) FROM data_keys WHERE presented_version IS NOT NULL GROUP BY presented_version")
-        .fetch_all(pool)
-        .await?;
+pub async fn keys_per_presented_version(pool: &Db) -> Result<Vec<(u32, i64)>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> = on_db!(pool, p => sqlx::query_as("SELECT presented_version, COUNT(*) FROM data_keys WHERE presented_version IS NOT NULL GROUP BY presented_version")
+        .fetch_all(p)
+        .await)?;
     Ok(rows.into_iter().map(|(v, n)| (v as u32, n)).collect())
 }
 
 /// What depends on a root key version: data keys wrapped under it, and data keys whose last
 /// presented wrapping is under it.
-pub async fn dependents(
-    conn: &mut SqliteConnection,
-    version: u32,
-) -> Result<(i64, i64), sqlx::Error> {
-    let wrapped: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE cur_version = ?")
-        .bind(i64::from(version))
-        .fetch_one(&mut *conn)
-        .await?;
-    let presented: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE presented_version = ?")
+pub async fn dependents(conn: &mut DbConn, version: u32) -> Result<(i64, i64), sqlx::Error> {
+    on_conn!(conn, c => {
+        let wrapped: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE cur_version = $1")
             .bind(i64::from(version))
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *c)
             .await?;
-    Ok((wrapped, presented))
+        let presented: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE presented_version = $1")
+                .bind(i64::from(version))
+                .fetch_one(&mut *c)
+                .await?;
+        Ok((wrapped, presented))
+    })
 }
 
 /// Buckets whose data keys were last presented under `version` (at most `limit`).
 async fn presenting_buckets(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     version: u32,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT bucket_id FROM data_keys WHERE presented_version = ? ORDER BY bucket_id LIMIT ?")
+    on_conn!(conn, c => sqlx::query_scalar("SELECT DISTINCT bucket_id FROM data_keys WHERE presented_version = $1 ORDER BY bucket_id LIMIT $2")
         .bind(i64::from(version))
         .bind(limit)
-        .fetch_all(conn)
-        .await
+        .fetch_all(&mut *c)
+        .await)
 }
 
 /// Delete the sealed root key of `version`, refusing the active version, an unknown one, and one
@@ -75,17 +70,20 @@ async fn presenting_buckets(
 /// buckets that were deleted: no node will ever present them again); never keys still wrapped
 /// under it.
 pub async fn delete_root_key(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     version: u32,
     force: bool,
 ) -> Result<(), ApplyError> {
-    let active: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM root_keys")
-        .fetch_one(&mut *conn)
-        .await?;
-    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM root_keys WHERE version = ?")
-        .bind(i64::from(version))
-        .fetch_one(&mut *conn)
-        .await?;
+    let (active, exists): (Option<i64>, i64) = on_conn!(conn, c => {
+        let active: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM root_keys")
+            .fetch_one(&mut *c)
+            .await?;
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM root_keys WHERE version = $1")
+            .bind(i64::from(version))
+            .fetch_one(&mut *c)
+            .await?;
+        (active, exists)
+    });
     if exists == 0 {
         return Err(ApplyError::Refused(ChangeError::NotFound(format!(
             "root key version {version}"
@@ -109,9 +107,8 @@ pub async fn delete_root_key(
             buckets,
         }));
     }
-    sqlx::query("DELETE FROM root_keys WHERE version = ?")
+    on_conn!(conn, c => sqlx::query("DELETE FROM root_keys WHERE version = $1")
         .bind(i64::from(version))
-        .execute(&mut *conn)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected()))?;
     Ok(())
 }

@@ -20,6 +20,12 @@ const BATCH: i64 = 500;
 pub async fn rewrap_worker(state: Weak<KmsState>) {
     loop {
         let Some(st) = state.upgrade() else { return };
+        if st.lease.held().is_none() {
+            // Another replica holds the lease and does the work; look again when told (a new
+            // root version, the lease acquired) or after a while.
+            let _ = tokio::time::timeout(Duration::from_secs(5), st.rewrap_notify.notified()).await;
+            continue;
+        }
         match rewrap_once(&st).await {
             Ok(0) => {
                 // Then the material of named KMS keys (`kmskeys::lifecycle`).
@@ -103,7 +109,7 @@ pub async fn rewrap_once(st: &Arc<KmsState>) -> Result<usize, String> {
         ..AuditEvent::default()
     };
     st.audit
-        .write(ev, StateChange::Rewrap(items))
+        .write_background(ev, StateChange::Rewrap(items))
         .await
         .map_err(|e| e.to_string())?;
     Ok(n)

@@ -92,6 +92,53 @@ pub struct Kms {
 impl Kms {
     /// `coffer-kms init` in a fresh temp dir (dev Argon2 profile).
     pub async fn init() -> Self {
+        Self::init_with(&[]).await
+    }
+
+    /// [`Kms::init`] on a PostgreSQL database (`init --database-url`); `serve` gets the same URL.
+    pub async fn init_pg(database_url: &str) -> Self {
+        let mut kms = Self::init_with(&["--database-url", database_url]).await;
+        kms.env
+            .push(("COFFER_KMS_DATABASE_URL".into(), database_url.into()));
+        kms
+    }
+
+    /// Another replica of an initialized KMS on PostgreSQL: a data dir of its own holding a
+    /// copy of `tls/`, `audit.pub` and the admin credential, the same passphrase, environment and
+    /// serve arguments (`docs/multi-node.md`). Not started.
+    pub fn replica(&self) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let tls = data_dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        for e in std::fs::read_dir(self.data_dir.join("tls")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tls.join(e.file_name())).unwrap();
+        }
+        for f in ["audit.pub", "admin.credential"] {
+            std::fs::copy(self.data_dir.join(f), data_dir.join(f)).unwrap();
+        }
+        let passphrase_file = tmp.path().join("passphrase");
+        coffer_common::secret_file::write_new_secret_file(
+            &passphrase_file,
+            self.passphrase.as_bytes(),
+        )
+        .unwrap();
+        Self {
+            tmp,
+            data_dir,
+            passphrase: self.passphrase.clone(),
+            passphrase_file,
+            env: self.env.clone(),
+            serve_args: self.serve_args.clone(),
+            url: String::new(),
+            child: None,
+            logs: Arc::default(),
+        }
+    }
+
+    /// `coffer-kms init` with extra arguments.
+    pub async fn init_with(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
         let passphrase = format!("planted-pass-{}", uuid::Uuid::new_v4().simple());
@@ -109,17 +156,17 @@ impl Kms {
             child: None,
             logs: Arc::default(),
         };
-        let out = kms
-            .cli(&[
-                "init",
-                "--data-dir",
-                kms.data_dir.to_str().unwrap(),
-                "--passphrase-file",
-                kms.passphrase_file.to_str().unwrap(),
-                "--argon2",
-                "dev",
-            ])
-            .await;
+        let mut args = vec![
+            "init",
+            "--data-dir",
+            kms.data_dir.to_str().unwrap(),
+            "--passphrase-file",
+            kms.passphrase_file.to_str().unwrap(),
+            "--argon2",
+            "dev",
+        ];
+        args.extend_from_slice(extra);
+        let out = kms.cli(&args).await;
         assert!(out.status.success(), "init failed:\n{}", kms.logs());
         kms
     }

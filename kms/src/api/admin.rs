@@ -194,11 +194,9 @@ async fn list_clients(
     ctx: Ctx,
 ) -> Result<Json<Vec<ClientInfo>>, Failure> {
     let ev = admin(&st, &ctx, "client.list").await?;
-    let mut conn = st.pool.acquire().await.map_err(|e| internal(&ctx, e))?;
-    let rows = store::identities(&mut conn)
+    let rows = store::identities_pool(&st.pool)
         .await
         .map_err(|e| internal(&ctx, e))?;
-    drop(conn);
     record(&st, &ctx, ev).await?;
     Ok(Json(
         rows.into_iter()
@@ -372,6 +370,8 @@ async fn status(
         audit_head_seq: head.seq,
         audit_last_checkpoint_seq: head.last_checkpoint_seq,
         issues_client_certificates: st.local_ca.is_some(),
+        lease_holder: st.lease.is_replicated().then(|| st.lease.held().is_some()),
+        lease_epoch: st.lease.is_replicated().then(|| st.lease.last_epoch()),
     }))
 }
 

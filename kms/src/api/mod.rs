@@ -143,6 +143,8 @@ impl From<ChangeError> for ApiError {
             e @ ChangeError::RootVersionActive(_) => ApiError::RootVersionActive(e.to_string()),
             ChangeError::KeyNotFound(what) => ApiError::KmsKeyNotFound(what),
             ChangeError::InvalidState(what) => ApiError::KmsKeyInvalidState(what),
+            // Background writes only: never answered to a caller.
+            e @ ChangeError::Fenced(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -165,6 +165,19 @@ pub async fn unwrap_data_key(
         }
     };
     ev.key_id = Some(wrapped_fingerprint(&wrapped));
+    // A replica learns of root versions made by another replica within a poll; a wrapping under
+    // a version it does not know yet makes it look now.
+    if st.pool.is_pg()
+        && st
+            .keyring
+            .read()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.root(req.key_version).is_none()))
+            .unwrap_or(false)
+        && let Err(e) = crate::replicas::reload(&st).await
+    {
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "reloading root keys failed");
+    }
     let (plain, active) = {
         let ring = st.keyring.read().map_err(|_| ctx.fail(ApiError::Sealed))?;
         match ring.as_ref() {

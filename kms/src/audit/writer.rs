@@ -7,6 +7,13 @@
 //! trip to the SQLite thread: begin, every record in one statement, commit. If the batch cannot be
 //! committed, every job in it fails with [`WriteError::Unavailable`] and the caller answers 503.
 //!
+//! On PostgreSQL (several replicas) each batch's transaction first locks the chain head row
+//! (`audit_head`, `SELECT … FOR UPDATE`) and takes the next sequence number and previous hash
+//! from it, never from memory: the batches of all replicas serialize on that row and form one
+//! gapless chain without forks. Jobs carrying a lease epoch (background work, `crate::lease`)
+//! are refused (`fenced`, audited) unless the epoch is still the lease row's; only the lease
+//! holder signs checkpoints.
+//!
 //! Atomic: one batch = one transaction (records, state changes, checkpoint). Secret: the audit
 //! signing key (used here for checkpoints only); state changes carry only sealed/wrapped keys.
 
@@ -15,11 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH, now_rfc3339};
-use crate::store::{self, StateChange};
+use crate::lease::Lease;
+use crate::store::{self, DbConn, StateChange};
 
 /// Most jobs in one group commit.
 const MAX_BATCH: usize = 512;
@@ -46,6 +54,8 @@ pub struct Head {
 struct Job {
     event: AuditEvent,
     change: StateChange,
+    /// The lease epoch a background write was made under (checked in its transaction).
+    fence: Option<u64>,
     reply: oneshot::Sender<Result<u64, WriteError>>,
 }
 
@@ -56,6 +66,9 @@ pub struct AuditLog {
     key: Arc<SigningKey>,
     healthy: Arc<AtomicBool>,
     observer: Option<crate::metrics::AuditObserver>,
+    lease: Arc<Lease>,
+    /// PostgreSQL: the head is read from the database (other replicas move it).
+    pg: Option<PgPool>,
 }
 
 /// Writer settings.
@@ -70,10 +83,23 @@ pub struct WriterConfig {
 impl AuditLog {
     /// Start the writer on its own connection. `head` is the committed head read at start-up.
     pub fn start(
-        conn: SqliteConnection,
+        conn: DbConn,
         head: Head,
         key: SigningKey,
         cfg: WriterConfig,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start_with(conn, head, key, cfg, Arc::new(Lease::single()), None)
+    }
+
+    /// [`AuditLog::start`] for a replica: `lease` decides who signs checkpoints, `pg` is the
+    /// read pool of the shared database.
+    pub fn start_with(
+        conn: DbConn,
+        head: Head,
+        key: SigningKey,
+        cfg: WriterConfig,
+        lease: Arc<Lease>,
+        pg: Option<PgPool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8192);
         let head = Arc::new(Mutex::new(head));
@@ -86,6 +112,7 @@ impl AuditLog {
             key.clone(),
             healthy.clone(),
             cfg,
+            lease.clone(),
         ));
         (
             Self {
@@ -94,6 +121,8 @@ impl AuditLog {
                 key,
                 healthy,
                 observer: None,
+                lease,
+                pg,
             },
             task,
         )
@@ -107,8 +136,46 @@ impl AuditLog {
 
     /// Append one record (with its state change) durably; returns its sequence number.
     pub async fn write(&self, event: AuditEvent, change: StateChange) -> Result<u64, WriteError> {
+        self.write_with(event, change, None).await
+    }
+
+    /// A write of background work: on PostgreSQL it is made under the lease epoch this replica
+    /// holds and refused (`fenced`) when it holds none or the epoch is stale by commit time.
+    pub async fn write_background(
+        &self,
+        event: AuditEvent,
+        change: StateChange,
+    ) -> Result<u64, WriteError> {
+        if !self.lease.is_replicated() {
+            return self.write(event, change).await;
+        }
+        match self.lease.held() {
+            Some(epoch) => self.write_fenced(event, change, epoch).await,
+            None => Err(WriteError::Rejected(store::ChangeError::Fenced(
+                self.lease.last_epoch(),
+            ))),
+        }
+    }
+
+    /// A write fenced by lease `epoch` (refused and audited as `fenced` unless it is the lease
+    /// row's epoch in the write's transaction; PostgreSQL only, ignored on SQLite).
+    pub async fn write_fenced(
+        &self,
+        event: AuditEvent,
+        change: StateChange,
+        epoch: u64,
+    ) -> Result<u64, WriteError> {
+        self.write_with(event, change, Some(epoch)).await
+    }
+
+    async fn write_with(
+        &self,
+        event: AuditEvent,
+        change: StateChange,
+        fence: Option<u64>,
+    ) -> Result<u64, WriteError> {
         let started = std::time::Instant::now();
-        let result = self.write_inner(event, change).await;
+        let result = self.write_inner(event, change, fence).await;
         if let Some(o) = &self.observer {
             o.observe(
                 started.elapsed(),
@@ -118,12 +185,18 @@ impl AuditLog {
         result
     }
 
-    async fn write_inner(&self, event: AuditEvent, change: StateChange) -> Result<u64, WriteError> {
+    async fn write_inner(
+        &self,
+        event: AuditEvent,
+        change: StateChange,
+        fence: Option<u64>,
+    ) -> Result<u64, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
                 event,
                 change,
+                fence,
                 reply,
             })
             .await
@@ -131,9 +204,26 @@ impl AuditLog {
         rx.await.unwrap_or(Err(WriteError::Unavailable))
     }
 
-    /// The committed head.
+    /// The committed head (on PostgreSQL: of the shared chain, whichever replica wrote it).
     pub async fn head(&self) -> Head {
+        if let Some(pool) = &self.pg {
+            match store::pg_head(pool).await {
+                Ok((seq, hash, cp, _)) => {
+                    return Head {
+                        seq,
+                        hash,
+                        last_checkpoint_seq: cp,
+                    };
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the audit chain head failed"),
+            }
+        }
         self.head.lock().await.clone()
+    }
+
+    /// This replica's view of the lease.
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.lease
     }
 
     /// Sign a checkpoint over the committed head (used to close an export).
@@ -155,12 +245,13 @@ impl AuditLog {
 }
 
 async fn run(
-    mut conn: SqliteConnection,
+    mut conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
     head: Arc<Mutex<Head>>,
     key: Arc<SigningKey>,
     healthy: Arc<AtomicBool>,
     cfg: WriterConfig,
+    lease: Arc<Lease>,
 ) {
     let mut tick = tokio::time::interval(cfg.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,7 +259,7 @@ async fn run(
         let first = tokio::select! {
             j = rx.recv() => j,
             _ = tick.tick() => {
-                checkpoint_if_behind(&mut conn, &head, &key).await;
+                checkpoint_if_behind(&mut conn, &head, &key, &lease).await;
                 continue;
             }
         };
@@ -182,7 +273,11 @@ async fn run(
         }
         let mut h = head.lock().await;
         let started = std::time::Instant::now();
-        match commit_batch(&mut conn, &batch, &h, &key, cfg).await {
+        let committed = match conn {
+            DbConn::Sqlite(_) => commit_batch(&mut conn, &batch, &h, &key, cfg).await,
+            DbConn::Pg(_) => commit_batch_pg(&mut conn, &batch, &key, cfg, &lease).await,
+        };
+        match committed {
             Ok((new_head, outcomes)) => {
                 *h = new_head;
                 drop(h);
@@ -222,11 +317,29 @@ async fn run(
             }
         }
     }
-    checkpoint_if_behind(&mut conn, &head, &key).await;
-    let _ = conn.close().await;
+    checkpoint_if_behind(&mut conn, &head, &key, &lease).await;
+    conn.close().await;
 }
 
-async fn checkpoint_if_behind(conn: &mut SqliteConnection, head: &Mutex<Head>, key: &SigningKey) {
+async fn checkpoint_if_behind(
+    conn: &mut DbConn,
+    head: &Mutex<Head>,
+    key: &SigningKey,
+    lease: &Lease,
+) {
+    if matches!(conn, DbConn::Pg(_)) {
+        // Only the lease holder signs periodic checkpoints, over the shared head.
+        let Some(epoch) = lease.held() else { return };
+        match checkpoint_pg(conn, key, epoch).await {
+            Ok(Some(seq)) => head.lock().await.last_checkpoint_seq = seq,
+            Ok(None) => {}
+            Err(e) => {
+                store::rollback(conn).await;
+                tracing::warn!(error = %e, "audit checkpoint could not be written");
+            }
+        }
+        return;
+    }
     let mut h = head.lock().await;
     if h.seq == h.last_checkpoint_seq {
         return;
@@ -238,13 +351,120 @@ async fn checkpoint_if_behind(conn: &mut SqliteConnection, head: &Mutex<Head>, k
     }
 }
 
+/// The periodic checkpoint on PostgreSQL: under the head lock and the lease epoch's share lock,
+/// sign the head if records were added since the last checkpoint. Returns its seq.
+async fn checkpoint_pg(
+    conn: &mut DbConn,
+    key: &SigningKey,
+    epoch: u64,
+) -> Result<Option<u64>, sqlx::Error> {
+    store::begin(conn).await?;
+    let c = pg(conn)?;
+    let (seq, hash, cp) = store::pg_lock_head(c).await?;
+    if seq == cp || store::pg_lease_epoch(c).await? != epoch {
+        store::rollback(conn).await;
+        return Ok(None);
+    }
+    let checkpoint = Checkpoint::sign(key, seq, &hash, false);
+    store::pg_append(c, &[], Some(&checkpoint), (seq, &hash, seq), false).await?;
+    store::commit(conn).await?;
+    Ok(Some(seq))
+}
+
+fn pg(conn: &mut DbConn) -> Result<&mut PgConnection, sqlx::Error> {
+    match conn {
+        DbConn::Pg(c) => Ok(c),
+        DbConn::Sqlite(_) => Err(sqlx::Error::Protocol("not a PostgreSQL connection".into())),
+    }
+}
+
+/// Commit one group on PostgreSQL: lock the chain head row, apply the changes (fenced ones only
+/// under the current lease epoch), chain the records after the head read, sign a checkpoint when
+/// due and this replica holds the lease, move the head and commit.
+async fn commit_batch_pg(
+    conn: &mut DbConn,
+    batch: &[Job],
+    key: &SigningKey,
+    cfg: WriterConfig,
+    lease: &Lease,
+) -> Result<(Head, Outcomes), sqlx::Error> {
+    store::begin(conn).await?;
+    let (seq, hash, cp) = store::pg_lock_head(pg(conn)?).await?;
+    let mut epoch: Option<u64> = None;
+    let mut refusals: Vec<Option<store::ChangeError>> = Vec::with_capacity(batch.len());
+    let mut bump = false;
+    for job in batch {
+        if let Some(f) = job.fence {
+            let cur = match epoch {
+                Some(e) => e,
+                None => *epoch.insert(store::pg_lease_epoch(pg(conn)?).await?),
+            };
+            if cur != f {
+                refusals.push(Some(store::ChangeError::Fenced(f)));
+                continue;
+            }
+        }
+        refusals.push(match job.change {
+            StateChange::None => None,
+            ref change => match store::apply_change_isolated(conn, change).await {
+                Ok(()) => {
+                    bump |= change.invalidates_caches();
+                    None
+                }
+                Err(store::ApplyError::Refused(e)) => Some(e),
+                Err(store::ApplyError::Db(e)) => return Err(e),
+            },
+        });
+    }
+    let mut cur = Head {
+        seq,
+        hash,
+        last_checkpoint_seq: cp,
+    };
+    let mut recs = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (job, refused) in batch.iter().zip(refusals) {
+        let rec = chain_record(&cur, &job.event, refused.as_ref().map(|e| e.code()));
+        cur.seq = rec.seq;
+        cur.hash.clone_from(&rec.hash);
+        recs.push(rec);
+        outcomes.push(match refused {
+            Some(e) => Err(WriteError::Rejected(e)),
+            None => Ok(cur.seq),
+        });
+    }
+    let mut checkpoint = None;
+    if cur.seq - cur.last_checkpoint_seq >= cfg.checkpoint_every
+        && let Some(held) = lease.held()
+    {
+        let e = match epoch {
+            Some(e) => e,
+            None => store::pg_lease_epoch(pg(conn)?).await?,
+        };
+        if e == held {
+            checkpoint = Some(Checkpoint::sign(key, cur.seq, &cur.hash, false));
+            cur.last_checkpoint_seq = cur.seq;
+        }
+    }
+    store::pg_append(
+        pg(conn)?,
+        &recs,
+        checkpoint.as_ref(),
+        (cur.seq, &cur.hash, cur.last_checkpoint_seq),
+        bump,
+    )
+    .await?;
+    store::commit(conn).await?;
+    Ok((cur, outcomes))
+}
+
 type Outcomes = Vec<Result<u64, WriteError>>;
 
 /// Commit one group. A group without state changes (unwraps, refusals) costs one round trip to
 /// the SQLite thread: begin, all its records in one statement, commit. Otherwise the changes
 /// are applied first, each under a savepoint, in an open transaction.
 async fn commit_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     batch: &[Job],
     start: &Head,
     key: &SigningKey,
@@ -283,7 +503,10 @@ async fn commit_batch(
     }
     let checkpoint = (cur.seq - cur.last_checkpoint_seq >= cfg.checkpoint_every)
         .then(|| Checkpoint::sign(key, cur.seq, &cur.hash, false));
-    store::append_and_commit(conn, txn, &recs, checkpoint.as_ref()).await?;
+    let DbConn::Sqlite(c) = conn else {
+        return Err(sqlx::Error::Protocol("not a SQLite connection".into()));
+    };
+    store::append_and_commit(c, txn, &recs, checkpoint.as_ref()).await?;
     if checkpoint.is_some() {
         cur.last_checkpoint_seq = cur.seq;
     }
@@ -320,6 +543,7 @@ mod tests {
     use super::*;
     use crate::audit::ExportLine;
     use crate::store::{ChangeError, IdentityRow};
+    use sqlx::Connection;
 
     fn identity(name: &str) -> StateChange {
         StateChange::InsertIdentity(IdentityRow {
@@ -353,13 +577,15 @@ mod tests {
     #[tokio::test]
     async fn group_commit_keeps_the_chain_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = SqliteConnection::connect_with(
-            &store::options(&dir.path().join(store::DB_FILE), true).unwrap(),
-        )
-        .await
-        .unwrap();
+        let mut conn = DbConn::Sqlite(
+            sqlx::SqliteConnection::connect_with(
+                &store::options(&dir.path().join(store::DB_FILE), true).unwrap(),
+            )
+            .await
+            .unwrap(),
+        );
         store::migrate(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
+        conn.close().await;
         let (writer, pool) = store::open(dir.path()).await.unwrap();
         let key = SigningKey::from_bytes(&[5u8; 32]);
         let head = Head {
@@ -426,6 +652,9 @@ mod tests {
         let verified =
             super::super::verify::verify(lines.join("\n").as_bytes(), &key.verifying_key());
         assert_eq!(verified.map(|v| v.records), Ok(41));
+        let store::Db::Sqlite(pool) = pool else {
+            panic!("sqlite")
+        };
         let ids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM identities")
             .fetch_one(&pool)
             .await

@@ -26,6 +26,14 @@ pub struct InitArgs {
     /// Data directory to create (kms.db, admin.credential, audit.pub, tls/).
     #[arg(long, env = "COFFER_KMS_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Initialize this PostgreSQL database instead of DATA_DIR/kms.db (the data dir still gets
+    /// the admin credential, audit.pub and tls/). Replicas are not initialized: see
+    /// `serve --database-url`.
+    #[arg(long, env = "COFFER_KMS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL password (mode 0600).
+    #[arg(long, env = "COFFER_KMS_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
     /// File holding the passphrase (mode 0600). Else $COFFER_KMS_PASSPHRASE, else a prompt.
     #[arg(long, env = "COFFER_KMS_PASSPHRASE_FILE")]
     pub passphrase_file: Option<PathBuf>,
@@ -74,8 +82,14 @@ pub async fn run(a: InitArgs) -> Result<ExitCode> {
             names,
         ))
     };
+    let loc = crate::store::Location::from_settings(
+        data_dir,
+        a.database_url.as_deref(),
+        a.database_password_file.as_deref(),
+    )?;
     let pass = super::read_passphrase(a.passphrase_file.as_deref(), true)?;
-    let done = crate::init::init(data_dir, &pass, params, tls.as_ref().map(|t| &t.0)).await?;
+    let done =
+        crate::init::init_at(data_dir, &loc, &pass, params, tls.as_ref().map(|t| &t.0)).await?;
     println!("initialized {}", data_dir.display());
     println!("admin credential: {}", done.admin_credential.display());
     println!("audit public key: {}", done.audit_public_key.display());

@@ -31,6 +31,21 @@ pub struct ServeArgs {
     /// Data directory made by `coffer-kms init`.
     #[arg(long, env = "COFFER_KMS_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Where the KMS state lives: unset = DATA_DIR/kms.db (SQLite, one process);
+    /// `postgres://user@host:port/db` = a PostgreSQL database shared by several replicas, each
+    /// started with the same passphrase and a data dir of its own (`docs/multi-node.md`).
+    /// Put no password in the URL: use --database-password-file.
+    #[arg(long, env = "COFFER_KMS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL password (mode 0600).
+    #[arg(long, env = "COFFER_KMS_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// PostgreSQL replicas: milliseconds the lease of background work (checkpoints, re-wrap,
+    /// named-key lifecycle) lasts unless its holder renews it; a dead holder's jobs move to
+    /// another replica after at most this long.
+    #[arg(long, env = "COFFER_KMS_LEASE_TTL_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
     /// Address to listen on (port 0: any free port; the stdout line names it).
     #[arg(long, env = "COFFER_KMS_LISTEN", default_value = "127.0.0.1:8200")]
     pub listen: String,
@@ -180,6 +195,11 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         bail!("{e}");
     }
     let tls = tls_config(&a)?;
+    let loc = crate::store::Location::from_settings(
+        &a.data_dir,
+        a.database_url.as_deref(),
+        a.database_password_file.as_deref(),
+    )?;
     let pass = super::read_passphrase(a.passphrase_file.as_deref(), false)?;
     let cfg = WriterConfig {
         checkpoint_every: a.checkpoint_every,
@@ -196,6 +216,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
             limits: a.limits(),
             exit_on_stdin_eof: a.exit_on_stdin_eof,
             arn,
+            loc,
+            lease_ttl: Duration::from_millis(a.lease_ttl_ms),
         },
     )
     .await
@@ -206,6 +228,8 @@ struct Connections {
     limits: coffer_common::server::Limits,
     exit_on_stdin_eof: bool,
     arn: crate::kmskeys::material::ArnSettings,
+    loc: crate::store::Location,
+    lease_ttl: Duration,
 }
 
 /// Resolves when standard input reaches end of file (or fails): the parent holding its other
@@ -243,9 +267,14 @@ async fn serve(
 ) -> Result<ExitCode> {
     let limits = conn.limits;
     let parent_gone = conn.exit_on_stdin_eof.then(stdin_closed);
-    let (state, tasks) = crate::open_with(data_dir, &pass, cfg, conn.arn)
+    let what = if conn.loc.is_pg() {
+        "the PostgreSQL database of database_url".to_string()
+    } else {
+        data_dir.display().to_string()
+    };
+    let (state, tasks) = crate::open_at(data_dir, &conn.loc, &pass, cfg, conn.arn, conn.lease_ttl)
         .await
-        .with_context(|| format!("cannot unseal {}", data_dir.display()))?;
+        .with_context(|| format!("cannot unseal {what}"))?;
     drop(pass);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -34,6 +34,11 @@ fn event(op: &str, key_id: &str) -> AuditEvent {
 
 /// Destroy `key_id` if it is pending deletion and due (a no-op when another caller did it).
 pub async fn destroy(st: &KmsState, key_id: &str) -> Result<(), ApiError> {
+    destroy_as(st, key_id, false).await
+}
+
+/// [`destroy`]; `background`: a write of the lease holder, fenced by its epoch.
+async fn destroy_as(st: &KmsState, key_id: &str, background: bool) -> Result<(), ApiError> {
     let now_ms = st.clock.now_ms();
     let mut ev = event("kmskey.destroy", key_id);
     ev.detail = Some(
@@ -44,7 +49,14 @@ pub async fn destroy(st: &KmsState, key_id: &str) -> Result<(), ApiError> {
         key_id: key_id.to_string(),
         now_ms,
     };
-    match st.audit.write(ev, StateChange::KmsKey(change)).await {
+    let written = if background {
+        st.audit
+            .write_background(ev, StateChange::KmsKey(change))
+            .await
+    } else {
+        st.audit.write(ev, StateChange::KmsKey(change)).await
+    };
+    match written {
         Ok(_) => {
             tracing::warn!(key_id, "KMS key destroyed: its material is erased");
             Ok(())
@@ -54,7 +66,8 @@ pub async fn destroy(st: &KmsState, key_id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Add the next version to an Enabled key; `identity`/`request_id` name who asked.
+/// Add the next version to an Enabled key (automatic rotation: a background write, fenced by the
+/// lease epoch on PostgreSQL); `identity`/`request_id` name who asked.
 pub async fn rotate(
     st: &KmsState,
     mut ev: AuditEvent,
@@ -69,7 +82,9 @@ pub async fn rotate(
         material,
         now_ms: st.clock.now_ms(),
     };
-    st.audit.write(ev, StateChange::KmsKey(change)).await?;
+    st.audit
+        .write_background(ev, StateChange::KmsKey(change))
+        .await?;
     Ok(version)
 }
 
@@ -80,7 +95,7 @@ pub async fn run_due(st: &KmsState) -> Result<(usize, usize), ApiError> {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     for id in &due {
-        destroy(st, id).await?;
+        destroy_as(st, id, true).await?;
     }
     let rot = store::due_rotations(&st.pool, now)
         .await
@@ -159,16 +174,20 @@ pub async fn reseal_once(st: &KmsState) -> Result<usize, ApiError> {
     ev.key_version = Some(active);
     ev.detail = Some(format!("resealed={n}"));
     st.audit
-        .write(ev, StateChange::KmsKey(Change::Reseal(items)))
+        .write_background(ev, StateChange::KmsKey(Change::Reseal(items)))
         .await?;
     Ok(n)
 }
 
-/// Run [`run_due`] and [`reseal_once`] every minute until the state is dropped.
+/// Run [`run_due`] and [`reseal_once`] every minute until the state is dropped (on
+/// PostgreSQL only while this replica holds the lease, `crate::lease`).
 pub async fn worker(state: Weak<KmsState>) {
     loop {
         tokio::time::sleep(INTERVAL).await;
         let Some(st) = state.upgrade() else { return };
+        if st.lease.held().is_none() {
+            continue;
+        }
         if let Err(e) = run_due(&st).await {
             tracing::warn!(error = %e, "named-key lifecycle run failed; retrying later");
         }

@@ -152,6 +152,18 @@ pub async fn unseal(
     else {
         return Ok(None);
     };
+    let unknown = st
+        .keyring
+        .read()
+        .ok()
+        .and_then(|r| r.as_ref().map(|r| r.root(root_version).is_none()))
+        .unwrap_or(false);
+    if unknown && st.pool.is_pg() {
+        // Sealed under a root version another replica made since our last poll.
+        crate::replicas::reload(st)
+            .await
+            .map_err(ApiError::Internal)?;
+    }
     let ring = st.keyring.read().map_err(|_| ApiError::Sealed)?;
     let ring = ring.as_ref().ok_or(ApiError::Sealed)?;
     let root = ring.root(root_version).ok_or_else(|| {
