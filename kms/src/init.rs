@@ -12,7 +12,7 @@
 //! refused, also when two inits race); the data dir gets the admin credential, `audit.pub` and
 //! the TLS files. Further replicas are not initialized: they are started on the same database
 //! with the same passphrase and a data dir of their own holding a copy of `tls/`
-//! (`docs/multi-node.md`).
+//! (`docs/kms-replicas.md`).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -166,12 +166,6 @@ async fn init_pg(
             data_dir.display().to_string(),
         ));
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(io(data_dir))?;
-    let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
     let pk = PassphraseKey::derive(passphrase, params, PassphraseKey::new_salt())?;
     let root = SecretKey32::generate();
     let audit_seed = SecretKey32::generate();
@@ -215,8 +209,17 @@ async fn init_pg(
         store::rollback(&mut conn).await;
         return Err(e);
     }
-    // The credential first (a new 0600 file): a commit failure then removes it, and a committed
-    // database always has its admin credential.
+    // The data dir and the credential before the commit (a new 0600 file): a commit failure then
+    // removes it, and a committed database always has its admin credential.
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir);
+    if let Err(e) = made {
+        store::rollback(&mut conn).await;
+        return Err(io(data_dir)(e));
+    }
+    let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
     if let Err(e) = admin.write_new(&cred_path) {
         store::rollback(&mut conn).await;
         return Err(e.into());

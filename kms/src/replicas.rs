@@ -6,7 +6,7 @@
 //! on every request anyway) increments `audit_head.changes` in its own transaction; each replica
 //! reads that counter every [`POLL`] and reloads identities and root keys when it moved. A
 //! revocation through one replica is therefore refused by every replica within [`POLL`] plus
-//! one reload (well under the 2 s promised in `docs/multi-node.md`).
+//! one reload (well under the 2 s promised in `docs/kms-replicas.md`).
 //!
 //! Secret: root keys are unsealed here with the passphrase key the replica already holds; the
 //! passphrase itself is not kept.

@@ -297,7 +297,6 @@ impl StateChange {
                 | StateChange::RevokeIdentity { .. }
                 | StateChange::InsertRootKey { .. }
                 | StateChange::RetireRootKey { .. }
-                | StateChange::KmsKey(_)
         )
     }
 }

@@ -105,7 +105,7 @@ impl Kms {
 
     /// Another replica of an initialized KMS on PostgreSQL: a data dir of its own holding a
     /// copy of `tls/`, `audit.pub` and the admin credential, the same passphrase, environment and
-    /// serve arguments (`docs/multi-node.md`). Not started.
+    /// serve arguments (`docs/kms-replicas.md`). Not started.
     pub fn replica(&self) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");

@@ -4,6 +4,10 @@
 //! context binding (1,000 decrypts each with a changed, a reordered-but-equal and a missing
 //! context), rotation (on demand and automatic), key scopes, ARNs, the deployment default key
 //! `alias/aws/s3`, and the audit records of all of it. `cli_smoke` drives the real binary.
+//!
+//! With `COFFER_TEST_KMS_DATABASE_URL=postgres://…` (a server the test may create databases on)
+//! every app runs on a fresh PostgreSQL database instead of `kms.db` (issue 14); the test of
+//! erasure from SQLite's files is then skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -35,14 +39,36 @@ async fn app() -> App {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let pass = Passphrase::new("named-keys-test".into());
-    coffer_kms::init::init(&data, &pass, coffer_kms::seal::KdfParams::DEV, None)
+    let loc = match pg_database().await {
+        Some(url) => coffer_kms::store::Location::from_settings(&data, Some(&url), None).unwrap(),
+        None => coffer_kms::store::Location::Sqlite(data.clone()),
+    };
+    coffer_kms::init::init_at(&data, &loc, &pass, coffer_kms::seal::KdfParams::DEV, None)
         .await
         .unwrap();
     let cfg = WriterConfig {
         checkpoint_every: 1000,
         checkpoint_interval: std::time::Duration::from_secs(10),
     };
-    let (st, tasks) = coffer_kms::open(&data, &pass, cfg).await.unwrap();
+    let (st, tasks) = coffer_kms::open_at(
+        &data,
+        &loc,
+        &pass,
+        cfg,
+        coffer_kms::kmskeys::material::ArnSettings::default(),
+        coffer_kms::lease::DEFAULT_TTL,
+    )
+    .await
+    .unwrap();
+    // On PostgreSQL the background jobs (`run_due`) need the lease: wait for the keeper.
+    let start = std::time::Instant::now();
+    while st.lease.held().is_none() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let limits = coffer_common::server::Limits::from_settings(256, 20_000, 60_000, 60_000);
@@ -61,6 +87,20 @@ async fn app() -> App {
         http: reqwest::Client::new(),
         _tmp: tmp,
     }
+}
+
+/// A fresh database on the server of `COFFER_TEST_KMS_DATABASE_URL`, if set.
+async fn pg_database() -> Option<String> {
+    use sqlx::Connection;
+    let url = std::env::var("COFFER_TEST_KMS_DATABASE_URL").ok()?;
+    let name = format!("named_keys_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
 }
 
 impl App {
@@ -814,6 +854,9 @@ fn db_occurrences(a: &App, needle: &[u8]) -> usize {
 /// (not only from the table): SQLite keeps deleted cells in free space and old WAL frames.
 #[tokio::test]
 async fn destroyed_material_is_erased_from_the_database_files() {
+    if std::env::var("COFFER_TEST_KMS_DATABASE_URL").is_ok() {
+        return; // SQLite's files only (docs/kms-replicas.md: erasure on PostgreSQL)
+    }
     let a = app().await;
     let key = a.create_key(Some("alias/erase")).await;
     let (_, sealed) = coffer_kms::kmskeys::store::version(&a.st.pool, &key, 1)

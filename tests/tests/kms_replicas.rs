@@ -715,3 +715,39 @@ async fn bench_unwrap_replicas() {
     }
     println!("{}", lines.join("\n"));
 }
+
+/// `init` on a database that already has a root key is refused and creates nothing: replicas are
+/// started, not initialized (`docs/kms-replicas.md`).
+#[tokio::test]
+async fn second_init_on_one_database_is_refused() {
+    let pg = PgServer::start();
+    let first = Kms::init_pg(&pg.url).await;
+    let other = tempfile::tempdir().unwrap();
+    let dir = other.path().join("data");
+    let out = first
+        .cli(&[
+            "init",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--passphrase-file",
+            first.passphrase_file.to_str().unwrap(),
+            "--argon2",
+            "dev",
+            "--database-url",
+            &pg.url,
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already initialized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.exists(), "a refused init created {}", dir.display());
+    // The database is the first init's: a replica unseals it with the passphrase.
+    let mut r = first.replica();
+    r.start().await;
+    let admin = Credential::load(&first.admin_credential()).unwrap();
+    let st = status(&r.client().http, &r.url, &admin).await.unwrap();
+    assert_eq!(st["audit_head_seq"], json!(2), "{st}");
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH, now_rfc3339};
@@ -112,7 +112,10 @@ impl AuditLog {
             key.clone(),
             healthy.clone(),
             cfg,
-            lease.clone(),
+            Shared {
+                lease: lease.clone(),
+                reconnect: pg.as_ref().map(|p| p.connect_options().as_ref().clone()),
+            },
         ));
         (
             Self {
@@ -244,6 +247,13 @@ impl AuditLog {
     }
 }
 
+/// What the writer of a replica on PostgreSQL needs besides its connection.
+struct Shared {
+    lease: Arc<Lease>,
+    /// Options to reconnect with after the connection died (PostgreSQL).
+    reconnect: Option<sqlx::postgres::PgConnectOptions>,
+}
+
 async fn run(
     mut conn: DbConn,
     mut rx: mpsc::Receiver<Job>,
@@ -251,8 +261,9 @@ async fn run(
     key: Arc<SigningKey>,
     healthy: Arc<AtomicBool>,
     cfg: WriterConfig,
-    lease: Arc<Lease>,
+    shared: Shared,
 ) {
+    let Shared { lease, reconnect } = shared;
     let mut tick = tokio::time::interval(cfg.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -311,6 +322,9 @@ async fn run(
                 tracing::error!(error = %e, jobs = batch.len(), "audit batch could not be committed; refusing the operations");
                 healthy.store(false, Ordering::Relaxed);
                 store::rollback(&mut conn).await;
+                if let Some(opts) = &reconnect {
+                    revive(&mut conn, opts).await;
+                }
                 for job in batch {
                     let _ = job.reply.send(Err(WriteError::Unavailable));
                 }
@@ -348,6 +362,26 @@ async fn checkpoint_if_behind(
     match store::insert_checkpoint(&mut *conn, &cp).await {
         Ok(()) => h.last_checkpoint_seq = h.seq,
         Err(e) => tracing::warn!(error = %e, "audit checkpoint could not be written"),
+    }
+}
+
+/// After a failed group on PostgreSQL: if the connection is dead (the server restarted, a
+/// network cut), replace it, so the next group can commit.
+async fn revive(conn: &mut DbConn, opts: &sqlx::postgres::PgConnectOptions) {
+    let alive = match conn {
+        DbConn::Pg(c) => sqlx::query("SELECT 1").execute(&mut *c).await.is_ok(),
+        DbConn::Sqlite(_) => true,
+    };
+    if alive {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(opts)).await {
+        Ok(Ok(c)) => {
+            tracing::warn!("audit writer reconnected to PostgreSQL");
+            *conn = DbConn::Pg(c);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "audit writer cannot reconnect to PostgreSQL"),
+        Err(_) => tracing::error!("audit writer cannot reconnect to PostgreSQL (timeout)"),
     }
 }
 

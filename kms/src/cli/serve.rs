@@ -33,7 +33,7 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// Where the KMS state lives: unset = DATA_DIR/kms.db (SQLite, one process);
     /// `postgres://user@host:port/db` = a PostgreSQL database shared by several replicas, each
-    /// started with the same passphrase and a data dir of its own (`docs/multi-node.md`).
+    /// started with the same passphrase and a data dir of its own (`docs/kms-replicas.md`).
     /// Put no password in the URL: use --database-password-file.
     #[arg(long, env = "COFFER_KMS_DATABASE_URL")]
     pub database_url: Option<String>,
