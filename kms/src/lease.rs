@@ -118,6 +118,26 @@ impl Lease {
     }
 }
 
+/// Give the lease up at shutdown (if still ours), so another replica takes it at its next renewal
+/// instead of after the TTL. The epoch still increments at that takeover.
+pub async fn release(pool: &sqlx::PgPool, lease: &Lease) {
+    lease.step_down();
+    let e = lease.last_epoch();
+    if e == 0 {
+        return;
+    }
+    let done = sqlx::query(
+        "UPDATE kms_lease SET expires_ms = 0 WHERE id = 1 AND holder = $1 AND epoch = $2",
+    )
+    .bind(&lease.holder_id)
+    .bind(e as i64)
+    .execute(pool)
+    .await;
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "the lease could not be released (it expires by itself)");
+    }
+}
+
 /// The current lease row: (holder, epoch).
 pub async fn current(pool: &sqlx::PgPool) -> Result<(String, u64), sqlx::Error> {
     let (h, e): (String, i64) = sqlx::query_as("SELECT holder, epoch FROM kms_lease WHERE id = 1")

@@ -299,6 +299,11 @@ pub async fn serve(
         t.abort();
         let _ = t.await;
     }
+    if let store::Db::Pg(pool) = &state.pool {
+        // Background tasks are stopped; a write of theirs still queued is refused (fenced) once
+        // another replica has taken the lease.
+        lease::release(pool, &state.lease).await;
+    }
     audit::refusals::flush(&state, true).await;
     // Dropping the last handle closes the writer's channel: it drains, checkpoints and exits.
     drop(state);

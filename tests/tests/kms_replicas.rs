@@ -490,6 +490,21 @@ async fn lease_moves_when_its_holder_is_killed() {
     let export = ks[h].export_audit("after-failover.jsonl").await;
     let (ok, out) = ks[h].verify_audit(&export).await;
     assert!(ok, "{out}");
+    // A holder stopped cleanly gives the lease up: another replica takes it at its next renewal.
+    let stopped = Instant::now();
+    assert!(ks[h3].stop().await.success());
+    let rest: Vec<&Kms> = ks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != h3)
+        .map(|(_, k)| k)
+        .collect();
+    let (_, epoch4) = holder(&http, &rest, &admin, Duration::from_secs(5)).await;
+    assert_eq!(epoch4, epoch3 + 1);
+    eprintln!(
+        "lease: holder stopped cleanly; taken over after {:?}",
+        stopped.elapsed()
+    );
 }
 
 /// A former holder that still believes it holds the lease (paused, partitioned) cannot commit
