@@ -7,7 +7,7 @@
 //! are dropped whatever `RUST_LOG` asks for (issue 11 B7).
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -30,23 +30,91 @@ pub fn init_logging(json: bool) {
     let json =
         json || std::env::var("COFFER_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(json, env, ansi, std::io::stderr).try_init();
+}
+
+/// The subscriber: `env` and [`may_log`] filter every event, then one fmt layer writes it.
+///
+/// Global filters, not per-layer ones: a per-layer filter keeps each callsite's verdict in a
+/// thread-local between `enabled` and the event, and a library that asks `enabled!` without
+/// emitting (sqlx's query logger does) left it stale, so the next INFO event on that thread was
+/// dropped (the start-up sweep's report was missing on PostgreSQL).
+fn subscriber<W>(json: bool, env: EnvFilter, ansi: bool, writer: W) -> impl tracing::Subscriber
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Colour codes only on a terminal: a log redirected to a file or a pipe stays plain text.
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a log redirected to a file or a pipe stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .with_ansi(ansi);
     let layer: Box<dyn Layer<Registry> + Send + Sync> = if json {
         fmt.json().boxed()
     } else {
         fmt.boxed()
     };
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(env.and(filter_fn(may_log))))
-        .try_init();
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(env)
+        .with(filter_fn(may_log))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A library asking whether a level the filter refuses is enabled, without emitting (sqlx's
+    /// `log::log_enabled!(target: "sqlx::query", Debug)`, which the `log` bridge answers through
+    /// `Dispatch::enabled`), must not make the next event on the same thread vanish (it did
+    /// with per-layer filters: the start-up sweep's report was missing on PostgreSQL).
+    #[test]
+    fn an_enabled_probe_does_not_drop_the_next_event() {
+        struct Cs;
+        impl tracing::Callsite for Cs {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                unreachable!()
+            }
+        }
+        static CS: Cs = Cs;
+        let probe = Metadata::new(
+            "log record",
+            "sqlx::query",
+            Level::DEBUG,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CS)),
+            tracing::metadata::Kind::EVENT,
+        );
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::ErrorKind::Other)?
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = subscriber(false, EnvFilter::new("info"), false, move || buf.clone());
+        tracing::subscriber::with_default(sub, || {
+            for i in 0..3 {
+                assert!(!tracing::dispatcher::get_default(|d| d.enabled(&probe)));
+                tracing::info!(target: "coffer_test", n = i, "visible event");
+                tracing::debug!(target: "coffer_test", "filtered event");
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("visible event").count(), 3, "{text}");
+        assert!(!text.contains("filtered event"), "{text}");
+    }
 
     #[test]
     fn s3s_is_capped_at_info_others_are_not() {

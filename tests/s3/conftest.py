@@ -1,6 +1,7 @@
 """Fixtures of the plain S3 suite (issue 3): one real ``coffer-storage`` process per session on
 127.0.0.1:0 with a temp data dir and no KMS (``--default-encryption none``), boto3 clients for it,
-and its stderr printed when a test fails. ``COFFER_BIN_DIR`` overrides ``target/debug``."""
+and its stderr printed when a test fails. ``COFFER_BIN_DIR`` overrides ``target/debug``;
+``COFFER_TEST_DATABASE=postgres`` puts every node's metadata on PostgreSQL (``tests/coffer_pg.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+
+import coffer_pg
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("COFFER_BIN_DIR", REPO / "target" / "debug"))
@@ -35,7 +38,8 @@ class Node:
                    RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
         self.proc = subprocess.Popen(
             [str(BIN_DIR / "coffer-storage"), "serve", "--data-dir", str(data_dir),
-             "--listen", "127.0.0.1:0", "--default-encryption", "none", *(extra_args or [])],
+             "--listen", "127.0.0.1:0", "--default-encryption", "none",
+             *coffer_pg.database_args(data_dir), *(extra_args or [])],
             stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.endpoint = self._wait_ready()
 

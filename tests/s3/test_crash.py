@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 import threading
 import time
 
+import coffer_pg
 from .util import MiB
 
 SEED = os.urandom(8)
@@ -119,11 +119,9 @@ def test_kill_9_during_writes(start_node, tmp_path):
     swept = re.search(r"start-up sweep .*interrupted_versions=(\d+) tmp=(\d+)", node.stderr(400))
     assert swept and int(swept.group(1)) + int(swept.group(2)) >= 1, node.stderr(50)
     assert list((data / "tmp").iterdir()) == []
-    db = sqlite3.connect(data / "meta.db")
-    referenced = {r[0] for r in db.execute("SELECT file FROM blobs")}
+    referenced = {r[0] for r in coffer_pg.query(data, "SELECT file FROM blobs")}
     on_disk = {p.name for p in (data / "blobs").iterdir()}
     assert on_disk == referenced, (on_disk - referenced, referenced - on_disk)
-    stuck = db.execute("SELECT COUNT(*) FROM versions WHERE state = 'writing' AND version_id NOT IN "
-                       "(SELECT version_id FROM uploads WHERE completed_etag IS NULL)").fetchone()[0]
+    stuck = coffer_pg.query(data, "SELECT COUNT(*) FROM versions WHERE state = 'writing' AND version_id "
+                            "NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")[0][0]
     assert stuck == 0
-    db.close()

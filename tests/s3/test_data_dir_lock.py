@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import coffer_pg
 from .conftest import ACCESS_KEY, BIN_DIR, SECRET_KEY
 from .util import MiB
 
@@ -25,7 +26,7 @@ def test_second_serve_on_a_held_data_dir_refuses_naming_the_pid(start_node, tmp_
                NO_COLOR="1")
     second = subprocess.run(
         [str(BIN_DIR / "coffer-storage"), "serve", "--data-dir", str(data), "--listen",
-         "127.0.0.1:0", "--default-encryption", "none"],
+         "127.0.0.1:0", "--default-encryption", "none", *coffer_pg.database_args(data)],
         capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert second.returncode != 0, second.stdout + second.stderr
     assert "listening on" not in second.stdout

@@ -25,8 +25,11 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+import coffer_pg
 from .conftest import _NODES, ACCESS_KEY, REGION, SECRET_KEY, Node
 from .util import MiB
+
+pytestmark = coffer_pg.SQLITE_ONLY  # the metadata database's own full disk (meta.db on the tmpfs)
 
 SEED = os.urandom(8)
 BUCKET = "full"

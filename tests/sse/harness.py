@@ -36,6 +36,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+import coffer_pg
+
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("COFFER_BIN_DIR", REPO / "target" / "debug"))
 READY_TIMEOUT = float(os.environ.get("COFFER_READY_TIMEOUT", "60"))
@@ -248,6 +250,8 @@ class Node:
             args += ["--key-cache-ttl", str(key_cache_ttl)]
         if kms_timeout_ms is not None:
             args += ["--kms-timeout-ms", str(kms_timeout_ms)]
+        # COFFER_TEST_DATABASE=postgres: this data dir's own PostgreSQL database (tests/coffer_pg.py).
+        args += coffer_pg.database_args(self.data_dir)
         args += list(extra)
         self.args = args
         self.proc = Proc(name, args, root / "logs",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import coffer_pg
 from .faultproxy import FaultProxy
 from .harness import (
     KEY_A,
@@ -118,12 +119,15 @@ def test_nothing_secret_at_rest(kms, start_node):
             needles[f"passphrase-{f}"] = v
 
         names = [p.name for p in all_files(n.data_dir)]
-        assert "meta.db" in names, f"meta.db not in the node's data dir: {names}"
+        # The metadata: meta.db (and its WAL) in the data dir, or the PostgreSQL server's files.
+        meta_dirs = [coffer_pg.server_dir()] if coffer_pg.ENABLED else []
+        if not coffer_pg.ENABLED:
+            assert "meta.db" in names, f"meta.db not in the node's data dir: {names}"
         # while running: meta.db, meta.db-wal, blobs
-        hits = scan([n.data_dir, kms.data_dir], needles)
+        hits = scan([n.data_dir, kms.data_dir, *meta_dirs], needles)
         assert not hits, "secrets at rest (node running):\n" + "\n".join(hits)
         n.stop()
-        hits = scan([n.data_dir, kms.data_dir], needles)
+        hits = scan([n.data_dir, kms.data_dir, *meta_dirs], needles)
         assert not hits, "secrets at rest (node stopped):\n" + "\n".join(hits)
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import sqlite3
 import threading
 
 import botocore.exceptions
+
+import coffer_pg
 
 KEY = os.urandom(32)
 SSEC = dict(SSECustomerAlgorithm="AES256", SSECustomerKey=KEY)
@@ -77,9 +78,7 @@ def test_kill_9_during_writes(start_node, tmp_path):
     # no temporary files; every blob file is referenced by a metadata row, and vice versa
     assert list((data_dir / "tmp").iterdir()) == []
     files = {p.name for p in (data_dir / "blobs").iterdir()}
-    db = sqlite3.connect(f"file:{data_dir / 'meta.db'}?mode=ro", uri=True)
-    rows = {r[0] for r in db.execute("SELECT file FROM blobs")}
-    db.close()
+    rows = {r[0] for r in coffer_pg.query(data_dir, "SELECT file FROM blobs")}
     assert files == rows
     # the interrupted multipart upload can be aborted cleanly, or was never created
     for u in s3.list_multipart_uploads(Bucket="crashbkt").get("Uploads", []):

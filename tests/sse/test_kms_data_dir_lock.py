@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 
+import coffer_pg
 from .harness import BIN_DIR, new_bucket_name
+
+pytestmark = coffer_pg.SQLITE_ONLY  # the KMS's data dir: nothing about the storage metadata
 
 
 def test_second_kms_serve_on_a_held_data_dir_refuses_naming_the_pid(kms, s3):

@@ -4,12 +4,12 @@ a key (and no metadata row: issue 12 §6), recovery when the KMS is back."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+import coffer_pg
 from .faultproxy import FaultProxy
 from .harness import (
     assert_sse_s3,
@@ -171,13 +171,9 @@ def _close_after(request, **_kw) -> None:
     request.headers["Connection"] = "close"
 
 
-def _row_counts(db: Path) -> dict[str, int]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("versions", "uploads", "objects", "blobs")}
-    finally:
-        con.close()
+def _row_counts(data_dir: Path) -> dict[str, int]:
+    return {t: coffer_pg.query(data_dir, f"SELECT COUNT(*) FROM {t}")[0][0]
+            for t in ("versions", "uploads", "objects", "blobs")}
 
 
 def test_503s_during_an_outage_write_no_metadata_rows(outage):
@@ -189,7 +185,7 @@ def test_503s_during_an_outage_write_no_metadata_rows(outage):
     c.meta.events.register("before-send.s3", _close_after)
     b = create_bucket(c)  # no default, no key yet
     c.put_object(Bucket=b, Key="plain-src", Body=b"plain")
-    db = node.data_dir / "meta.db"
+    db = node.data_dir
     before = _row_counts(db)
     proxy.set_mode("refuse")
     for i in range(15):
