@@ -797,34 +797,34 @@ pub async fn pg_append(
         hash.push(rec.hash.clone());
         json.push(serde_json::to_string(rec).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
     }
-    if n > 0 {
-        sqlx::query("INSERT INTO audit_log (seq, ts_ms, identity, operation, bucket_id, result, hash, record) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])")
-            .bind(seq)
-            .bind(ts)
-            .bind(ident)
-            .bind(op)
-            .bind(bucket)
-            .bind(res)
-            .bind(hash)
-            .bind(json)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(cp) = checkpoint {
-        let json = serde_json::to_string(cp).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(insert_checkpoint_sql!())
-            .bind(cp.seq as i64)
-            .bind(json)
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2, checkpoint_seq = $3, changes = changes + $4 WHERE id = 1")
-        .bind(head.0 as i64)
-        .bind(head.1)
-        .bind(head.2 as i64)
-        .bind(i64::from(bump))
-        .execute(&mut *conn)
-        .await?;
+    let cp = checkpoint
+        .map(|cp| serde_json::to_string(cp).map(|j| (cp.seq as i64, j)))
+        .transpose()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // One statement (one round trip while the head lock is held): records, checkpoint, head.
+    sqlx::query(
+        "WITH recs AS (INSERT INTO audit_log (seq, ts_ms, identity, operation, bucket_id, result, hash, record) \
+           SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])), \
+         cp AS (INSERT INTO audit_checkpoints (seq, checkpoint) SELECT $9::bigint, $10::text WHERE $10::text IS NOT NULL \
+           ON CONFLICT (seq) DO UPDATE SET checkpoint = excluded.checkpoint) \
+         UPDATE audit_head SET seq = $11, hash = $12, checkpoint_seq = $13, changes = changes + $14 WHERE id = 1",
+    )
+    .bind(seq)
+    .bind(ts)
+    .bind(ident)
+    .bind(op)
+    .bind(bucket)
+    .bind(res)
+    .bind(hash)
+    .bind(json)
+    .bind(cp.as_ref().map_or(0, |c| c.0))
+    .bind(cp.map(|c| c.1))
+    .bind(head.0 as i64)
+    .bind(head.1)
+    .bind(head.2 as i64)
+    .bind(i64::from(bump))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
