@@ -611,3 +611,45 @@ async fn start_up_sweep_spares_a_live_nodes_writes() {
     b.close().await;
     c.close().await;
 }
+
+/// PostgreSQL cannot store U+0000 in TEXT: the error is recognised (the S3 edge answers 400
+/// InvalidArgument, not 500), and nothing was written.
+#[tokio::test]
+async fn nul_in_a_key_is_recognised_as_unstorable() {
+    let db = fresh_db().await;
+    let meta = Meta::connect(&db).await.unwrap();
+    meta.create_bucket("n", None).await.unwrap();
+    let b = meta.bucket("n").await.unwrap().unwrap();
+    let e = match meta
+        .begin_version(&b, "a\u{0}b", &Meta::new_version_id())
+        .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("PostgreSQL stored a NUL"),
+    };
+    assert!(coffer_storage::store::db::is_unstorable_text(&e), "{e}");
+    assert!(!coffer_storage::store::db::is_unreachable(&e));
+    // The writer connection is still usable.
+    put(&meta, "n", "ok").await;
+    assert_eq!(meta.list_objects("n", "", "", 10).await.unwrap().len(), 1);
+    meta.close().await;
+}
+
+/// A database that cannot be reached is "unreachable" (503 with Retry-After at the S3 edge).
+#[tokio::test]
+async fn an_unreachable_database_is_recognised() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = DbConfig {
+        url: DatabaseUrl::parse(&format!("postgres://postgres@127.0.0.1:{port}/x")).unwrap(),
+        password: None,
+    };
+    let e = match Meta::connect(&cfg).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a closed port"),
+    };
+    assert!(coffer_storage::store::db::is_unreachable(&e), "{e}");
+}

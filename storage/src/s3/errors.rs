@@ -67,6 +67,9 @@ pub enum ApiError {
     /// The S3 blob backend failed or timed out; nothing was committed or sent.
     #[error("blob store unavailable: {0}")]
     BlobStoreUnavailable(String),
+    /// The metadata database (PostgreSQL) could not be reached or timed out; nothing committed.
+    #[error("metadata database unavailable: {0}")]
+    MetaUnavailable(String),
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
     #[error("invalid argument: {0}")]
@@ -261,6 +264,14 @@ impl ApiError {
                     "The blob store is unavailable. Please retry.",
                 )
             },
+            ApiError::MetaUnavailable(_) => Wire {
+                retry_after: Some("1"),
+                ..w(
+                    503,
+                    "ServiceUnavailable",
+                    "The metadata database is unavailable. Please retry.",
+                )
+            },
             ApiError::InvalidRequest(m) => w(400, "InvalidRequest", *m),
             ApiError::InvalidArgument(m) => w(400, "InvalidArgument", m.clone()),
             ApiError::BadDigest => w(
@@ -372,6 +383,9 @@ impl ApiError {
             ApiError::DiskFull(cause) => tracing::warn!(%cause, "write refused: disk full"),
             ApiError::BlobStoreUnavailable(cause) => {
                 tracing::warn!(%cause, "blob store unavailable")
+            }
+            ApiError::MetaUnavailable(cause) => {
+                tracing::warn!(%cause, "metadata database unavailable")
             }
             ApiError::Form(f) => {
                 if let FormError::Write(e) = &**f {
@@ -545,6 +559,15 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if disk::db_is_full(&e) {
             return ApiError::DiskFull(format!("metadata: {e}"));
+        }
+        if crate::store::db::is_unreachable(&e) {
+            return ApiError::MetaUnavailable(e.to_string());
+        }
+        if crate::store::db::is_unstorable_text(&e) {
+            return ApiError::InvalidArgument(
+                "The name or value contains a character the metadata database cannot store (U+0000)."
+                    .into(),
+            );
         }
         ApiError::Db(e)
     }
@@ -771,9 +794,10 @@ mod tests {
             ApiError::Db(_) => 34,
             ApiError::Internal(_) => 35,
             ApiError::BlobStoreUnavailable(_) => 37,
+            ApiError::MetaUnavailable(_) => 38,
         }
     }
-    const VARIANTS: usize = 38;
+    const VARIANTS: usize = 39;
 
     fn form(f: FormError) -> ApiError {
         ApiError::from(f)
@@ -862,6 +886,12 @@ mod tests {
             ),
             (
                 ApiError::BlobStoreUnavailable("timeout".into()),
+                503,
+                "ServiceUnavailable",
+                Some("1"),
+            ),
+            (
+                ApiError::MetaUnavailable("connection refused".into()),
                 503,
                 "ServiceUnavailable",
                 Some("1"),
@@ -1132,7 +1162,7 @@ mod tests {
 
     #[test]
     fn database_errors_keep_their_source() {
-        let e = ApiError::from(sqlx::Error::PoolClosed);
+        let e = ApiError::from(sqlx::Error::RowNotFound);
         assert!(matches!(e, ApiError::Db(_)));
         assert!(e.source().is_some());
         let s3 = S3Error::from(e);

@@ -147,6 +147,39 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// The database could not be reached, or answered too late (PostgreSQL down, network cut, every
+/// connection busy): the write did not commit and a retry may succeed (503, not 500).
+pub fn is_unreachable(e: &DbError) -> bool {
+    matches!(
+        e,
+        DbError::PoolTimedOut | DbError::PoolClosed | DbError::Io(_) | DbError::Tls(_)
+    ) || pg_code(e).is_some_and(|c| {
+        // 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot
+        // connect now.
+        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+    })
+}
+
+/// PostgreSQL refused a text value (U+0000 cannot be stored in `TEXT`; SQLSTATE 22021).
+pub fn is_unstorable_text(e: &DbError) -> bool {
+    pg_code(e).is_some_and(|c| c == "22021" || c == "22P05")
+}
+
+/// PostgreSQL is out of disk space (SQLSTATE 53100).
+pub fn pg_is_full(e: &DbError) -> bool {
+    pg_code(e).is_some_and(|c| c == "53100")
+}
+
+/// The SQLSTATE of a PostgreSQL error.
+fn pg_code(e: &DbError) -> Option<&str> {
+    match e {
+        DbError::Database(d) => d
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .map(|p| p.code()),
+        _ => None,
+    }
+}
+
 /// The connection pools of one backend.
 #[derive(Clone)]
 pub(crate) enum Db {
@@ -169,6 +202,10 @@ pub(crate) enum Db {
         lease: std::sync::Arc<NodeLease>,
     },
 }
+
+/// How long a request waits for a PostgreSQL connection (connecting included) before it is
+/// answered 503: a database that is down fails requests, and a node's start, within this.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The advisory lock class of node leases (`pg_advisory_lock(NODE_LOCK_CLASS, node)`; the
 /// two-int4 key space, distinct from [`WRITE_LOCK`]'s). ASCII "cofn".
@@ -257,6 +294,7 @@ impl Db {
                 }
                 let writer = PgPoolOptions::new()
                     .max_connections(4)
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect_with(opts.clone())
                     .await?;
                 // sqlx's PostgreSQL migrator holds an advisory lock while it runs: nodes
@@ -268,6 +306,7 @@ impl Db {
                 let (node, lease) = NodeLease::take(&opts).await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Pg {

@@ -32,10 +32,11 @@ pub fn io_is_full(e: &std::io::Error) -> bool {
 /// True for a metadata error that means the disk is full (SQLITE_FULL, or ENOSPC below it).
 pub fn db_is_full(e: &DbError) -> bool {
     match e {
-        DbError::Database(d) => d
+        DbError::Database(d) if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => d
             .code()
             .and_then(|c| c.parse::<i32>().ok())
             .is_some_and(|c| c & 0xff == SQLITE_FULL),
+        DbError::Database(_) => super::db::pg_is_full(e),
         DbError::Io(io) => io_is_full(io),
         _ => false,
     }
