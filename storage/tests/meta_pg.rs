@@ -612,6 +612,43 @@ async fn start_up_sweep_spares_a_live_nodes_writes() {
     c.close().await;
 }
 
+/// The periodic prune of a running node (PostgreSQL) forgets the writes a stopped node left
+/// unfinished, and never touches a live node's, its own included.
+#[tokio::test]
+async fn prune_forgets_a_stopped_nodes_writes_only() {
+    let db = fresh_db().await;
+    let a = Meta::connect(&db).await.unwrap();
+    let b = Meta::connect(&db).await.unwrap();
+    a.create_bucket("p", None).await.unwrap();
+    let bucket = a.bucket("p").await.unwrap().unwrap();
+    let (va, vb) = (Meta::new_version_id(), Meta::new_version_id());
+    let ga = a.begin_version(&bucket, "ka", &va).await.unwrap().unwrap();
+    let gb = b.begin_version(&bucket, "kb", &vb).await.unwrap().unwrap();
+    b.prune(now_ms()).await.unwrap();
+    assert_eq!(
+        a.version_state(&va).await.unwrap(),
+        Some(VersionState::Writing)
+    );
+    assert_eq!(
+        b.version_state(&vb).await.unwrap(),
+        Some(VersionState::Writing)
+    );
+    std::mem::forget(ga);
+    a.close().await;
+    let pruned = b.prune(now_ms()).await.unwrap();
+    assert_eq!(pruned.aborted_versions, 1);
+    assert_eq!(b.version_state(&va).await.unwrap(), None);
+    assert_eq!(
+        b.version_state(&vb).await.unwrap(),
+        Some(VersionState::Writing)
+    );
+    b.put_object(&object("p", "kb", &vb, "e"), &row("fb", 1))
+        .await
+        .unwrap();
+    gb.published();
+    b.close().await;
+}
+
 /// PostgreSQL cannot store U+0000 in TEXT: the error is recognised (the S3 edge answers 400
 /// InvalidArgument, not 500), and nothing was written.
 #[tokio::test]
@@ -652,4 +689,58 @@ async fn an_unreachable_database_is_recognised() {
         Ok(_) => panic!("connected to a closed port"),
     };
     assert!(coffer_storage::store::db::is_unreachable(&e), "{e}");
+}
+
+/// Metadata publishes per second (begin a version + publish it: two write transactions), 16
+/// writers, on SQLite, on PostgreSQL with one node and with two nodes. A measurement, not a
+/// check: `cargo test -p coffer-storage --test meta_pg -- --ignored --nocapture`. (The test
+/// server runs with fsync off; SQLite runs with synchronous=FULL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_metadata_publishes() {
+    const TOTAL: usize = 2000;
+    const WRITERS: usize = 16;
+    async fn run(nodes: Vec<Meta>) -> f64 {
+        nodes[0].create_bucket("bench", None).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let meta = nodes[w % nodes.len()].clone();
+                tokio::spawn(async move {
+                    for i in 0..TOTAL / WRITERS {
+                        put(&meta, "bench", &format!("k{w}/{i}")).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rate = TOTAL as f64 / t0.elapsed().as_secs_f64();
+        assert_eq!(
+            nodes[0]
+                .list_objects("bench", "", "", 10_000)
+                .await
+                .unwrap()
+                .len(),
+            TOTAL
+        );
+        for n in nodes {
+            n.close().await;
+        }
+        rate
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = run(vec![Meta::open(dir.path()).await.unwrap()]).await;
+    let db = fresh_db().await;
+    let pg1 = run(vec![Meta::connect(&db).await.unwrap()]).await;
+    let db = fresh_db().await;
+    let pg2 = run(vec![
+        Meta::connect(&db).await.unwrap(),
+        Meta::connect(&db).await.unwrap(),
+    ])
+    .await;
+    println!(
+        "metadata publishes/s ({WRITERS} writers, {TOTAL} objects): sqlite {sqlite:.0}, postgres 1 node {pg1:.0}, postgres 2 nodes {pg2:.0}"
+    );
 }

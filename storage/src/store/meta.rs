@@ -729,12 +729,18 @@ impl Meta {
         Ok(Some(files))
     }
 
-    /// Forget rows nothing needs any more: aborted versions, and multipart uploads completed
+    /// Forget rows nothing needs any more: aborted versions (on PostgreSQL also the versions
+    /// that stopped nodes left `writing`), and multipart uploads completed
     /// more than [`COMPLETED_UPLOAD_RETENTION_MS`] before `now_ms` (their parts already belong
     /// to the object, so no blob row goes with them). Runs periodically while serving.
     pub async fn prune(&self, now_ms: i64) -> Result<Pruned, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
+        if self.is_shared() {
+            // Writes left unfinished by nodes that stopped or died (no node may restart to
+            // sweep them).
+            versions::abort_interrupted_tx(&mut tx, true).await?;
+        }
         let aborted_versions = versions::forget_aborted_tx(&mut tx).await?;
         let completed_uploads = q("DELETE FROM uploads WHERE completed_etag IS NOT NULL AND (completed_ms IS NULL OR completed_ms < $1)")
             .bind(now_ms.saturating_sub(COMPLETED_UPLOAD_RETENTION_MS))

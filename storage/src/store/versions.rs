@@ -161,6 +161,28 @@ pub(crate) async fn abort_tx(tx: &mut Tx<'_>, version_id: &str) -> Result<(), Db
     Ok(())
 }
 
+/// Abort the `writing` versions whose writer is gone, except live multipart uploads. `shared`
+/// (PostgreSQL, several nodes): only those of nodes that hold no lease (`db::NodeLease`), so a
+/// live node's writes in flight, this node's included, are never touched; else (SQLite, one
+/// node, before it serves) every one.
+pub(crate) async fn abort_interrupted_tx(tx: &mut Tx<'_>, shared: bool) -> Result<u64, DbError> {
+    let stmt = if shared {
+        q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL) AND (node IS NULL OR node NOT IN (SELECT CAST(objid AS BIGINT) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND CAST(classid AS BIGINT) = $4 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))")
+    } else {
+        q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
+    }
+    .bind(VersionState::Aborted.as_str())
+    .bind(now_ms())
+    .bind(VersionState::Writing.as_str());
+    if shared {
+        stmt.bind(i64::from(super::db::NODE_LOCK_CLASS))
+    } else {
+        stmt
+    }
+    .execute(tx.ex())
+    .await
+}
+
 /// A retired (overwritten or deleted) complete version leaves no row.
 pub(crate) async fn forget_tx(tx: &mut Tx<'_>, version_id: &str) -> Result<(), DbError> {
     q("DELETE FROM versions WHERE version_id = $1")
@@ -221,21 +243,7 @@ impl Meta {
     pub async fn sweep_versions(&self) -> Result<VersionSweep, DbError> {
         let mut w = self.write_conn().await?;
         let mut tx = w.begin().await?;
-        let interrupted = if self.is_shared() {
-            q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL) AND (node IS NULL OR node NOT IN (SELECT CAST(objid AS BIGINT) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND CAST(classid AS BIGINT) = $4 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))")
-        } else {
-            q("UPDATE versions SET state = $1, updated_ms = $2 WHERE state = $3 AND version_id NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")
-        }
-        .bind(VersionState::Aborted.as_str())
-        .bind(now_ms())
-        .bind(VersionState::Writing.as_str());
-        let interrupted = if self.is_shared() {
-            interrupted.bind(i64::from(super::db::NODE_LOCK_CLASS))
-        } else {
-            interrupted
-        }
-        .execute(tx.ex())
-        .await?;
+        let interrupted = abort_interrupted_tx(&mut tx, self.is_shared()).await?;
         let forgotten = forget_aborted_tx(&mut tx).await?;
         tx.commit().await?;
         w.done();
