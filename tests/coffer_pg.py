@@ -62,16 +62,27 @@ def _psql(url: str, sql: str) -> str:
     return out.stdout
 
 
+def fresh_database() -> str:
+    """A new database on the session's server (started if needed), whatever the switch says:
+    for tests that need PostgreSQL itself (several nodes on one database)."""
+    base = _start()
+    name = "m_" + uuid.uuid4().hex[:16]
+    _psql(base, f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def available() -> bool:
+    """PostgreSQL server binaries are installed (scripts/setup installs them)."""
+    return any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
 def database_url(data_dir: Path | str) -> str | None:
     """The PostgreSQL URL of ``data_dir``'s node (created on first use), or None on SQLite."""
     if not ENABLED:
         return None
     key = str(Path(data_dir).resolve())
     if key not in _dbs:
-        base = _start()
-        name = "n_" + uuid.uuid4().hex[:16]
-        _psql(base, f"CREATE DATABASE {name}")
-        _dbs[key] = base.rsplit("/", 1)[0] + "/" + name
+        _dbs[key] = fresh_database()
     return _dbs[key]
 
 

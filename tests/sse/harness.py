@@ -251,7 +251,8 @@ class Node:
         if kms_timeout_ms is not None:
             args += ["--kms-timeout-ms", str(kms_timeout_ms)]
         # COFFER_TEST_DATABASE=postgres: this data dir's own PostgreSQL database (tests/coffer_pg.py).
-        args += coffer_pg.database_args(self.data_dir)
+        if "--database-url" not in extra:
+            args += coffer_pg.database_args(self.data_dir)
         args += list(extra)
         self.args = args
         self.proc = Proc(name, args, root / "logs",
