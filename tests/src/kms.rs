@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use coffer_common::credential::Credential;
 use coffer_common::kms_api::{
@@ -17,8 +17,26 @@ use coffer_common::kms_api::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Directory holding the built binaries (`COFFER_BIN_DIR`, else `target/debug`, built once).
+/// Directory holding the built binaries (`COFFER_BIN_DIR`, else `target/debug`, with coffer-kms
+/// built once when stale).
 pub fn bin_dir() -> PathBuf {
+    ensure_built(
+        "coffer-kms",
+        "coffer-kms",
+        &[
+            "kms/src",
+            "kms/Cargo.toml",
+            "common/src",
+            "migrations/kms",
+            "migrations/kms_pg",
+        ],
+    )
+}
+
+/// The directory of the built binaries (`COFFER_BIN_DIR` as is, else `target/debug`), after
+/// `cargo build -p PACKAGE --bin BIN` when the binary is older than one of `sources` (paths from
+/// the workspace root); at most once per binary and test process.
+pub fn ensure_built(package: &str, bin: &str, sources: &[&str]) -> PathBuf {
     if let Ok(d) = std::env::var("COFFER_BIN_DIR") {
         return PathBuf::from(d);
     }
@@ -29,30 +47,29 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("debug").join("coffer-kms");
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    let path = target.join("debug").join(bin);
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
         // Skip the build when the binary is newer than every source it is made from (a rebuild
         // under another feature set would only relink it).
-        let sources = ["kms/src", "kms/Cargo.toml", "common/src", "migrations/kms"];
         let newest = sources
             .iter()
             .filter_map(|s| newest_mtime(&root.join(s)))
             .max();
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        if let (Some(newest), Some(built)) = (newest, built)
-            && built >= newest
-        {
-            return;
+        let made = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let fresh = matches!((newest, made), (Some(n), Some(m)) if m >= n);
+        if !fresh {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-q", "-p", package, "--bin", bin])
+                .current_dir(&root)
+                .status()
+                .unwrap_or_else(|e| panic!("running cargo build -p {package}: {e}"));
+            assert!(status.success(), "cargo build -p {package} failed");
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-q", "-p", "coffer-kms", "--bin", "coffer-kms"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build -p coffer-kms");
-        assert!(status.success(), "cargo build -p coffer-kms failed");
-    });
+        built.push(bin.to_string());
+    }
     target.join("debug")
 }
 

@@ -4,3 +4,4 @@
 pub mod kms;
 pub mod s3client;
 pub mod sigv4;
+pub mod storage;

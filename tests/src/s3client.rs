@@ -74,7 +74,7 @@ impl S3Client {
         }
     }
 
-    /// Send one SigV4-signed request.
+    /// Send one SigV4-signed request (panics when no answer arrives).
     pub async fn call(
         &self,
         method: &str,
@@ -83,6 +83,21 @@ impl S3Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Answer {
+        self.try_call(method, path, query, headers, body)
+            .await
+            .unwrap()
+    }
+
+    /// Send one SigV4-signed request; a transport failure (refused, reset, timed out, body cut)
+    /// is an `Err`.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Answer, reqwest::Error> {
         let query: Vec<(String, String)> = query
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -126,11 +141,11 @@ impl S3Client {
                 rb = rb.header(k, v);
             }
         }
-        let resp = rb.send().await.unwrap();
-        Answer {
+        let resp = rb.send().await?;
+        Ok(Answer {
             status: resp.status().as_u16(),
             headers: resp.headers().clone(),
-            body: resp.bytes().await.unwrap().to_vec(),
-        }
+            body: resp.bytes().await?.to_vec(),
+        })
     }
 }
