@@ -612,6 +612,27 @@ async fn start_up_sweep_spares_a_live_nodes_writes() {
     c.close().await;
 }
 
+/// Nodes starting together on an empty database: the schema is created once, every node opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_starting_together_migrate_once() {
+    let db = fresh_db().await;
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { Meta::connect(&db).await })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for o in opens {
+        nodes.push(o.await.unwrap().unwrap());
+    }
+    nodes[0].create_bucket("m", None).await.unwrap();
+    assert!(nodes[3].bucket("m").await.unwrap().is_some());
+    for n in nodes {
+        n.close().await;
+    }
+}
+
 /// The periodic prune of a running node (PostgreSQL) forgets the writes a stopped node left
 /// unfinished, and never touches a live node's, its own included.
 #[tokio::test]
