@@ -10,7 +10,9 @@
 //! throughout, so a commit is durable when it returns. `init` builds the file with a rollback
 //! journal (one self-contained file to rename into place); a serving KMS switches it to WAL, where
 //! a commit costs one append and one fsync of `kms.db-wal` instead of creating, syncing and
-//! deleting a journal (four fsyncs).
+//! deleting a journal (four fsyncs). On PostgreSQL the writer's groups use [`pg_lock_head`],
+//! [`apply_change`] and [`pg_append`] in one transaction (`audit/writer.rs`), and durability is
+//! the server's (`synchronous_commit`).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

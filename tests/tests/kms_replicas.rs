@@ -15,8 +15,8 @@ use coffer_common::credential::Credential;
 use coffer_common::jwt::AUD_SERVICE;
 use coffer_common::kms_api::{
     PATH_ADMIN_AUDIT, PATH_ADMIN_CLIENT_PREFIX, PATH_ADMIN_CLIENTS, PATH_ADMIN_KMS_KEYS,
-    PATH_ADMIN_ROTATE, PATH_ADMIN_ROTATION, PATH_ADMIN_STATUS, PATH_GENERATE, PATH_KMS_GENERATE,
-    PATH_UNWRAP,
+    PATH_ADMIN_ROTATE, PATH_ADMIN_ROTATION, PATH_ADMIN_STATUS, PATH_GENERATE, PATH_KMS_DECRYPT,
+    PATH_KMS_GENERATE, PATH_UNWRAP,
 };
 use coffer_tests::kms::Kms;
 use serde_json::{Value, json};
@@ -206,6 +206,16 @@ async fn replicas_write_one_chain_and_refuse_within_2s() {
     // create and revoke identities, create/disable/enable named keys and rotate the root key
     // through every replica.
     let mut tasks = Vec::new();
+    let (s, v) = call(
+        &http,
+        &urls[0],
+        &admin,
+        "POST",
+        PATH_ADMIN_KMS_KEYS,
+        Some(json!({"alias": "alias/load"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     for t in 0..9usize {
         let (http, node, urls) = (http.clone(), node.clone(), urls.clone());
         tasks.push(tokio::spawn(async move {
@@ -213,6 +223,17 @@ async fn replicas_write_one_chain_and_refuse_within_2s() {
                 let g = &urls[(t + i) % 3];
                 let u = &urls[(t + i + 1) % 3];
                 roundtrip(&http, g, u, &node, &format!("b{t}")).await;
+                if i % 5 == 0 {
+                    // SSE-KMS style: a named key's data key, decrypted through another replica.
+                    let ctx = json!({"aws:s3:arn": format!("arn:aws:s3:::b{t}/o{i}")});
+                    let body = json!({"key_id": "alias/load", "encryption_context": ctx});
+                    let (s, gk) = call(&http, g, &node, "POST", PATH_KMS_GENERATE, Some(body)).await;
+                    assert_eq!(s, 200, "{gk}");
+                    let body = json!({"ciphertext_blob": gk["ciphertext_blob"], "encryption_context": ctx});
+                    let (s, d) = call(&http, u, &node, "POST", PATH_KMS_DECRYPT, Some(body)).await;
+                    assert_eq!(s, 200, "{d}");
+                    assert_eq!(d["plaintext_key"], gk["plaintext_key"]);
+                }
             }
         }));
     }
@@ -284,6 +305,16 @@ async fn replicas_write_one_chain_and_refuse_within_2s() {
         "audit export: {} records, {checkpoints} checkpoints, verified",
         seqs.len()
     );
+
+    // Audit queries read the shared log: task 1's 25 unwraps of bucket b1, whichever replica
+    // served them.
+    let q = format!("{PATH_ADMIN_AUDIT}?bucket=b1&limit=1000");
+    let (s, v) = call(&http, &urls[2], &admin, "GET", &q, None).await;
+    assert_eq!(s, 200, "{v}");
+    let recs = v.as_array().unwrap();
+    let unwraps = recs.iter().filter(|r| r["operation"] == "unwrap").count();
+    assert_eq!(unwraps, 25, "{v}");
+    assert!(recs.iter().all(|r| r["bucket"] == "b1"), "{v}");
 
     // A named key disabled through replica 1 is refused by replicas 2 and 3 within 2 s.
     let (s, v) = call(
