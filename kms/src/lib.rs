@@ -67,6 +67,8 @@ pub struct KmsState {
     pub clock: kmskeys::Clock,
     /// Region and account id of named-key ARNs.
     pub arn: kmskeys::material::ArnSettings,
+    /// When a request last made this replica reload from the database (`replicas::on_demand`).
+    pub on_demand_reload: Mutex<Option<std::time::Instant>>,
 }
 
 impl KmsState {
@@ -76,6 +78,26 @@ impl KmsState {
             identities: &self.identities,
             replay: &self.replay,
             started_unix: self.started_unix,
+        }
+    }
+
+    /// [`AuthContext::authenticate`]; on PostgreSQL an identity this replica does not know yet
+    /// (created through another replica since its last poll) makes it reload once (throttled)
+    /// before refusing.
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        kind: Kind,
+        method: &str,
+        path: &str,
+    ) -> Result<Identity, auth::AuthError> {
+        match self.auth().authenticate(token, kind, method, path) {
+            Err(auth::AuthError::UnknownIdentity)
+                if self.pool.is_pg() && replicas::on_demand(self).await =>
+            {
+                self.auth().authenticate(token, kind, method, path)
+            }
+            r => r,
         }
     }
 }
@@ -250,6 +272,7 @@ pub async fn open_at(
         refusals: audit::refusals::Refusals::default(),
         clock: kmskeys::Clock::default(),
         arn,
+        on_demand_reload: Mutex::new(None),
     });
     tokio::spawn(audit::refusals::flusher(Arc::downgrade(&state)));
     let rewrap = tokio::spawn(rotation::rewrap_worker(Arc::downgrade(&state)));

@@ -85,6 +85,28 @@ pub async fn change_poller(state: Weak<KmsState>, pool: PgPool) {
     }
 }
 
+/// Shortest time between two reloads asked for by requests ([`on_demand`]).
+const ON_DEMAND_EVERY: Duration = Duration::from_millis(100);
+
+/// A request met an identity or root version this replica does not know: reload now unless a
+/// reload ran less than [`ON_DEMAND_EVERY`] ago (so unknown names cannot make every request
+/// query the database). True when what is loaded is fresh (reloaded now or just before).
+pub async fn on_demand(st: &KmsState) -> bool {
+    let mut last = st.on_demand_reload.lock().await;
+    if last.is_some_and(|t| t.elapsed() < ON_DEMAND_EVERY) {
+        return true;
+    }
+    let ok = match reload(st).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "reloading identities and root keys failed");
+            false
+        }
+    };
+    *last = Some(std::time::Instant::now());
+    ok
+}
+
 /// Reload identities and root key versions from the database.
 pub async fn reload(st: &KmsState) -> Result<(), String> {
     let rows = crate::store::identities_pool(&st.pool)

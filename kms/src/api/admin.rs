@@ -47,8 +47,8 @@ pub fn routes() -> Router<Arc<KmsState>> {
 pub(super) async fn admin(st: &KmsState, ctx: &Ctx, op: &str) -> Result<AuditEvent, Failure> {
     let mut ev = ctx.event(op);
     match st
-        .auth()
         .authenticate(ctx.token.as_deref(), Kind::Admin, &ctx.method, &ctx.path)
+        .await
     {
         Ok(id) => {
             ev.identity = id.name;

@@ -86,8 +86,8 @@ async fn authenticate(
     path: &str,
 ) -> Result<Identity, Failure> {
     match st
-        .auth()
         .authenticate(ctx.token.as_deref(), Kind::Service, "POST", path)
+        .await
     {
         Ok(id) => {
             ev.identity = id.name.clone();

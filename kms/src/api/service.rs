@@ -47,8 +47,8 @@ async fn authorize(
     bucket: &str,
 ) -> Result<Identity, Failure> {
     let id = match st
-        .auth()
         .authenticate(ctx.token.as_deref(), Kind::Service, "POST", path)
+        .await
     {
         Ok(id) => id,
         Err(e) => return Err(refuse(st, ctx, ev.clone(), ApiError::Auth(e)).await),
@@ -74,8 +74,8 @@ pub(super) async fn refuse_body(
     e: ApiError,
 ) -> Failure {
     let known = match st
-        .auth()
         .authenticate(ctx.token.as_deref(), Kind::Service, "POST", path)
+        .await
     {
         Ok(id) => {
             ev.identity = id.name;
@@ -174,9 +174,8 @@ pub async fn unwrap_data_key(
             .ok()
             .and_then(|r| r.as_ref().map(|r| r.root(req.key_version).is_none()))
             .unwrap_or(false)
-        && let Err(e) = crate::replicas::reload(&st).await
     {
-        tracing::warn!(request_id = %ctx.request_id, error = %e, "reloading root keys failed");
+        crate::replicas::on_demand(&st).await;
     }
     let (plain, active) = {
         let ring = st.keyring.read().map_err(|_| ctx.fail(ApiError::Sealed))?;

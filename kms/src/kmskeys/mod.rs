@@ -160,9 +160,7 @@ pub async fn unseal(
         .unwrap_or(false);
     if unknown && st.pool.is_pg() {
         // Sealed under a root version another replica made since our last poll.
-        crate::replicas::reload(st)
-            .await
-            .map_err(ApiError::Internal)?;
+        crate::replicas::on_demand(st).await;
     }
     let ring = st.keyring.read().map_err(|_| ApiError::Sealed)?;
     let ring = ring.as_ref().ok_or(ApiError::Sealed)?;
