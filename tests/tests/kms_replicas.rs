@@ -789,3 +789,60 @@ async fn second_init_on_one_database_is_refused() {
     let st = status(&r.client().http, &r.url, &admin).await.unwrap();
     assert_eq!(st["audit_head_seq"], json!(2), "{st}");
 }
+
+/// A replica whose PostgreSQL connections are cut (server restart, network) fails closed for the
+/// group in flight and then serves again: the audit writer reconnects (it used to keep its dead
+/// connection and answer 503 forever), and the chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_recovers_after_its_connections_are_cut() {
+    use sqlx::Connection;
+    let pg = PgServer::start();
+    let mut k = Kms::init_pg(&pg.url).await;
+    k.start().await;
+    let http = k.client().http;
+    let admin = Credential::load(&k.admin_credential()).unwrap();
+    let node = create_client(&http, &k, &admin, "node").await;
+    roundtrip(&http, &k.url, &k.url, &node, "b").await;
+    let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'coffer-kms'",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert!(cut.len() >= 2, "{cut:?}");
+    let start = Instant::now();
+    let mut refused = 0;
+    loop {
+        let (s, v) = call(
+            &http,
+            &k.url,
+            &node,
+            "POST",
+            PATH_GENERATE,
+            Some(json!({"bucket_id": "b"})),
+        )
+        .await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("audit_unavailable")),
+            "{v}"
+        );
+        refused += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still refusing after the cut"
+        );
+    }
+    eprintln!(
+        "after the cut: {refused} calls refused (503), serving again after {:?}",
+        start.elapsed()
+    );
+    roundtrip(&http, &k.url, &k.url, &node, "b").await;
+    let export = k.export_audit("after-cut.jsonl").await;
+    let (ok, out) = k.verify_audit(&export).await;
+    assert!(ok, "{out}");
+}
