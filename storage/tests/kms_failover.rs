@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use coffer_storage::crypto::kms_client::{KmsClient, KmsClientConfig};
 use coffer_storage::state::{DefaultEncryption, NodeConfig};
 use coffer_tests::kms::Kms;
+use coffer_tests::pg::PgServer;
 use coffer_tests::s3client::S3Client;
 
 struct Node {
@@ -394,52 +395,6 @@ async fn a_replica_killed_under_load_costs_at_most_the_calls_in_flight() {
     );
     drop(b);
     kms.stop().await;
-}
-
-/// A throwaway PostgreSQL server (`scripts/pg-test-server`), stopped and removed on drop.
-struct PgServer {
-    url: String,
-    dir: String,
-}
-
-fn pg_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("scripts/pg-test-server")
-}
-
-impl PgServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = std::process::Command::new(pg_script())
-            .args(["start", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg-test-server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        Self {
-            url: lines.next().unwrap().to_string(),
-            dir: lines.next().unwrap().to_string(),
-        }
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(pg_script())
-            .args(["stop", &self.dir])
-            .status();
-    }
 }
 
 /// Two real `coffer-kms serve` replicas on one PostgreSQL: the one the node prefers is killed

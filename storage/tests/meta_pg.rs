@@ -6,83 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use coffer_storage::crypto::envelope::StoredSse;
 use coffer_storage::store::conditions::{ConditionFailed, WriteCondition};
 use coffer_storage::store::db::{DatabaseUrl, DbConfig};
 use coffer_storage::store::meta::{BlobRow, Completion, Meta, Object, Upload, now_ms};
 use coffer_storage::store::versions::VersionState;
-use sqlx::Connection;
-
-/// The test binary's PostgreSQL server: its base URL. It is stopped when this process exits:
-/// a watchdog shell waits for EOF on a pipe only this process holds.
-struct PgServer {
-    url: String,
-    _watchdog: std::process::ChildStdin,
-    _child: std::process::Child,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn server() -> &'static PgServer {
-    static SERVER: OnceLock<PgServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = root().join("scripts/pg-test-server");
-        let out = Command::new(&script)
-            .args(["start", &port.to_string()])
-            .output()
-            .expect("run scripts/pg-test-server");
-        assert!(
-            out.status.success(),
-            "pg-test-server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        let url = lines.next().unwrap().to_string();
-        let dir = lines.next().unwrap().to_string();
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("cat >/dev/null; exec \"$0\" stop \"$1\"")
-            .arg(&script)
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        PgServer {
-            url,
-            _watchdog: watchdog.stdin.take().unwrap(),
-            _child: watchdog,
-        }
-    })
-}
+use coffer_tests::pg::PgServer;
 
 /// A fresh, empty database on the test server.
 async fn fresh_db() -> DbConfig {
-    let base = &server().url;
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c.close().await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = PgServer::shared().fresh_database().await;
     DbConfig {
         url: DatabaseUrl::parse(&url).unwrap(),
         password: None,

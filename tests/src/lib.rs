@@ -2,6 +2,7 @@
 //! process harnesses that boot the real daemons with temp dirs and ephemeral ports.
 
 pub mod kms;
+pub mod pg;
 pub mod s3client;
 pub mod sigv4;
 pub mod storage;

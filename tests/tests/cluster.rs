@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use coffer_tests::kms::Kms;
+use coffer_tests::pg::PgServer;
 use coffer_tests::s3client::{Answer, S3Client};
 use coffer_tests::storage::Storage;
 use md5::{Digest, Md5};
@@ -41,64 +42,6 @@ use serde_json::Value;
 
 const ACCESS_KEY: &str = "cluster-test";
 const MIB: usize = 1024 * 1024;
-
-/// A throwaway PostgreSQL server (stopped and removed on drop).
-struct PgServer {
-    url: String,
-    dir: String,
-}
-
-fn pg_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("scripts/pg-test-server")
-}
-
-impl PgServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = std::process::Command::new(pg_script())
-            .args(["start", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg-test-server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        Self {
-            url: lines.next().unwrap().to_string(),
-            dir: lines.next().unwrap().to_string(),
-        }
-    }
-
-    /// Create database `name`; its URL.
-    async fn database(&self, name: &str) -> String {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        let base = self.url.rsplit_once('/').unwrap().0;
-        format!("{base}/{name}")
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(pg_script())
-            .args(["stop", &self.dir])
-            .status();
-    }
-}
 
 /// A 0600 file holding `text`.
 fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -7,7 +7,6 @@
 //! of `scripts/bench-kms-replicas`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,53 +18,8 @@ use coffer_common::kms_api::{
     PATH_KMS_GENERATE, PATH_UNWRAP,
 };
 use coffer_tests::kms::Kms;
+use coffer_tests::pg::PgServer;
 use serde_json::{Value, json};
-
-/// A throwaway PostgreSQL server (stopped and removed on drop).
-struct PgServer {
-    url: String,
-    dir: String,
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("scripts/pg-test-server")
-}
-
-impl PgServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = std::process::Command::new(script())
-            .args(["start", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg-test-server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        Self {
-            url: lines.next().unwrap().to_string(),
-            dir: lines.next().unwrap().to_string(),
-        }
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(script())
-            .args(["stop", &self.dir])
-            .status();
-    }
-}
 
 /// One HTTP call with a fresh token of `cred`: (status, JSON body).
 async fn call(
