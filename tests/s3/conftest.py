@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+import coffer_blobstore
 import coffer_pg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,9 @@ class Node:
         self.proc = subprocess.Popen(
             [str(BIN_DIR / "coffer-storage"), "serve", "--data-dir", str(data_dir),
              "--listen", "127.0.0.1:0", "--default-encryption", "none",
-             *coffer_pg.database_args(data_dir), *(extra_args or [])],
+             *coffer_pg.database_args(data_dir),
+             *([] if "--blob-store" in (extra_args or []) else coffer_blobstore.blob_args(data_dir)),
+             *(extra_args or [])],
             stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.endpoint = self._wait_ready()
 
@@ -66,11 +69,13 @@ class Node:
     def client(self, **cfg):
         # s3v4 for presigned URLs too: botocore presigns with SigV2 by default in us-east-1,
         # which Coffer refuses (issue 11 C8).
-        return boto3.client(
+        client = boto3.client(
             "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
             config=Config(**{"signature_version": "s3v4", "s3": {"addressing_style": "path"},
                              "retries": {"max_attempts": 1}, **cfg}))
+        coffer_blobstore.record_names(client)
+        return client
 
     def stderr(self, tail: int = 200) -> str:
         if not self._stderr.closed:
@@ -97,6 +102,14 @@ class Node:
 
 
 _NODES: list[Node] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def blob_backend_scan():
+    """Under COFFER_TEST_BLOB_STORE: at session end, no bucket or object name in the backend."""
+    yield
+    hits = coffer_blobstore.scan_names()
+    assert not hits, "names on the blob backend:\n" + "\n".join(hits[:50])
 
 
 @pytest.fixture(scope="session")

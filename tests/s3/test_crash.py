@@ -11,6 +11,7 @@ import re
 import threading
 import time
 
+import coffer_blobstore
 import coffer_pg
 from .util import MiB
 
@@ -120,7 +121,7 @@ def test_kill_9_during_writes(start_node, tmp_path):
     assert swept and int(swept.group(1)) + int(swept.group(2)) >= 1, node.stderr(50)
     assert list((data / "tmp").iterdir()) == []
     referenced = {r[0] for r in coffer_pg.query(data, "SELECT file FROM blobs")}
-    on_disk = {p.name for p in (data / "blobs").iterdir()}
+    on_disk = coffer_blobstore.blob_names(data)
     assert on_disk == referenced, (on_disk - referenced, referenced - on_disk)
     stuck = coffer_pg.query(data, "SELECT COUNT(*) FROM versions WHERE state = 'writing' AND version_id "
                             "NOT IN (SELECT version_id FROM uploads WHERE completed_etag IS NULL)")[0][0]

@@ -11,6 +11,7 @@ import threading
 import uuid
 from urllib.parse import urlsplit
 
+import coffer_blobstore
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -135,10 +136,10 @@ def test_delete_bucket_aborts_multipart_uploads_in_progress(start_node, tmp_path
         up = s3.create_multipart_upload(Bucket="mpu", Key=k)["UploadId"]
         s3.upload_part(Bucket="mpu", Key=k, UploadId=up, PartNumber=1, Body=os.urandom(MiB))
         ups.append((k, up))
-    assert len(os.listdir(tmp_path / "data" / "blobs")) == 2
+    assert len(coffer_blobstore.blob_names(tmp_path / "data")) == 2
     r = s3.delete_bucket(Bucket="mpu")
     assert r["ResponseMetadata"]["HTTPStatusCode"] == 204
-    assert os.listdir(tmp_path / "data" / "blobs") == [], "the aborted uploads' parts are deleted"
+    assert coffer_blobstore.blob_names(tmp_path / "data") == set(), "the aborted uploads' parts are deleted"
     expect_error(404, "NoSuchBucket", s3.upload_part, Bucket="mpu", Key="a", UploadId=ups[0][1],
                  PartNumber=2, Body=b"late")
     s3.create_bucket(Bucket="mpu")

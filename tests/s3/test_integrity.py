@@ -10,6 +10,7 @@ import os
 import zlib
 
 import boto3
+import coffer_blobstore
 import pytest
 from botocore.config import Config
 
@@ -134,6 +135,7 @@ def test_aws_chunked_trailer_checksums(node, s3, bucket, name, fn):
     {"ContentMD5": b64(hashlib.md5(b"something else").digest())},
     {"ChecksumSHA256": b64(hashlib.sha256(b"something else").digest())},
 ])
+@coffer_blobstore.LOCAL_BLOBS_ONLY
 def test_wrong_digest_never_reaches_blobs(node, s3, bucket, extra):
     """A refused digest is found before the blob is made durable and renamed: `blobs/` never
     holds the rejected body, not even for a moment (watched while the PUT runs)."""

@@ -1,6 +1,7 @@
 """pytest entry point of the SSE suite: fixtures and failure-log hooks live in harness.py."""
 
 from .harness import (  # noqa: F401  (fixtures and hooks are picked up by name)
+    blob_backend_scan,
     bucket,
     kms,
     node,

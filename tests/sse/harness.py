@@ -36,6 +36,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+import coffer_blobstore
 import coffer_pg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,6 +254,9 @@ class Node:
         # COFFER_TEST_DATABASE=postgres: this data dir's own PostgreSQL database (tests/coffer_pg.py).
         if "--database-url" not in extra:
             args += coffer_pg.database_args(self.data_dir)
+        # COFFER_TEST_BLOB_STORE=coffer|moto: this data dir's prefix on the shared blob backend.
+        if "--blob-store" not in extra:
+            args += coffer_blobstore.blob_args(self.data_dir)
         args += list(extra)
         self.args = args
         self.proc = Proc(name, args, root / "logs",
@@ -280,10 +284,20 @@ def make_client(url: str, verify=None, read_timeout: float = 60, **cfg):
         read_timeout=read_timeout,
         **cfg,
     )
-    return session.client("s3", endpoint_url=url, config=config, verify=verify)
+    client = session.client("s3", endpoint_url=url, config=config, verify=verify)
+    coffer_blobstore.record_names(client)
+    return client
 
 
 # ====================================================================== fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def blob_backend_scan():
+    """Under COFFER_TEST_BLOB_STORE: at session end, no bucket or object name in the backend."""
+    yield
+    hits = coffer_blobstore.scan_names()
+    assert not hits, "names on the blob backend:\n" + "\n".join(hits[:50])
 
 
 @pytest.fixture(scope="session")

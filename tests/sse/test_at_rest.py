@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import coffer_blobstore
 import coffer_pg
 from .faultproxy import FaultProxy
 from .harness import (
@@ -123,6 +124,19 @@ def test_nothing_secret_at_rest(kms, start_node):
         meta_dirs = [coffer_pg.server_dir()] if coffer_pg.ENABLED else []
         if not coffer_pg.ENABLED:
             assert "meta.db" in names, f"meta.db not in the node's data dir: {names}"
+        # COFFER_TEST_BLOB_STORE: the blobs are on the shared backend (every node's, this
+        # session); scan its stored objects (bytes and keys, for the secrets and the bucket and
+        # object names too) and, for the plaintext coffer backend, its data dir.
+        meta_dirs += coffer_blobstore.backend_dirs()
+        if coffer_blobstore.ENABLED:
+            mine = coffer_blobstore.blob_bytes(n.data_dir)
+            assert len(mine) >= 7, f"this node's blobs are not on the backend: {sorted(mine)}"
+            names = {"bucket-1": b1.encode(), "bucket-2": b2.encode(),
+                     **{f"key-{k}": k.encode() for k in ("sse-s3-default",)}}
+            objects = coffer_blobstore.backend_objects()
+            hits = [f"{label} in backend object {k}" for k, data in objects.items()
+                    for label, v in {**needles, **names}.items() if v in data or v in k.encode()]
+            assert not hits, "secrets or names on the blob backend:\n" + "\n".join(hits)
         # while running: meta.db, meta.db-wal, blobs
         hits = scan([n.data_dir, kms.data_dir, *meta_dirs], needles)
         assert not hits, "secrets at rest (node running):\n" + "\n".join(hits)
@@ -157,6 +171,7 @@ def fetch(url: str, headers: dict) -> tuple[int | None, bytes, BaseException | N
         return None, bytes(got), e
 
 
+@coffer_blobstore.LOCAL_BLOBS_ONLY
 @pytest.mark.parametrize("mode", ["sse-s3", "ssec"])
 @pytest.mark.parametrize("where", ["first-segment", "last-segment", "header"])
 def test_e25_flipped_byte_never_returns_bytes(s3, bucket, node, mode, where):

@@ -11,6 +11,7 @@ import threading
 
 import botocore.exceptions
 
+import coffer_blobstore
 import coffer_pg
 
 KEY = os.urandom(32)
@@ -77,7 +78,7 @@ def test_kill_9_during_writes(start_node, tmp_path):
     assert "mp" not in {o["Key"] for o in listed}
     # no temporary files; every blob file is referenced by a metadata row, and vice versa
     assert list((data_dir / "tmp").iterdir()) == []
-    files = {p.name for p in (data_dir / "blobs").iterdir()}
+    files = coffer_blobstore.blob_names(data_dir)
     rows = {r[0] for r in coffer_pg.query(data_dir, "SELECT file FROM blobs")}
     assert files == rows
     # the interrupted multipart upload can be aborted cleanly, or was never created

@@ -21,6 +21,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import coffer_blobstore
 import pytest
 import requests
 
@@ -136,10 +137,10 @@ def test_post_sse_s3_on_a_bucket_without_default_is_encrypted(plain_node, plain_
     r = post(plain_node, plain_bucket, form(plain_bucket, {"key": "plain"}), b"PLAIN-" + marker)
     assert r.status_code == 204, r.text
     assert plain_s3.head_object(Bucket=plain_bucket, Key="plain").get("ServerSideEncryption") is None
-    blobs = [p for p in Path(plain_node.data_dir).rglob("*") if p.is_file() and "blobs" in p.parts]
-    with_marker = [p for p in blobs if marker in p.read_bytes()]
-    assert len(with_marker) == 1, with_marker  # only the plaintext object's blob
-    assert b"PLAIN-" + marker in with_marker[0].read_bytes()
+    blobs = coffer_blobstore.blob_bytes(plain_node.data_dir)
+    with_marker = [b for b in blobs.values() if marker in b]
+    assert len(with_marker) == 1, len(with_marker)  # only the plaintext object's blob
+    assert b"PLAIN-" + marker in with_marker[0]
 
 
 # (name, fields, status, code) -- the same answers as the equivalent headers

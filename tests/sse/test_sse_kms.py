@@ -10,6 +10,7 @@ import hashlib
 import json
 import string
 
+import coffer_blobstore
 import pytest
 import requests
 
@@ -498,12 +499,11 @@ def test_self_copy_to_another_kms_key_reseals_only_the_object_key(nk, copy_keys)
     b = create_bucket(nk.s3)
     data = rand(3 * 65536 + 5)
     nk.s3.put_object(Bucket=b, Key="o", Body=data, ServerSideEncryption="aws:kms", SSEKMSKeyId="alias/copy-a")
-    blobs = nk.node.data_dir / "blobs"
-    before = sorted(p.name for p in blobs.rglob("*") if p.is_file())
+    before = sorted(coffer_blobstore.blob_names(nk.node.data_dir))
     c = nk.s3.copy_object(Bucket=b, Key="o", CopySource={"Bucket": b, "Key": "o"},
                           ServerSideEncryption="aws:kms", SSEKMSKeyId="alias/copy-b")
     assert_kms(c, bkey["arn"])
-    after = sorted(p.name for p in blobs.rglob("*") if p.is_file())
+    after = sorted(coffer_blobstore.blob_names(nk.node.data_dir))
     assert before == after, "the blob was rewritten"
     got, g = get_bytes(nk.s3, b, "o")
     assert got == data
