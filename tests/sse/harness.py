@@ -183,16 +183,19 @@ class Kms:
         fd = os.open(self.passphrase_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.passphrase)
+        # COFFER_TEST_DATABASE=postgres: the KMS state in a fresh PostgreSQL database too.
+        self.db_args = ["--database-url", coffer_pg.fresh_database()] if coffer_pg.ENABLED else []
         _run_cli(
             [_bin("coffer-kms"), "init", "--data-dir", str(self.data_dir),
-             "--passphrase-file", str(self.passphrase_file), "--argon2", "dev"],
+             "--passphrase-file", str(self.passphrase_file), "--argon2", "dev", *self.db_args],
             "coffer-kms init",
         )
         self.admin_credential = self.data_dir / "admin.credential"
         self.proc = Proc(
             "coffer-kms",
             [_bin("coffer-kms"), "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
-             "--passphrase-file", str(self.passphrase_file), "--no-mlock", "--insecure-http"],
+             "--passphrase-file", str(self.passphrase_file), "--no-mlock", "--insecure-http",
+             *self.db_args],
             root / "logs",
         )
         self.url = self.proc.url
