@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use coffer_common::credential::Credential;
@@ -14,7 +14,6 @@ use coffer_common::kms_api::{
     ErrorBody, GenerateDataKeyRequest, GenerateDataKeyResponse, PATH_GENERATE, PATH_UNWRAP,
     UnwrapDataKeyRequest, UnwrapDataKeyResponse,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Directory holding the built binaries (`COFFER_BIN_DIR`, else `target/debug`, with coffer-kms
@@ -203,51 +202,9 @@ impl Kms {
             "--no-mlock",
         ])
         .args(&self.serve_args)
-        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn coffer-kms serve");
-        let mut stderr = child.stderr.take().unwrap();
-        let logs = self.logs.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                logs.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut url = None;
-        while let Ok(Some(line)) = lines.next_line().await {
-            self.log(&format!("[stdout] {line}\n"));
-            if let Some(u) = line.strip_prefix("listening on ") {
-                url = Some(u.trim().to_string());
-                break;
-            }
-        }
-        let logs = self.logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                logs.lock()
-                    .unwrap()
-                    .extend_from_slice(format!("[stdout] {line}\n").as_bytes());
-            }
-        });
-        match url {
-            Some(u) => self.url = u,
-            None => {
-                let status = child.wait().await;
-                panic!(
-                    "coffer-kms exited before ready ({status:?}):\n{}",
-                    self.logs()
-                );
-            }
-        }
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (child, url) = crate::proc::spawn_listening(cmd, "coffer-kms", &self.logs).await;
+        self.url = url;
         self.child = Some(child);
     }
 

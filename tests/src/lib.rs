@@ -3,6 +3,7 @@
 
 pub mod kms;
 pub mod pg;
+pub mod proc;
 pub mod s3client;
 pub mod sigv4;
 pub mod storage;

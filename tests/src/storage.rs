@@ -5,10 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::kms::ensure_built;
@@ -83,52 +81,10 @@ impl Storage {
             "127.0.0.1:0",
         ])
         .args(&self.args)
-        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn coffer-storage serve");
-        let mut stderr = child.stderr.take().unwrap();
-        let logs = self.logs.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                logs.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut url = None;
-        while let Ok(Some(line)) = lines.next_line().await {
-            self.log(&format!("[stdout] {line}\n"));
-            if let Some(u) = line.strip_prefix("listening on ") {
-                url = Some(u.trim().trim_end_matches('/').to_string());
-                break;
-            }
-        }
-        let logs = self.logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                logs.lock()
-                    .unwrap()
-                    .extend_from_slice(format!("[stdout] {line}\n").as_bytes());
-            }
-        });
-        match url {
-            Some(u) => self.url = u,
-            None => {
-                let status = child.wait().await;
-                panic!(
-                    "coffer-storage ({}) exited before ready ({status:?}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-        }
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let what = format!("coffer-storage ({})", self.name);
+        let (child, url) = crate::proc::spawn_listening(cmd, &what, &self.logs).await;
+        self.url = url.trim_end_matches('/').to_string();
         self.child = Some(child);
     }
 
@@ -138,10 +94,6 @@ impl Storage {
             c.start_kill().unwrap();
             let _ = c.wait().await;
         }
-    }
-
-    fn log(&self, s: &str) {
-        self.logs.lock().unwrap().extend_from_slice(s.as_bytes());
     }
 
     /// Everything the process printed so far.
