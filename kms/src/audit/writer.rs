@@ -455,18 +455,7 @@ async fn commit_batch_pg(
         hash,
         last_checkpoint_seq: cp,
     };
-    let mut recs = Vec::with_capacity(batch.len());
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for (job, refused) in batch.iter().zip(refusals) {
-        let rec = chain_record(&cur, &job.event, refused.as_ref().map(|e| e.code()));
-        cur.seq = rec.seq;
-        cur.hash.clone_from(&rec.hash);
-        recs.push(rec);
-        outcomes.push(match refused {
-            Some(e) => Err(WriteError::Rejected(e)),
-            None => Ok(cur.seq),
-        });
-    }
+    let (recs, outcomes) = chain_batch(&mut cur, batch, refusals);
     let mut checkpoint = None;
     if cur.seq - cur.last_checkpoint_seq >= cfg.checkpoint_every
         && let Some(held) = lease.held()
@@ -523,18 +512,7 @@ async fn commit_batch(
         store::Txn::Open
     };
     let mut cur = start.clone();
-    let mut recs = Vec::with_capacity(batch.len());
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for (job, refused) in batch.iter().zip(refusals) {
-        let rec = chain_record(&cur, &job.event, refused.as_ref().map(|e| e.code()));
-        cur.seq = rec.seq;
-        cur.hash.clone_from(&rec.hash);
-        recs.push(rec);
-        outcomes.push(match refused {
-            Some(e) => Err(WriteError::Rejected(e)),
-            None => Ok(cur.seq),
-        });
-    }
+    let (recs, outcomes) = chain_batch(&mut cur, batch, refusals);
     let checkpoint = (cur.seq - cur.last_checkpoint_seq >= cfg.checkpoint_every)
         .then(|| Checkpoint::sign(key, cur.seq, &cur.hash, false));
     let DbConn::Sqlite(c) = conn else {
@@ -545,6 +523,28 @@ async fn commit_batch(
         cur.last_checkpoint_seq = cur.seq;
     }
     Ok((cur, outcomes))
+}
+
+/// The records of a commit group, chained after `cur` (which ends at the last of them), and each
+/// job's outcome: its sequence number, or its refusal.
+fn chain_batch(
+    cur: &mut Head,
+    batch: &[Job],
+    refusals: Vec<Option<store::ChangeError>>,
+) -> (Vec<AuditRecord>, Outcomes) {
+    let mut recs = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (job, refused) in batch.iter().zip(refusals) {
+        let rec = chain_record(cur, &job.event, refused.as_ref().map(|e| e.code()));
+        cur.seq = rec.seq;
+        cur.hash.clone_from(&rec.hash);
+        recs.push(rec);
+        outcomes.push(match refused {
+            Some(e) => Err(WriteError::Rejected(e)),
+            None => Ok(cur.seq),
+        });
+    }
+    (recs, outcomes)
 }
 
 /// The record of `event`, next in the chain after `prev`; `refused` replaces its result.
